@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint types unit system-deps venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+
+types: venv
+	$(BIN)/mypy src
+
+unit: venv system-deps
+	bash scripts/loopback-only.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: venv system-deps lint types unit
+
+bench: venv system-deps
+	bash scripts/loopback-only.sh $(BIN)/python benchmarks/search_parse.py
+	bash scripts/loopback-only.sh $(BIN)/python benchmarks/wado_rs.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
