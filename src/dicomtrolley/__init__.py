@@ -1,0 +1,1 @@
+"""dicomtrolley: find DICOM studies on any PACS and bring them home."""

@@ -1,0 +1,177 @@
+"""Remember search results so repeated searches do not reach the server again.
+
+:class:`DICOMObjectCache` keeps studies, series and instances by reference for
+``expiry_seconds``; :class:`QueryCache` remembers which objects answered which
+query; :class:`CachedSearcher` wraps any searcher with both. Thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+
+from dicomtrolley.core import (
+    DICOMObject,
+    DICOMObjectLevels,
+    DICOMObjectReference,
+    InstanceReference,
+    Query,
+    QueryLevels,
+    Searcher,
+    SeriesReference,
+    Study,
+    StudyReference,
+)
+from dicomtrolley.exceptions import DICOMTrolleyError
+from dicomtrolley.logs import get_module_logger
+
+logger = get_module_logger("caching")
+
+Address = tuple[str, ...]
+
+
+class NodeNotFound(DICOMTrolleyError):
+    """Not in the cache, or expired."""
+
+
+class DICOMObjectCache:
+    """Studies, series and instances by reference, each kept for expiry_seconds.
+
+    Parameters
+    ----------
+    initial_objects:
+        Objects to cache right away.
+    expiry_seconds:
+        How long an object stays valid after it was added; None: forever.
+    """
+
+    def __init__(
+        self,
+        initial_objects: list[DICOMObject] | None = None,
+        expiry_seconds: float | None = 600,
+    ) -> None:
+        if initial_objects and not isinstance(initial_objects, list):
+            raise DICOMTrolleyError(
+                f"Expected a list of DICOM objects but got {type(initial_objects)}. "
+                "Did you forget [brackets] around a single object?"
+            )
+        self.expiry = expiry_seconds
+        self._items: dict[Address, tuple[DICOMObject, float]] = {}
+        self._lock = threading.RLock()
+        for obj in initial_objects or []:
+            self.add(obj)
+
+    @staticmethod
+    def to_address(ref: DICOMObjectReference) -> Address:
+        if isinstance(ref, InstanceReference):
+            return (ref.study_uid, ref.series_uid, ref.instance_uid)
+        if isinstance(ref, SeriesReference):
+            return (ref.study_uid, ref.series_uid)
+        if isinstance(ref, StudyReference):
+            return (ref.study_uid,)
+        raise DICOMTrolleyError(f"Cannot cache by {ref!r}")
+
+    def add(self, obj: DICOMObject) -> None:
+        """Cache obj and everything below it."""
+        now = time.monotonic()
+        with self._lock:
+            stack = [obj]
+            while stack:
+                item = stack.pop()
+                self._items[self.to_address(item.reference())] = (item, now)
+                stack.extend(item.children())
+
+    def add_all(self, objects: Iterable[DICOMObject]) -> None:
+        if isinstance(objects, DICOMObject):
+            raise DICOMTrolleyError("add_all() takes a list; use add() for one object")
+        for obj in objects:
+            self.add(obj)
+
+    def _expired(self, stamp: float, now: float) -> bool:
+        return self.expiry is not None and now - stamp > self.expiry
+
+    def prune_expired(self) -> None:
+        """Drop everything that has expired."""
+        now = time.monotonic()
+        with self._lock:
+            for address in [a for a, (_, t) in self._items.items() if self._expired(t, now)]:
+                del self._items[address]
+
+    def retrieve(self, reference: DICOMObjectReference) -> DICOMObject:
+        """The cached object for reference. NodeNotFound when absent or expired."""
+        address = self.to_address(reference)
+        with self._lock:
+            entry = self._items.get(address)
+            if entry is None:
+                raise NodeNotFound(f"No node found in cache for {reference}")
+            obj, stamp = entry
+            if self._expired(stamp, time.monotonic()):
+                del self._items[address]
+                raise NodeNotFound(f"Cache entry for {reference} expired")
+            return obj
+
+
+class QueryCache:
+    """Which objects answered which query (by the query's JSON form)."""
+
+    def __init__(self, cache: DICOMObjectCache) -> None:
+        self.cache = cache
+        self.queries: dict[str, tuple[DICOMObjectReference, ...]] = {}
+
+    @staticmethod
+    def _key(query: Query) -> str:
+        return f"{type(query).__name__}:{query.model_dump_json()}"
+
+    def add_response(self, query: Query, response: Sequence[DICOMObject]) -> None:
+        self.cache.add_all(response)
+        self.queries[self._key(query)] = tuple(x.reference() for x in response)
+
+    def get_response(self, query: Query) -> list[Study]:
+        """The cached answer to query. NodeNotFound when unknown or partly expired."""
+        key = self._key(query)
+        refs = self.queries.get(key)
+        if refs is None:
+            raise NodeNotFound(f"Query {query.to_short_string()} not found in cache")
+        try:
+            return [self.cache.retrieve(ref) for ref in refs]  # type: ignore[misc]
+        except NodeNotFound as error:
+            self.queries.pop(key, None)
+            raise NodeNotFound(
+                f"Part of the answer to {query.to_short_string()} has expired"
+            ) from error
+
+
+class CachedSearcher(Searcher):
+    """A searcher that answers from cache when it can."""
+
+    def __init__(self, searcher: Searcher, cache: DICOMObjectCache) -> None:
+        self.searcher = searcher
+        self.cache = cache
+        self.query_cache = QueryCache(cache)
+
+    def __str__(self) -> str:
+        return f"CachedSearcher for {self.searcher}"
+
+    def find_studies(self, query: Query) -> Sequence[Study]:
+        try:
+            return self.query_cache.get_response(query)
+        except NodeNotFound:
+            studies = list(self.searcher.find_studies(query))
+            self.query_cache.add_response(query, studies)
+            return studies
+
+    def find_study_by_id(
+        self, study_uid: str, query_level: QueryLevels = QueryLevels.STUDY
+    ) -> Study:
+        try:
+            cached = self.cache.retrieve(StudyReference(study_uid))
+            if isinstance(cached, Study) and cached.max_object_depth() <= (
+                DICOMObjectLevels.from_query_level(query_level)
+            ):
+                return cached
+        except NodeNotFound:
+            pass
+        study = self.searcher.find_study_by_id(study_uid, query_level=query_level)
+        self.cache.add(study)
+        return study

@@ -1,0 +1,466 @@
+"""The shared model: levels, references, the study/series/instance tree, and the
+Searcher and Downloader bases that every protocol adapter implements.
+
+The names here are dicomtrolley 4.1.0's public API; scripts written for it import
+from this module and keep working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict
+from pydicom.dataset import Dataset
+
+from dicomtrolley.exceptions import (
+    DICOMTrolleyError,
+    NoReferencesFoundError,
+    NonInstanceParameterError,
+    NonSeriesParameterError,
+)
+from dicomtrolley.levels import DICOMObjectLevels, QueryLevels
+from dicomtrolley.logs import get_module_logger
+from dicomtrolley.query import ExtendedQuery, Query, QuerySubType
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
+    from dicomtrolley.download import DownloadReport, Progress
+    from dicomtrolley.storage import DICOMDiskStorage
+
+__all__ = [
+    "DICOMDownloadable",
+    "DICOMObject",
+    "DICOMObjectLevels",
+    "DICOMObjectReference",
+    "Downloader",
+    "ExtendedQuery",
+    "Instance",
+    "InstanceReference",
+    "NonInstanceParameterError",
+    "NonSeriesParameterError",
+    "Query",
+    "QueryLevels",
+    "QuerySubType",
+    "Searcher",
+    "Series",
+    "SeriesReference",
+    "Study",
+    "StudyReference",
+    "to_instance_refs",
+    "to_references",
+    "to_series_level_refs",
+]
+
+logger = get_module_logger("core")
+
+
+class DICOMDownloadable:
+    """Anything a Downloader accepts: a reference or a searched object."""
+
+    def reference(self) -> DICOMObjectReference:
+        raise NotImplementedError()
+
+    def contained_references(
+        self, max_level: DICOMObjectLevels
+    ) -> tuple[DICOMObjectReference, ...]:
+        """References at ``max_level`` or deeper that together make up this object.
+
+        Raises
+        ------
+        NoReferencesFoundError
+            When this object does not know its parts at that level (a study
+            reference, or a study found by a study-level search).
+        """
+        raise NotImplementedError()
+
+
+@dataclass(frozen=True)
+class DICOMObjectReference(DICOMDownloadable):
+    """A study, series or instance by UID only. Frozen and hashable."""
+
+    study_uid: str
+
+    @property
+    def level(self) -> DICOMObjectLevels:
+        raise NotImplementedError()
+
+    def reference(self) -> DICOMObjectReference:
+        return self
+
+    def contained_references(
+        self, max_level: DICOMObjectLevels
+    ) -> tuple[DICOMObjectReference, ...]:
+        if max_level < self.level:
+            raise NoReferencesFoundError(
+                f"{self} holds no references at {max_level.name} level or deeper",
+                uids=[self.study_uid],
+            )
+        return (self,)
+
+
+@dataclass(frozen=True)
+class StudyReference(DICOMObjectReference):
+    """A whole study."""
+
+    study_uid: str
+
+    @property
+    def level(self) -> DICOMObjectLevels:
+        return DICOMObjectLevels.STUDY
+
+    def __str__(self) -> str:
+        return f"StudyReference {self.study_uid}"
+
+
+@dataclass(frozen=True)
+class SeriesReference(DICOMObjectReference):
+    """One series of a study."""
+
+    study_uid: str
+    series_uid: str
+
+    @property
+    def level(self) -> DICOMObjectLevels:
+        return DICOMObjectLevels.SERIES
+
+    def __str__(self) -> str:
+        return f"SeriesReference {self.study_uid} -> {self.series_uid}"
+
+
+@dataclass(frozen=True)
+class InstanceReference(DICOMObjectReference):
+    """One instance (SOP instance: an image, a report ...)."""
+
+    study_uid: str
+    series_uid: str
+    instance_uid: str
+
+    @property
+    def level(self) -> DICOMObjectLevels:
+        return DICOMObjectLevels.INSTANCE
+
+    def __str__(self) -> str:
+        return (
+            f"InstanceReference {self.study_uid} -> {self.series_uid} -> "
+            f"{self.instance_uid}"
+        )
+
+
+class DICOMObject(BaseModel, DICOMDownloadable):
+    """A study, series or instance found by a search, with its DICOM attributes.
+
+    Objects know their parent and children. ``data`` holds the attributes the
+    search returned for this level.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    uid: str
+    data: Dataset
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__} {self.uid}"
+
+    def __repr__(self) -> str:  # parent <-> children would recurse forever
+        return f"{type(self).__name__}(uid={self.uid!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, DICOMObject)
+        return self.uid == other.uid and self.data == other.data
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def children(self) -> Sequence[DICOMObject]:
+        raise NotImplementedError()
+
+    def root(self) -> Study:
+        raise NotImplementedError()
+
+    def all_instances(self) -> list[Instance]:
+        raise NotImplementedError()
+
+    def all_series(self) -> list[Series]:
+        raise NotImplementedError()
+
+    def max_object_depth(self) -> DICOMObjectLevels:
+        """The deepest level this object holds: STUDY, SERIES or INSTANCE."""
+        raise NotImplementedError()
+
+    @staticmethod
+    def extract_refs(
+        objects: Iterable[DICOMObject],
+    ) -> tuple[DICOMObjectReference, ...]:
+        refs = tuple(x.reference() for x in objects)
+        if not refs:
+            raise NoReferencesFoundError("object holds no deeper objects")
+        return refs
+
+
+class Instance(DICOMObject):
+    """One instance, with its series as parent."""
+
+    parent: Series
+
+    def children(self) -> Sequence[DICOMObject]:
+        return []
+
+    def root(self) -> Study:
+        return self.parent.parent
+
+    def all_instances(self) -> list[Instance]:
+        return [self]
+
+    def all_series(self) -> list[Series]:
+        return [self.parent]
+
+    def max_object_depth(self) -> DICOMObjectLevels:
+        return DICOMObjectLevels.INSTANCE
+
+    def reference(self) -> InstanceReference:
+        return InstanceReference(
+            study_uid=self.parent.parent.uid,
+            series_uid=self.parent.uid,
+            instance_uid=self.uid,
+        )
+
+    def contained_references(
+        self, max_level: DICOMObjectLevels
+    ) -> tuple[DICOMObjectReference, ...]:
+        return (self.reference(),)
+
+
+class Series(DICOMObject):
+    """One series: its instances (if the search went that deep) and its study."""
+
+    instances: Sequence[Instance]
+    parent: Study
+
+    def __getitem__(self, instance_uid: str) -> Instance:
+        return self.get(instance_uid)
+
+    def get(self, instance_uid: str) -> Instance:
+        """The instance with this UID. KeyError when the series does not hold it."""
+        for instance in self.instances:
+            if instance.uid == instance_uid:
+                return instance
+        raise KeyError(f'instance with uid "{instance_uid}" not found in series')
+
+    def children(self) -> Sequence[DICOMObject]:
+        return self.instances
+
+    def root(self) -> Study:
+        return self.parent
+
+    def all_instances(self) -> list[Instance]:
+        return list(self.instances)
+
+    def all_series(self) -> list[Series]:
+        return [self]
+
+    def max_object_depth(self) -> DICOMObjectLevels:
+        return DICOMObjectLevels.INSTANCE if self.instances else DICOMObjectLevels.SERIES
+
+    def reference(self) -> SeriesReference:
+        return SeriesReference(study_uid=self.parent.uid, series_uid=self.uid)
+
+    def contained_references(
+        self, max_level: DICOMObjectLevels
+    ) -> tuple[DICOMObjectReference, ...]:
+        if max_level >= DICOMObjectLevels.SERIES:
+            return (self.reference(),)
+        try:
+            return self.extract_refs(self.instances)
+        except NoReferencesFoundError as error:
+            raise NoReferencesFoundError(
+                f"{self} holds no instances", uids=[self.parent.uid, self.uid]
+            ) from error
+
+
+class Study(DICOMObject):
+    """One study: its series (if the search went that deep)."""
+
+    series: Sequence[Series]
+
+    def __getitem__(self, series_uid: str) -> Series:
+        return self.get(series_uid)
+
+    def get(self, series_uid: str) -> Series:
+        """The series with this UID. KeyError when the study does not hold it."""
+        for series in self.series:
+            if series.uid == series_uid:
+                return series
+        raise KeyError(f'series with uid "{series_uid}" not found in study')
+
+    def children(self) -> Sequence[DICOMObject]:
+        return self.series
+
+    def root(self) -> Study:
+        return self
+
+    def all_instances(self) -> list[Instance]:
+        return [instance for series in self.series for instance in series.instances]
+
+    def all_series(self) -> list[Series]:
+        return list(self.series)
+
+    def max_object_depth(self) -> DICOMObjectLevels:
+        if not self.series:
+            return DICOMObjectLevels.STUDY
+        return min(s.max_object_depth() for s in self.series)
+
+    def reference(self) -> StudyReference:
+        return StudyReference(study_uid=self.uid)
+
+    def contained_references(
+        self, max_level: DICOMObjectLevels
+    ) -> tuple[DICOMObjectReference, ...]:
+        if max_level >= DICOMObjectLevels.STUDY:
+            return (self.reference(),)
+        if max_level == DICOMObjectLevels.SERIES:
+            if not self.series:
+                raise NoReferencesFoundError(f"{self} holds no series", uids=[self.uid])
+            return self.extract_refs(self.series)
+        refs: list[DICOMObjectReference] = []
+        for series in self.series:
+            refs.extend(series.contained_references(max_level))
+        if not refs:
+            raise NoReferencesFoundError(f"{self} holds no instances", uids=[self.uid])
+        return tuple(refs)
+
+
+Instance.model_rebuild()
+Series.model_rebuild()
+Study.model_rebuild()
+
+
+def to_references(
+    objects: Iterable[DICOMDownloadable], max_level: DICOMObjectLevels
+) -> list[DICOMObjectReference]:
+    """References at max_level or deeper for all objects.
+
+    Raises
+    ------
+    NoReferencesFoundError
+        When one of the objects does not know its parts at that level.
+    """
+    refs: list[DICOMObjectReference] = []
+    for obj in objects:
+        refs.extend(obj.contained_references(max_level=max_level))
+    return refs
+
+
+def to_instance_refs(objects: Iterable[DICOMDownloadable]) -> list[InstanceReference]:
+    """Instance references for all objects, or NonInstanceParameterError."""
+    try:
+        refs = to_references(objects, max_level=DICOMObjectLevels.INSTANCE)
+    except NoReferencesFoundError as error:
+        raise NonInstanceParameterError(
+            f"Cannot obtain instance references: {error}", uids=error.uids
+        ) from error
+    return [ref for ref in refs if isinstance(ref, InstanceReference)]
+
+
+def to_series_level_refs(
+    objects: Iterable[DICOMDownloadable],
+) -> list[DICOMObjectReference]:
+    """Series or instance references for all objects, or NonSeriesParameterError."""
+    try:
+        return to_references(objects, max_level=DICOMObjectLevels.SERIES)
+    except NoReferencesFoundError as error:
+        raise NonSeriesParameterError(
+            f"Cannot obtain series references: {error}", uids=error.uids
+        ) from error
+
+
+class Searcher:
+    """Something that finds studies. Protocol adapters implement find_studies."""
+
+    def find_studies(self, query: Query) -> Sequence[Study]:
+        raise NotImplementedError()
+
+    def find_study(self, query: Query) -> Study:
+        """Exactly one study for query.
+
+        Raises
+        ------
+        DICOMTrolleyError
+            When the search finds no study or more than one.
+        """
+        results = self.find_studies(query)
+        if len(results) != 1:
+            raise DICOMTrolleyError(
+                f"Expected exactly one study for query '{query.to_short_string()}', "
+                f"but found {len(results) or 'none'}"
+            )
+        return results[0]
+
+    def find_study_by_id(
+        self, study_uid: str, query_level: QueryLevels = QueryLevels.STUDY
+    ) -> Study:
+        """The study with this UID, searched down to query_level."""
+        return self.find_study(
+            Query(StudyInstanceUID=study_uid, query_level=query_level)
+        )
+
+
+class Downloader:
+    """Something that downloads instances. Protocol adapters implement datasets."""
+
+    def get_dataset(self, instance: InstanceReference) -> Dataset:
+        """One instance as a pydicom Dataset in memory."""
+        datasets = list(self.datasets([instance]))
+        if len(datasets) != 1:
+            raise DICOMTrolleyError(
+                f"Expected one dataset for {instance}, got {len(datasets)}",
+                uids=[instance.instance_uid],
+            )
+        return datasets[0]
+
+    def datasets(self, objects: Sequence[DICOMDownloadable]) -> Iterator[Dataset]:
+        """Every instance in objects, as pydicom Datasets in memory.
+
+        Raises
+        ------
+        NonSeriesParameterError, NonInstanceParameterError
+            When this downloader needs deeper references than objects hold.
+        """
+        raise NotImplementedError()
+
+    def check_references(self, objects: Sequence[DICOMDownloadable]) -> None:
+        """Raise NonSeries/NonInstanceParameterError before any transfer starts.
+
+        Downloaders that need series or instance references override this so the
+        Trolley can fill in references before downloading anything.
+        """
+
+    def save_all(
+        self,
+        objects: Sequence[DICOMDownloadable],
+        storage: DICOMDiskStorage,
+        output_dir: str | Path,
+        *,
+        max_workers: int | None = None,
+        progress: Progress | None = None,
+    ) -> DownloadReport:
+        """Download objects into storage under output_dir.
+
+        The default keeps each dataset in memory and saves it; streaming
+        downloaders override this and write each instance while it arrives.
+        """
+        from dicomtrolley.download import DownloadReport, NullProgress
+
+        self.check_references(objects)
+        report = DownloadReport()
+        progress = progress or NullProgress()
+        for dataset in self.datasets(objects):
+            path = storage.save(dataset, path=str(output_dir))
+            nbytes = path.stat().st_size if path is not None else 0
+            report.add_saved(path, nbytes)
+            progress.instance_done(nbytes)
+        return report
+

@@ -1,0 +1,104 @@
+"""What a download to disk reports, and how it tells a progress display.
+
+A :class:`DownloadReport` collects, thread-safely, every file saved or skipped
+and every failure with its UIDs. Failures never pass silently: the Trolley calls
+:meth:`DownloadReport.raise_for_failures` at the end, which raises
+:class:`~dicomtrolley.exceptions.DownloadIncompleteError` naming them all.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from dicomtrolley.exceptions import DICOMTrolleyError, DownloadIncompleteError
+
+
+class Progress(Protocol):
+    """Receives progress from downloaders. Must be thread-safe."""
+
+    def add_total(self, instances: int = 0, nbytes: int = 0) -> None:
+        """More work became known (instances and/or bytes expected)."""
+
+    def advance_bytes(self, nbytes: int) -> None:
+        """nbytes more arrived."""
+
+    def instance_done(self, nbytes: int = 0, skipped: bool = False) -> None:
+        """One instance is complete on disk (or was already there: skipped)."""
+
+
+class NullProgress:
+    """A Progress that ignores everything."""
+
+    def add_total(self, instances: int = 0, nbytes: int = 0) -> None:
+        pass
+
+    def advance_bytes(self, nbytes: int) -> None:
+        pass
+
+    def instance_done(self, nbytes: int = 0, skipped: bool = False) -> None:
+        pass
+
+
+@dataclass
+class Failure:
+    """One thing that could not be downloaded, with the UIDs it concerns."""
+
+    what: str
+    uids: tuple[str, ...]
+    error: DICOMTrolleyError
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.error}"
+
+
+@dataclass
+class DownloadReport:
+    """Files saved and skipped, bytes written, and failures of one download."""
+
+    saved: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    bytes_written: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add_saved(self, path: Path | None, nbytes: int = 0) -> None:
+        with self._lock:
+            if path is not None:
+                self.saved.append(path)
+            self.bytes_written += nbytes
+
+    def add_skipped(self, path: Path) -> None:
+        with self._lock:
+            self.skipped.append(path)
+
+    def add_failure(self, what: str, error: DICOMTrolleyError) -> None:
+        with self._lock:
+            self.failures.append(Failure(what=what, uids=error.uids, error=error))
+
+    def merge(self, other: DownloadReport) -> None:
+        with self._lock:
+            self.saved.extend(other.saved)
+            self.skipped.extend(other.skipped)
+            self.failures.extend(other.failures)
+            self.bytes_written += other.bytes_written
+
+    @property
+    def failed_uids(self) -> tuple[str, ...]:
+        return tuple(uid for failure in self.failures for uid in failure.uids)
+
+    def raise_for_failures(self) -> None:
+        """Raise DownloadIncompleteError naming every failure, if there was any."""
+        if not self.failures:
+            return
+        lines = "\n".join(f"  - {failure}" for failure in self.failures[:50])
+        more = len(self.failures) - 50
+        if more > 0:
+            lines += f"\n  ... and {more} more"
+        raise DownloadIncompleteError(
+            f"{len(self.failures)} download(s) failed ({len(self.saved)} file(s) "
+            f"saved):\n{lines}",
+            uids=self.failed_uids,
+        )

@@ -1,0 +1,199 @@
+"""Every error dicomtrolley raises: one root, transient and permanent branches.
+
+Catch :class:`DICOMTrolleyError` to handle anything the library can raise. Catch
+:class:`TransientError` for what may succeed when tried again (network trouble,
+timeouts, overloaded servers) and :class:`PermanentError` for what will not.
+Every error carries the context a user needs to act on it: the URL (never with
+credentials), the HTTP status and the DICOM UIDs involved, where known::
+
+    DICOMTrolleyError
+    ├── TransientError                      may succeed on a later try
+    │   ├── DICOMTrolleyConnectionError     refused, reset, DNS, TLS handshake
+    │   │   └── DICOMTrolleyTimeoutError    connect or read timeout
+    │   ├── ServerHTTPError                 HTTP 5xx, 429  (also an HTTPStatusError)
+    │   └── IncompleteResponseError         body ended early (truncated multipart ...)
+    │       └── (also a MultipartContentError)
+    └── PermanentError
+        ├── HTTPStatusError                 HTTP status the client cannot fix by retrying
+        │   └── ClientHTTPError             HTTP 4xx
+        ├── DICOMTrolleyAuthError           login refused, 401/403
+        ├── ResponseFormatError             body is not what was asked for (HTML, bad JSON)
+        │   └── MultipartContentError       malformed multipart (missing boundary ...)
+        ├── DICOMParseError                 downloaded bytes are not a DICOM file
+        ├── UnSupportedParameterError       a query a searcher cannot express
+        ├── NoReferencesFoundError          an object holds no deeper references
+        ├── NoQueryResultsError             a search found nothing where one was needed
+        ├── NonSeriesParameterError         downloader needs series references (core)
+        ├── NonInstanceParameterError       downloader needs instance references (core)
+        ├── StorageError                    cannot write a file where it should go
+        │   └── UnsafePathError             a server value would escape the output folder
+        ├── InvalidUIDError                 a server UID that breaks the DICOM UID grammar
+        ├── DownloadIncompleteError         instances asked for but not delivered (UIDs)
+        └── Rad69ServerError                RAD-69 server reported errors
+            └── XDSMissingDocumentError
+
+``NonSeriesParameterError`` and ``NonInstanceParameterError`` are defined here and
+re-exported from :mod:`dicomtrolley.core`, where dicomtrolley 4.1.0 had them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL without user information (``user:password@``) and without a fragment."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+class DICOMTrolleyError(Exception):
+    """Root of every error raised by dicomtrolley.
+
+    Parameters
+    ----------
+    message:
+        What went wrong, for a person.
+    url:
+        The URL involved, if any. Credentials are removed before it is stored.
+    status_code:
+        The HTTP status involved, if any.
+    uids:
+        The DICOM UIDs involved (study, series or SOP instance UIDs).
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        url: str | None = None,
+        status_code: int | None = None,
+        uids: Iterable[str] = (),
+    ) -> None:
+        self.message = message
+        self.url = redact_url(url)
+        self.status_code = status_code
+        self.uids: tuple[str, ...] = tuple(uids)
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        parts = [self.message] if self.message else [type(self).__name__]
+        if self.status_code is not None and f"{self.status_code}" not in self.message:
+            parts.append(f"(HTTP {self.status_code})")
+        if self.url and self.url not in self.message:
+            parts.append(f"[{self.url}]")
+        return " ".join(parts)
+
+
+# Kept for scripts written against dicomtrolley < 3.
+DICOMTrolleyException = DICOMTrolleyError
+
+
+class TransientError(DICOMTrolleyError):
+    """An error that may go away when the same thing is tried again later."""
+
+
+class PermanentError(DICOMTrolleyError):
+    """An error that will happen again when the same thing is tried again."""
+
+
+class DICOMTrolleyConnectionError(TransientError):
+    """Could not connect, or the connection broke (refused, reset, DNS, TLS)."""
+
+
+class DICOMTrolleyTimeoutError(DICOMTrolleyConnectionError):
+    """The server did not answer within the configured connect or read timeout."""
+
+
+class HTTPStatusError(DICOMTrolleyError):
+    """The server answered with an HTTP error status."""
+
+
+class ClientHTTPError(HTTPStatusError, PermanentError):
+    """HTTP 4xx: the request was refused. Retrying the same request will not help."""
+
+
+class ServerHTTPError(HTTPStatusError, TransientError):
+    """HTTP 5xx or 429: the server failed or is overloaded. May work later."""
+
+
+class DICOMTrolleyAuthError(PermanentError):
+    """Login failed, or the server refused the credentials (401/403)."""
+
+
+class ResponseFormatError(PermanentError):
+    """The server answered, but not with what was asked for (HTML, malformed JSON)."""
+
+
+class MultipartContentError(ResponseFormatError):
+    """A multipart/related body that cannot be parsed (no boundary, bad part)."""
+
+
+class IncompleteResponseError(MultipartContentError, TransientError):
+    """The answer ended before it was complete (truncated body, connection cut)."""
+
+
+class DICOMParseError(PermanentError):
+    """Downloaded bytes that are not a readable DICOM file."""
+
+
+class UnSupportedParameterError(PermanentError):
+    """A query parameter that the chosen searcher cannot express.
+
+    Raised instead of silently ignoring the parameter.
+    """
+
+
+class NoReferencesFoundError(PermanentError):
+    """A DICOM object holds no references at the requested (deeper) level."""
+
+
+class NoQueryResultsError(PermanentError):
+    """A search found nothing where at least one result was needed."""
+
+
+class NonSeriesParameterError(PermanentError):
+    """A downloader needs series (or instance) references for these objects.
+
+    The Trolley catches this, asks its searcher for the series of each study and
+    tries again.
+    """
+
+
+class NonInstanceParameterError(PermanentError):
+    """A downloader needs instance references for these objects.
+
+    Downloaders such as WADO-URI fetch one instance per request. The Trolley catches
+    this, asks its searcher for the instances and tries again.
+    """
+
+
+class StorageError(PermanentError):
+    """A file could not be written where it should go."""
+
+
+class UnsafePathError(StorageError):
+    """A value used in a path would place a file outside the output folder."""
+
+
+class InvalidUIDError(PermanentError):
+    """A UID from a server that does not follow the DICOM UID grammar (PS3.5 9.1)."""
+
+
+class DownloadIncompleteError(PermanentError):
+    """Some instances that were asked for did not arrive. ``uids`` lists them."""
+
+
+class Rad69ServerError(PermanentError):
+    """A RAD-69 server reported one or more errors."""
+
+
+class XDSMissingDocumentError(Rad69ServerError):
+    """A RAD-69 server does not have one or more requested documents (instances)."""

@@ -1,0 +1,1 @@
+"""Sans-I/O parsers: bytes in, results out."""

@@ -1,0 +1,250 @@
+"""Turn flat search results into the Study → Series → Instance tree, and back.
+
+A search answers with one dataset per study, series or instance. The datasets
+are sorted into a tree by their UIDs (:class:`DICOMParseTree`) and then turned
+into linked :class:`~dicomtrolley.core.Study`, ``Series`` and ``Instance``
+objects. Unlike dicomtrolley 4.1.0, a study or series that only appears through
+its children gets the study- or series-level attributes of its first child as
+its data (PatientName, StudyDate, Modality ...), instead of an empty dataset.
+Building is linear in the number of results: dict look-ups, no rescans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag, Tag
+
+from dicomtrolley.core import (
+    DICOMObject,
+    DICOMObjectLevels,
+    DICOMObjectReference,
+    Instance,
+    Series,
+    Study,
+)
+from dicomtrolley.exceptions import DICOMTrolleyError
+from dicomtrolley.fields import SeriesLevel, SeriesLevelPromotable, StudyLevel
+
+
+class DICOMObjectNotFound(DICOMTrolleyError):
+    """A reference that is not in the tree."""
+
+
+def _tags(keywords: Iterable[str]) -> frozenset[int]:
+    return frozenset(int(Tag(keyword)) for keyword in keywords)
+
+
+STUDY_TAGS = _tags(StudyLevel.fields | {"SpecificCharacterSet"})
+SERIES_TAGS = _tags(SeriesLevel.fields | SeriesLevelPromotable.fields | {"SpecificCharacterSet"})
+
+_STUDY_UID = BaseTag(0x0020000D)
+_SERIES_UID = BaseTag(0x0020000E)
+_SOP_UID = BaseTag(0x00080018)
+
+
+def _uid(dataset: Dataset, tag: BaseTag) -> str | None:
+    element = dataset._dict.get(tag)  # no conversion of other elements
+    if element is None:
+        return None
+    value = dataset[tag].value
+    if not value:
+        return None
+    return str(value).strip()
+
+
+def _subset(dataset: Dataset, tags: frozenset[int]) -> Dataset:
+    subset = Dataset()
+    for tag, element in dataset._dict.items():
+        if tag in tags:
+            subset._dict[tag] = element
+    return subset
+
+
+class _Node:
+    __slots__ = ("children", "data")
+
+    def __init__(self) -> None:
+        self.data: Dataset | None = None
+        self.children: dict[str, _Node] = {}
+
+
+class DICOMParseTree:
+    """Datasets sorted into study → series → instance by UID. Insertion ordered.
+
+    Parameters
+    ----------
+    root:
+        Unused; accepted for compatibility with dicomtrolley 4.1.0.
+    allow_overwrite:
+        When False, inserting a second non-empty dataset at the same place
+        raises DICOMTrolleyError.
+    """
+
+    def __init__(self, root: Any = None, allow_overwrite: bool = False) -> None:
+        self.root = _Node()
+        self.allow_overwrite = allow_overwrite
+
+    @classmethod
+    def init_from_objects(cls, objects: Sequence[DICOMObject]) -> DICOMParseTree:
+        """A tree holding objects and all their children (overwrites allowed)."""
+        tree = cls(allow_overwrite=True)
+        for item in objects:
+            tree.update(item)
+        return tree
+
+    def update(self, other: DICOMObject) -> None:
+        """Insert other and everything below it."""
+        self.insert_dicom_object(other)
+        for child in other.children():
+            self.update(child)
+
+    def insert(
+        self,
+        data: Dataset,
+        study_uid: str,
+        series_uid: str | None = None,
+        instance_uid: str | None = None,
+    ) -> None:
+        """Put data at the given place in the tree, creating parents as needed."""
+        if instance_uid and not series_uid:
+            raise DICOMTrolleyError(
+                f"Cannot insert instance {instance_uid} of study {study_uid}: "
+                "no series UID",
+                uids=[study_uid, instance_uid],
+            )
+        node = self.root.children.setdefault(study_uid, _Node())
+        for uid in (series_uid, instance_uid):
+            if not uid:
+                break
+            node = node.children.setdefault(uid, _Node())
+        if node.data and not self.allow_overwrite:
+            raise DICOMTrolleyError(
+                f"Error inserting dataset into {study_uid}/{series_uid}/"
+                f"{instance_uid}: a dataset is already there",
+                uids=[u for u in (study_uid, series_uid, instance_uid) if u],
+            )
+        node.data = data
+
+    def insert_dataset(self, ds: Dataset) -> None:
+        """Insert a search result at the level its UIDs say."""
+        study_uid = _uid(ds, _STUDY_UID)
+        if not study_uid:
+            raise DICOMTrolleyError(
+                "A search result has no StudyInstanceUID; cannot place it"
+            )
+        series_uid = _uid(ds, _SERIES_UID)
+        instance_uid = _uid(ds, _SOP_UID) if series_uid else None
+        self.insert(ds, study_uid, series_uid, instance_uid)
+
+    def insert_dicom_object(self, obj: DICOMObject) -> None:
+        if isinstance(obj, Study):
+            self.insert(obj.data, obj.uid)
+        elif isinstance(obj, Series):
+            self.insert(obj.data, obj.parent.uid, obj.uid)
+        elif isinstance(obj, Instance):
+            self.insert(obj.data, obj.parent.parent.uid, obj.parent.uid, obj.uid)
+        else:
+            raise DICOMTrolleyError(f"Unknown DICOM object {obj}")
+
+    @staticmethod
+    def _data_for(node: _Node, tags: frozenset[int]) -> Dataset:
+        if node.data is not None and len(node.data):
+            return node.data
+        for child in node.children.values():
+            source = child.data
+            if source is None or not len(source):
+                grandchildren = iter(child.children.values())
+                first = next(grandchildren, None)
+                source = first.data if first is not None else None
+            if source is not None and len(source):
+                return _subset(source, tags)
+        return Dataset()
+
+    def _as_study(self, study_uid: str, node: _Node) -> Study:
+        study = Study.model_construct(
+            uid=study_uid, data=self._data_for(node, STUDY_TAGS), series=[]
+        )
+        series_list: list[Series] = []
+        for series_uid, series_node in node.children.items():
+            series = Series.model_construct(
+                uid=series_uid,
+                data=self._data_for(series_node, SERIES_TAGS),
+                parent=study,
+                instances=[],
+            )
+            series.instances = [
+                Instance.model_construct(
+                    uid=instance_uid,
+                    data=instance_node.data if instance_node.data is not None else Dataset(),
+                    parent=series,
+                )
+                for instance_uid, instance_node in series_node.children.items()
+            ]
+            series_list.append(series)
+        study.series = series_list
+        return study
+
+    def as_studies(self) -> list[Study]:
+        """The tree as linked Study/Series/Instance objects."""
+        return [self._as_study(uid, node) for uid, node in self.root.children.items()]
+
+
+def studies_from_datasets(datasets: Iterable[Dataset]) -> list[Study]:
+    """Search results (one dataset per study, series or instance) as a tree."""
+    tree = DICOMParseTree(allow_overwrite=True)
+    for dataset in datasets:
+        tree.insert_dataset(dataset)
+    return tree.as_studies()
+
+
+def flatten(dicom_object: DICOMObject) -> list[DICOMObject]:
+    """The object and everything below it, depth first."""
+    result: list[DICOMObject] = [dicom_object]
+    for child in dicom_object.children():
+        result.extend(flatten(child))
+    return result
+
+
+class DICOMObjectTree:
+    """A collection of studies to look objects up in by reference."""
+
+    def __init__(self, objects: Sequence[DICOMObject]) -> None:
+        self._study_dict: dict[str, Study] = {
+            study.uid: study
+            for study in DICOMParseTree.init_from_objects(objects).as_studies()
+        }
+
+    def __getitem__(self, study_uid: str) -> Study:
+        return self._study_dict[study_uid]
+
+    @property
+    def studies(self) -> list[Study]:
+        return list(self._study_dict.values())
+
+    def add_study(self, study: Study) -> None:
+        """Add study, replacing any study with the same UID."""
+        self._study_dict[study.uid] = study
+
+    def retrieve(self, reference: DICOMObjectReference) -> DICOMObject:
+        """The object a reference points to.
+
+        Raises
+        ------
+        DICOMObjectNotFound
+            When the tree does not hold it.
+        """
+        try:
+            study = self[reference.study_uid]
+            if reference.level == DICOMObjectLevels.STUDY:
+                return study
+            series = study.get(reference.series_uid)  # type: ignore[attr-defined]
+            if reference.level == DICOMObjectLevels.SERIES:
+                return series
+            return series.get(reference.instance_uid)  # type: ignore[attr-defined]
+        except KeyError as error:
+            raise DICOMObjectNotFound(
+                f"{reference} not found in tree", uids=[reference.study_uid]
+            ) from error

@@ -1,0 +1,99 @@
+"""Backend-agnostic search criteria: :class:`Query` and :class:`ExtendedQuery`.
+
+Every searcher accepts a plain :class:`Query`; searcher-specific subclasses (MINT,
+QIDO-RS, DICOM-QR) add parameters. A searcher converts any query into its own
+type with :meth:`Query.init_from_query`, which refuses (UnSupportedParameterError)
+rather than silently dropping a parameter it cannot express.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydicom.datadict import tag_for_keyword
+
+from dicomtrolley.exceptions import UnSupportedParameterError
+from dicomtrolley.levels import QueryLevels
+
+QuerySubType = TypeVar("QuerySubType", bound="Query")
+
+
+class Query(BaseModel):
+    """A DICOM search that every searcher understands.
+
+    DICOM attributes use their keywords (``PatientID``); everything else uses
+    Python names (``query_level``). ``*`` and ``?`` are wildcards where the
+    server supports them. Unknown arguments are rejected.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    StudyInstanceUID: str = ""
+    AccessionNumber: str = ""
+    PatientName: str = ""
+    PatientID: str = ""
+    ModalitiesInStudy: str = ""
+    SeriesInstanceUID: str = ""
+
+    query_level: QueryLevels = QueryLevels.STUDY
+    max_study_date: datetime | None = None
+    min_study_date: datetime | None = None
+    include_fields: list[str] | None = Field(default_factory=list)
+
+    @field_validator("include_fields")
+    @classmethod
+    def _keywords_exist(cls, value: list[str] | None) -> list[str] | None:
+        for keyword in value or []:
+            if not tag_for_keyword(keyword):
+                raise ValueError(f"{keyword} is not a valid DICOM keyword")
+        return value
+
+    @staticmethod
+    def validate_keyword(keyword: str) -> None:
+        """Raise ValueError if keyword is not a DICOM keyword pydicom knows."""
+        if not tag_for_keyword(keyword):
+            raise ValueError(f"{keyword} is not a valid DICOM keyword")
+
+    @classmethod
+    def init_from_query(cls: type[QuerySubType], query: Query) -> QuerySubType:
+        """This query type, made from any Query's non-empty values.
+
+        Raises
+        ------
+        UnSupportedParameterError
+            When query sets a parameter this type does not have.
+        """
+        if type(query) is cls:
+            return query
+        params = {key: val for key, val in query.model_dump().items() if val}
+        try:
+            return cls(**params)
+        except ValidationError as error:
+            raise UnSupportedParameterError(
+                f"Cannot convert {query.to_short_string()} to {cls.__name__}: "
+                f"it sets parameters that {cls.__name__} does not support. Use a "
+                f"plain Query, or the searcher's own query type. Details: {error}"
+            ) from error
+
+    def filled_fields(self) -> dict[str, Any]:
+        """The parameters that are set (non-empty)."""
+        return {key: val for key, val in self.model_dump().items() if val}
+
+    def to_short_string(self) -> str:
+        """A compact description for messages and logs."""
+        filled = self.filled_fields()
+        filled["query_level"] = QueryLevels(self.query_level).value
+        return f"{type(self).__name__}: {filled}"
+
+
+class ExtendedQuery(Query):
+    """Query with the parameters that MINT and DICOM-QR share."""
+
+    InstitutionName: str = ""
+    PatientSex: str = ""
+    StudyDescription: str = ""
+    SeriesDescription: str = ""
+    InstitutionalDepartmentName: str = ""
+    PatientBirthDate: date | None = None

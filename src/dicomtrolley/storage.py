@@ -1,0 +1,425 @@
+"""Saving instances to disk safely, in a folder layout given by a path template.
+
+Every file is first written to a temporary name inside the output folder, then
+checked (it parses as DICOM, no element runs past the end of the file, its UIDs
+are valid) and only then renamed to its final name: a crash or a cut connection
+never leaves a truncated file under a real name. Values from the server become
+path parts only after validation: UIDs must follow the UID grammar, other values
+are reduced to safe characters, and the final path must lie inside the output
+folder (:class:`~dicomtrolley.exceptions.UnsafePathError` otherwise).
+
+Layouts (``StorageDir`` and ``FlatStorageDir`` are the 4.1.0 names)::
+
+    StorageDir(path)      {StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}
+    FlatStorageDir(path)  {SOPInstanceUID}
+    TemplateStorage(path, "{PatientID}/{StudyInstanceUID}/{SOPInstanceUID}.dcm")
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from dicomtrolley.core import InstanceReference
+from dicomtrolley.exceptions import (
+    DICOMParseError,
+    DICOMTrolleyError,
+    InvalidUIDError,
+    StorageError,
+    UnsafePathError,
+)
+from dicomtrolley.logs import get_module_logger
+from dicomtrolley.uids import check_uid
+
+logger = get_module_logger("storage")
+
+TEMP_PREFIX = ".dicomtrolley-"
+TEMP_SUFFIX = ".part"
+UID_FIELDS = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"})
+DEFAULT_TEMPLATE = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}"
+_UNSAFE_CHARS = re.compile(r"[^\w.\-^ ]", re.UNICODE)
+
+
+class PathTemplate:
+    """A validated folder layout such as ``{PatientID}/{StudyInstanceUID}/...``.
+
+    Fields are DICOM keywords; literal text may not contain ``..``, backslashes
+    or a leading ``/``. The template must contain ``{SOPInstanceUID}`` so that two
+    instances never share a file name.
+    """
+
+    def __init__(self, template: str, dots_to_underscores: bool = False) -> None:
+        self.template = template
+        self.dots_to_underscores = dots_to_underscores
+        self.fields: tuple[str, ...] = self._validate(template)
+
+    @staticmethod
+    def _validate(template: str) -> tuple[str, ...]:
+        if not template or template.startswith(("/", "\\")) or "\\" in template:
+            raise StorageError(f"path template {template!r} must be a relative path")
+        fields: list[str] = []
+        try:
+            parsed = list(string.Formatter().parse(template))
+        except ValueError as error:
+            raise StorageError(f"path template {template!r}: {error}") from error
+        for literal, name, spec, conversion in parsed:
+            if any(part == ".." for part in literal.split("/")):
+                raise StorageError(f"path template {template!r} may not contain '..'")
+            if name is None:
+                continue
+            if spec or conversion or not name.isidentifier():
+                raise StorageError(
+                    f"path template {template!r}: field {{{name}}} must be a plain "
+                    "DICOM keyword (no format spec, conversion or attribute)"
+                )
+            if not tag_for_keyword(name):
+                raise StorageError(
+                    f"path template {template!r}: {name!r} is not a DICOM keyword"
+                )
+            fields.append(name)
+        if "SOPInstanceUID" not in fields:
+            raise StorageError(
+                f"path template {template!r} must contain {{SOPInstanceUID}}"
+            )
+        if template.endswith("/") or template.split("/")[-1].find("{") < 0:
+            raise StorageError(f"path template {template!r} must end in a file name")
+        return tuple(fields)
+
+    @property
+    def uids_only(self) -> bool:
+        """True when the path follows from study, series and instance UIDs alone."""
+        return set(self.fields) <= UID_FIELDS
+
+    def render(self, values: dict[str, Any]) -> Path:
+        """The relative path for these attribute values (validated, sanitised)."""
+        safe = {name: safe_path_part(name, values.get(name)) for name in self.fields}
+        if self.dots_to_underscores:
+            safe = {name: value.replace(".", "_") for name, value in safe.items()}
+        relative = Path(self.template.format(**safe))
+        if relative.is_absolute() or any(p in ("..", "") for p in relative.parts):
+            raise UnsafePathError(f"path {relative} would leave the output folder")
+        return relative
+
+    def __repr__(self) -> str:
+        return f"PathTemplate({self.template!r})"
+
+
+def safe_path_part(keyword: str, value: Any) -> str:
+    """value as one path component. UIDs are validated, other values sanitised.
+
+    A missing study or series UID becomes ``unknown`` (as in 4.1.0); a missing
+    SOPInstanceUID is an error, since files would overwrite each other.
+    """
+    if value in (None, "") and keyword != "SOPInstanceUID":
+        return "unknown"
+    if keyword in UID_FIELDS or dictionary_VR(keyword) == "UI":
+        try:
+            return check_uid(value, keyword)
+        except InvalidUIDError as error:
+            raise UnsafePathError(str(error), uids=error.uids) from error
+    text = "" if value is None else str(value)
+    text = _UNSAFE_CHARS.sub("_", text.replace("\x00", "")).strip(" .")
+    return (text[:64].rstrip(" .") or "UNKNOWN") if text else "UNKNOWN"
+
+
+def _inside(root: Path, target: Path) -> Path:
+    root_resolved = root.resolve()
+    resolved = (root_resolved / target).resolve()
+    if not resolved.is_relative_to(root_resolved):
+        raise UnsafePathError(f"{target} would be written outside {root_resolved}")
+    return resolved
+
+
+def verify_dicom_file(path: Path) -> Dataset:
+    """Parse the header of a DICOM file and check that no element is truncated.
+
+    Large values are not loaded (pydicom's defer_size): this reads the header and
+    seeks over pixel data, so it costs the same for 1 KB and 1 GB files.
+
+    Raises
+    ------
+    DICOMParseError
+        When the file is not DICOM or an element runs past the end of the file.
+    """
+    try:
+        size = path.stat().st_size
+        dataset = pydicom.dcmread(path, defer_size=4096)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as error:
+        raise DICOMParseError(f"{path.name}: not a readable DICOM file: {error}") from error
+    except Exception as error:  # pydicom raises assorted errors on garbage
+        raise DICOMParseError(f"{path.name}: not a readable DICOM file: {error}") from error
+    for element in dataset._dict.values():
+        if isinstance(element, RawDataElement) and element.length != 0xFFFFFFFF:
+            if element.value_tell + element.length > size:
+                raise DICOMParseError(
+                    f"{path.name}: truncated: element {element.tag} ends at byte "
+                    f"{element.value_tell + element.length}, file has {size} bytes"
+                )
+    if not dataset:
+        raise DICOMParseError(f"{path.name}: DICOM file holds no data elements")
+    return dataset
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class InstanceWriter:
+    """Receives one instance's bytes; commit() verifies, names and renames the file.
+
+    The temporary file lives in the output folder itself, so the final rename is
+    atomic (same file system).
+    """
+
+    def __init__(
+        self,
+        storage: DICOMDiskStorage,
+        root: Path,
+        expected: InstanceReference | None = None,
+        fsync: bool = False,
+    ) -> None:
+        self.storage = storage
+        self.root = root
+        self.expected = expected
+        self.fsync = fsync
+        self.bytes_written = 0
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=root)
+        except OSError as error:
+            raise StorageError(f"cannot create a file in {root}: {error}") from error
+        self.temp_path = Path(name)
+        self._file: IO[bytes] | None = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._file is None:
+            raise StorageError("write after commit or abort")
+        try:
+            self._file.write(data)
+        except OSError as error:
+            self.abort()
+            raise StorageError(f"cannot write {self.temp_path}: {error}") from error
+        self.bytes_written += len(data)
+
+    def _close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.flush()
+                if self.fsync:
+                    os.fsync(self._file.fileno())
+            finally:
+                self._file.close()
+                self._file = None
+
+    def commit(self) -> Path:
+        """Verify the complete file and move it to its final name. Returns that path."""
+        uids = self._expected_uids()
+        try:
+            self._close()
+            dataset = verify_dicom_file(self.temp_path)
+            if self.expected is not None:
+                got = str(dataset.get("SOPInstanceUID", ""))
+                if got != self.expected.instance_uid:
+                    raise DICOMParseError(
+                        f"asked for instance {self.expected.instance_uid}, "
+                        f"received {got or 'an instance without SOPInstanceUID'}",
+                        uids=uids,
+                    )
+            target = self.storage.commit_file(self.temp_path, dataset, self.root)
+            if self.fsync:
+                _fsync_dir(target.parent)
+            return target
+        except DICOMTrolleyError as error:
+            self.abort()
+            if not error.uids and uids:
+                error.uids = uids
+            raise
+        except OSError as error:
+            self.abort()
+            raise StorageError(f"cannot save {self.temp_path}: {error}", uids=uids) from error
+
+    def abort(self) -> None:
+        """Throw the partial file away."""
+        try:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+        except OSError:
+            pass
+        try:
+            self.temp_path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+    def _expected_uids(self) -> tuple[str, ...]:
+        ref = self.expected
+        return () if ref is None else (ref.study_uid, ref.series_uid, ref.instance_uid)
+
+    def __enter__(self) -> InstanceWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self.abort()
+
+
+class DICOMDiskStorage:
+    """Saves datasets to disk. Subclass and implement save(), or use a template.
+
+    Subclasses that only implement ``save`` still work with streaming downloads:
+    the streamed file is read back and handed to ``save``.
+    """
+
+    fsync: bool = False
+
+    def save(self, dataset: Dataset, path: str | Path | None = None) -> Path | None:
+        """Write dataset to disk, under path when given."""
+        raise NotImplementedError()
+
+    def open_writer(
+        self, path: str | Path, expected: InstanceReference | None = None
+    ) -> InstanceWriter:
+        """A writer for one instance that arrives as a byte stream."""
+        return InstanceWriter(self, Path(path), expected=expected, fsync=self.fsync)
+
+    def commit_file(self, temp_path: Path, dataset: Dataset, root: Path) -> Path:
+        """Move a verified temporary file into place. Default: go through save()."""
+        full = pydicom.dcmread(temp_path)
+        saved = self.save(full, path=str(root))
+        temp_path.unlink(missing_ok=True)
+        return saved if saved is not None else root
+
+    def existing_file(self, reference: InstanceReference, path: str | Path) -> Path | None:
+        """The verified file for reference if it is already on disk, else None."""
+        return None
+
+
+class TemplateStorage(DICOMDiskStorage):
+    """Saves each instance at ``<path>/<template rendered with its attributes>``.
+
+    Parameters
+    ----------
+    path:
+        Output folder used when save() gets no path.
+    template:
+        Folder layout, e.g. ``{PatientID}/{StudyInstanceUID}/{SOPInstanceUID}.dcm``.
+    fsync:
+        Flush each file (and its folder entry) to stable storage before reporting
+        it saved. Safer on power loss, slower on many small files.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        template: str = DEFAULT_TEMPLATE,
+        fsync: bool = False,
+        dots_to_underscores: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.template = PathTemplate(template, dots_to_underscores)
+        self.fsync = fsync
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__} at {self.path}"
+
+    def generate_path(self, dataset: Dataset) -> Path:
+        """The path of dataset relative to the output folder (4.1.0 name)."""
+        return self.relative_path(dataset)
+
+    def relative_path(self, dataset: Dataset) -> Path:
+        values = {name: dataset.get(name) for name in self.template.fields}
+        for name, value in values.items():
+            if hasattr(value, "value") and not isinstance(value, str):
+                values[name] = value.value
+        return self.template.render(values)
+
+    def target_path(self, dataset: Dataset, path: str | Path | None = None) -> Path:
+        root = Path(path) if path else self.path
+        return _inside(root, self.relative_path(dataset))
+
+    def save(self, dataset: Dataset, path: str | Path | None = None) -> Path:
+        root = Path(path) if path else self.path
+        target = self.target_path(dataset, root)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(
+                prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=target.parent
+            )
+            with os.fdopen(fd, "wb") as handle:
+                dataset.save_as(handle, enforce_file_format=False)
+                handle.flush()
+                if self.fsync:
+                    os.fsync(handle.fileno())
+            os.replace(name, target)
+        except OSError as error:
+            raise StorageError(
+                f"cannot save {target}: {error}",
+                uids=[str(dataset.get("SOPInstanceUID", ""))],
+            ) from error
+        return target
+
+    def commit_file(self, temp_path: Path, dataset: Dataset, root: Path) -> Path:
+        target = _inside(root, self.relative_path(dataset))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp_path, target)
+        return target
+
+    def existing_file(self, reference: InstanceReference, path: str | Path) -> Path | None:
+        if not self.template.uids_only:
+            return None
+        values = {
+            "StudyInstanceUID": reference.study_uid,
+            "SeriesInstanceUID": reference.series_uid,
+            "SOPInstanceUID": reference.instance_uid,
+        }
+        try:
+            target = _inside(Path(path), self.template.render(values))
+        except DICOMTrolleyError:
+            return None
+        if not target.is_file():
+            return None
+        try:
+            dataset = verify_dicom_file(target)
+        except DICOMParseError:
+            logger.warning("existing file %s is damaged; downloading again", target)
+            return None
+        if str(dataset.get("SOPInstanceUID", "")) != reference.instance_uid:
+            return None
+        return target
+
+
+class StorageDir(TemplateStorage):
+    """Saves to ``<path>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>``.
+
+    As in dicomtrolley 4.1.0, dots in UIDs become underscores and files get no
+    extension.
+    """
+
+    def __init__(self, path: str | Path, fsync: bool = False) -> None:
+        super().__init__(path, DEFAULT_TEMPLATE, fsync=fsync, dots_to_underscores=True)
+
+
+class FlatStorageDir(TemplateStorage):
+    """Saves every instance directly in ``<path>/<SOPInstanceUID>`` (dots → _)."""
+
+    def __init__(self, path: str | Path, fsync: bool = False) -> None:
+        super().__init__(path, "{SOPInstanceUID}", fsync=fsync, dots_to_underscores=True)
