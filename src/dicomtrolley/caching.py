@@ -95,7 +95,9 @@ class DICOMObjectCache:
         """Drop everything that has expired."""
         now = time.monotonic()
         with self._lock:
-            for address in [a for a, (_, t) in self._items.items() if self._expired(t, now)]:
+            for address in [
+                a for a, (_, t) in self._items.items() if self._expired(t, now)
+            ]:
                 del self._items[address]
 
     def retrieve(self, reference: DICOMObjectReference) -> DICOMObject:

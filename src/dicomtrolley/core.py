@@ -16,9 +16,9 @@ from pydicom.dataset import Dataset
 
 from dicomtrolley.exceptions import (
     DICOMTrolleyError,
-    NoReferencesFoundError,
     NonInstanceParameterError,
     NonSeriesParameterError,
+    NoReferencesFoundError,
 )
 from dicomtrolley.levels import DICOMObjectLevels, QueryLevels
 from dicomtrolley.logs import get_module_logger
@@ -263,7 +263,9 @@ class Series(DICOMObject):
         return [self]
 
     def max_object_depth(self) -> DICOMObjectLevels:
-        return DICOMObjectLevels.INSTANCE if self.instances else DICOMObjectLevels.SERIES
+        return (
+            DICOMObjectLevels.INSTANCE if self.instances else DICOMObjectLevels.SERIES
+        )
 
     def reference(self) -> SeriesReference:
         return SeriesReference(study_uid=self.parent.uid, series_uid=self.uid)
@@ -463,4 +465,3 @@ class Downloader:
             report.add_saved(path, nbytes)
             progress.instance_done(nbytes)
         return report
-

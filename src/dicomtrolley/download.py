@@ -9,11 +9,18 @@ and every failure with its UIDs. Failures never pass silently: the Trolley calls
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from dicomtrolley.exceptions import DICOMTrolleyError, DownloadIncompleteError
+from dicomtrolley.logs import get_module_logger
+
+logger = get_module_logger("download")
+
+T = TypeVar("T")
 
 
 class Progress(Protocol):
@@ -102,3 +109,36 @@ class DownloadReport:
             f"saved):\n{lines}",
             uids=self.failed_uids,
         )
+
+
+def run_transfers(
+    items: Sequence[T],
+    transfer: Callable[[T], None],
+    report: DownloadReport,
+    *,
+    workers: int,
+    uids_of: Callable[[T], tuple[str, ...]],
+) -> None:
+    """Run transfer(item) for every item, workers at a time; record failures.
+
+    A failing item does not stop the others: its DICOMTrolleyError goes into the
+    report with the item's UIDs. Anything else is a bug and propagates.
+    """
+
+    def one(item: T) -> None:
+        try:
+            transfer(item)
+        except DICOMTrolleyError as error:
+            logger.error("%s failed: %s", item, error)
+            if not error.uids:
+                error.uids = uids_of(item)
+            report.add_failure(str(item), error)
+
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            one(item)
+        return
+    with ThreadPoolExecutor(
+        max_workers=workers, thread_name_prefix="dicomtrolley"
+    ) as pool:
+        list(pool.map(one, items))

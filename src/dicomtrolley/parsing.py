@@ -38,7 +38,9 @@ def _tags(keywords: Iterable[str]) -> frozenset[int]:
 
 
 STUDY_TAGS = _tags(StudyLevel.fields | {"SpecificCharacterSet"})
-SERIES_TAGS = _tags(SeriesLevel.fields | SeriesLevelPromotable.fields | {"SpecificCharacterSet"})
+SERIES_TAGS = _tags(
+    SeriesLevel.fields | SeriesLevelPromotable.fields | {"SpecificCharacterSet"}
+)
 
 _STUDY_UID = BaseTag(0x0020000D)
 _SERIES_UID = BaseTag(0x0020000E)
@@ -178,7 +180,9 @@ class DICOMParseTree:
             series.instances = [
                 Instance.model_construct(
                     uid=instance_uid,
-                    data=instance_node.data if instance_node.data is not None else Dataset(),
+                    data=instance_node.data
+                    if instance_node.data is not None
+                    else Dataset(),
                     parent=series,
                 )
                 for instance_uid, instance_node in series_node.children.items()

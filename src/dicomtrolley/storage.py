@@ -17,6 +17,7 @@ Layouts (``StorageDir`` and ``FlatStorageDir`` are the 4.1.0 names)::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import string
@@ -25,8 +26,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import pydicom
-from pydicom.dataelem import RawDataElement
 from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -155,16 +156,23 @@ def verify_dicom_file(path: Path) -> Dataset:
         size = path.stat().st_size
         dataset = pydicom.dcmread(path, defer_size=4096)
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError) as error:
-        raise DICOMParseError(f"{path.name}: not a readable DICOM file: {error}") from error
+        raise DICOMParseError(
+            f"{path.name}: not a readable DICOM file: {error}"
+        ) from error
     except Exception as error:  # pydicom raises assorted errors on garbage
-        raise DICOMParseError(f"{path.name}: not a readable DICOM file: {error}") from error
+        raise DICOMParseError(
+            f"{path.name}: not a readable DICOM file: {error}"
+        ) from error
     for element in dataset._dict.values():
-        if isinstance(element, RawDataElement) and element.length != 0xFFFFFFFF:
-            if element.value_tell + element.length > size:
-                raise DICOMParseError(
-                    f"{path.name}: truncated: element {element.tag} ends at byte "
-                    f"{element.value_tell + element.length}, file has {size} bytes"
-                )
+        if (
+            isinstance(element, RawDataElement)
+            and element.length != 0xFFFFFFFF
+            and element.value_tell + element.length > size
+        ):
+            raise DICOMParseError(
+                f"{path.name}: truncated: element {element.tag} ends at byte "
+                f"{element.value_tell + element.length}, file has {size} bytes"
+            )
     if not dataset:
         raise DICOMParseError(f"{path.name}: DICOM file holds no data elements")
     return dataset
@@ -204,7 +212,9 @@ class InstanceWriter:
         self.bytes_written = 0
         try:
             root.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=root)
+            fd, name = tempfile.mkstemp(
+                prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=root
+            )
         except OSError as error:
             raise StorageError(f"cannot create a file in {root}: {error}") from error
         self.temp_path = Path(name)
@@ -255,7 +265,9 @@ class InstanceWriter:
             raise
         except OSError as error:
             self.abort()
-            raise StorageError(f"cannot save {self.temp_path}: {error}", uids=uids) from error
+            raise StorageError(
+                f"cannot save {self.temp_path}: {error}", uids=uids
+            ) from error
 
     def abort(self) -> None:
         """Throw the partial file away."""
@@ -265,10 +277,8 @@ class InstanceWriter:
                 self._file = None
         except OSError:
             pass
-        try:
+        with contextlib.suppress(OSError):
             self.temp_path.unlink(missing_ok=True)
-        except OSError:
-            pass
 
     def _expected_uids(self) -> tuple[str, ...]:
         ref = self.expected
@@ -308,7 +318,9 @@ class DICOMDiskStorage:
         temp_path.unlink(missing_ok=True)
         return saved if saved is not None else root
 
-    def existing_file(self, reference: InstanceReference, path: str | Path) -> Path | None:
+    def existing_file(
+        self, reference: InstanceReference, path: str | Path
+    ) -> Path | None:
         """The verified file for reference if it is already on disk, else None."""
         return None
 
@@ -383,7 +395,9 @@ class TemplateStorage(DICOMDiskStorage):
         os.replace(temp_path, target)
         return target
 
-    def existing_file(self, reference: InstanceReference, path: str | Path) -> Path | None:
+    def existing_file(
+        self, reference: InstanceReference, path: str | Path
+    ) -> Path | None:
         if not self.template.uids_only:
             return None
         values = {
@@ -422,4 +436,6 @@ class FlatStorageDir(TemplateStorage):
     """Saves every instance directly in ``<path>/<SOPInstanceUID>`` (dots → _)."""
 
     def __init__(self, path: str | Path, fsync: bool = False) -> None:
-        super().__init__(path, "{SOPInstanceUID}", fsync=fsync, dots_to_underscores=True)
+        super().__init__(
+            path, "{SOPInstanceUID}", fsync=fsync, dots_to_underscores=True
+        )

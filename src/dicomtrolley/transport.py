@@ -235,7 +235,9 @@ def _map_requests_error(
         return DICOMTrolleyTimeoutError(
             f"{prefix}{method} {shown} timed out ({type(error).__name__})", url=url
         )
-    if isinstance(error, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
+    if isinstance(
+        error, requests.ConnectionError | requests.exceptions.ChunkedEncodingError
+    ):
         return DICOMTrolleyConnectionError(
             f"{prefix}{method} {shown} failed: {_reason(error)}", url=url
         )
@@ -247,7 +249,11 @@ def _map_requests_error(
 def _reason(error: BaseException) -> str:
     """The innermost useful reason of a requests/urllib3 error, without URLs."""
     text = str(error)
-    for pattern in (r"\[Errno -?\d+\][^')\]]*", r"Connection refused", r"reset by peer"):
+    for pattern in (
+        r"\[Errno -?\d+\][^')\]]*",
+        r"Connection refused",
+        r"reset by peer",
+    ):
         found = re.search(pattern, text)
         if found:
             return found.group(0).strip()
@@ -311,9 +317,9 @@ class HttpTransport:
                 )
             except requests.RequestException as error:
                 mapped = _map_requests_error(error, method, url, what)
-                if not isinstance(mapped, TransientError) or not retry.is_retryable_method(
-                    method
-                ):
+                if not isinstance(
+                    mapped, TransientError
+                ) or not retry.is_retryable_method(method):
                     raise mapped from error
                 retry = retry.increment(method, url, error=error)
                 if retry.exhausted:
@@ -410,4 +416,3 @@ def new_session(
     session.verify = verify
     ensure_pool_size(session, pool_size)
     return session
-

@@ -57,7 +57,9 @@ class Trolley:
     ) -> None:
         self.downloader = downloader
         self.searcher = searcher
-        self.storage = storage if storage is not None else StorageDir(tempfile.gettempdir())
+        self.storage = (
+            storage if storage is not None else StorageDir(tempfile.gettempdir())
+        )
         self.query_missing = query_missing
 
     def find_studies(self, query: Query | None = None) -> list[Study]:
@@ -132,7 +134,9 @@ class Trolley:
         self.downloader.check_references(refs)
         return refs
 
-    def fetch_all_datasets(self, objects: Sequence[DICOMDownloadable]) -> Iterator[Dataset]:
+    def fetch_all_datasets(
+        self, objects: Sequence[DICOMDownloadable]
+    ) -> Iterator[Dataset]:
         """Every instance in objects as a pydicom Dataset in memory."""
         items = [objects] if isinstance(objects, DICOMDownloadable) else list(objects)
         refs = self._references_for(items)
@@ -153,7 +157,9 @@ class Trolley:
         references: list[DICOMObjectReference] = []
         for downloadable in objects:
             try:
-                references.extend(downloadable.contained_references(max_level=max_level))
+                references.extend(
+                    downloadable.contained_references(max_level=max_level)
+                )
             except NoReferencesFoundError:
                 logger.debug(
                     "Not enough information for %s-level references of %s; searching",

@@ -49,5 +49,7 @@ def check_uid(value: object, what: str = "UID") -> str:
     text = str(value).strip().rstrip("\x00") if value is not None else ""
     if not is_path_safe_uid(text):
         shown = text if len(text) <= 80 else text[:77] + "..."
-        raise InvalidUIDError(f"{what} {shown!r} is not a valid DICOM UID", uids=[shown])
+        raise InvalidUIDError(
+            f"{what} {shown!r} is not a valid DICOM UID", uids=[shown]
+        )
     return text

@@ -16,7 +16,10 @@ transport padding (spaces and tabs) after the boundary on a delimiter line.
 It is written by hand because no maintained library offers an incremental,
 push-style multipart/related parser with bounded memory that fits here: the
 standard library's :mod:`email` parser needs the whole message, and the
-streaming parsers that exist are tied to a web framework's form handling.
+streaming parsers on PyPI are built for multipart/form-data (RFC 7578); the
+``multipart`` package's ``PushMultipartParser``, for one, rejects parts without
+a ``Content-Disposition: form-data`` header, which WADO-RS and MTOM parts do not
+carry.
 """
 
 from __future__ import annotations
@@ -140,15 +143,16 @@ def _boundary_bytes(boundary: bytes | str) -> bytes:
             raw = boundary.encode("latin-1")
         except UnicodeEncodeError:
             raise MultipartContentError(
-                f"Multipart boundary {boundary!r} contains characters that cannot "
-                f"appear in an HTTP header"
+                f"Expected a multipart boundary of ASCII characters, got {boundary!r}"
             ) from None
     else:
         raw = bytes(boundary)
     if not raw:
-        raise MultipartContentError("Multipart boundary is empty")
+        raise MultipartContentError("Expected a multipart boundary, got an empty one")
     if b"\r" in raw or b"\n" in raw:
-        raise MultipartContentError(f"Multipart boundary {raw!r} contains a line break")
+        raise MultipartContentError(
+            f"Expected a multipart boundary without line breaks, got {raw!r}"
+        )
     return raw
 
 
@@ -253,7 +257,9 @@ class MultipartParser:
     @property
     def buffered(self) -> int:
         """How many received bytes the parser holds that it has not passed on."""
-        return len(self._carry) + len(self._header_buf)
+        # min(): before the first delimiter, _carry may still hold the LF that
+        # stands for the start of the stream, which was not received.
+        return min(len(self._carry) + len(self._header_buf), self._received)
 
     # -- public methods ------------------------------------------------------
 

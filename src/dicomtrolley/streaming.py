@@ -1,0 +1,189 @@
+"""Reading DICOM instances out of HTTP answers as they arrive.
+
+Shared by the downloaders that receive files over HTTP (WADO-RS, WADO-URI,
+RAD-69). The body is read in chunks; a multipart answer goes through the
+sans-I/O :class:`~dicomtrolley.formats.multipart.MultipartParser`, a single-part
+``application/dicom`` answer is one part. Each part is either written to its
+file while it arrives (:func:`save_parts`, memory bounded by the chunk size) or
+collected in memory and parsed (:func:`datasets_from_parts`).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pydicom
+import requests
+import urllib3.exceptions
+from pydicom.dataset import Dataset
+
+from dicomtrolley.core import InstanceReference
+from dicomtrolley.download import Progress
+from dicomtrolley.exceptions import (
+    DICOMParseError,
+    DICOMTrolleyConnectionError,
+    DICOMTrolleyError,
+    DICOMTrolleyTimeoutError,
+    IncompleteResponseError,
+    ResponseFormatError,
+)
+from dicomtrolley.formats.multipart import (
+    Event,
+    MultipartParser,
+    PartData,
+    PartEnd,
+    PartStart,
+    boundary_from_content_type,
+    parse_content_type,
+)
+from dicomtrolley.storage import DICOMDiskStorage, InstanceWriter
+
+SINGLE_PART_TYPES = {"application/dicom", "application/octet-stream"}
+
+
+def iter_body(
+    response: requests.Response,
+    chunk_size: int,
+    *,
+    what: str = "",
+    uids: tuple[str, ...] = (),
+    progress: Progress | None = None,
+) -> Iterator[bytes]:
+    """The response body in chunks, with transport errors as DICOMTrolleyErrors."""
+    prefix = f"{what}: " if what else ""
+    raw = response.raw
+    try:
+        while True:
+            chunk = raw.read(chunk_size, decode_content=True)
+            if not chunk:
+                break
+            if progress is not None:
+                progress.advance_bytes(len(chunk))
+            yield chunk
+    except urllib3.exceptions.ReadTimeoutError as error:
+        raise DICOMTrolleyTimeoutError(
+            f"{prefix}server stopped sending (read timeout)",
+            url=response.url,
+            uids=uids,
+        ) from error
+    except urllib3.exceptions.ProtocolError as error:  # reset, IncompleteRead
+        raise IncompleteResponseError(
+            f"{prefix}connection broke before the answer was complete: {error}",
+            url=response.url,
+            uids=uids,
+        ) from error
+    except (urllib3.exceptions.HTTPError, OSError) as error:
+        raise DICOMTrolleyConnectionError(
+            f"{prefix}reading the answer failed: {error}", url=response.url, uids=uids
+        ) from error
+
+
+def iter_parts(
+    response: requests.Response,
+    chunk_size: int,
+    *,
+    what: str = "",
+    uids: tuple[str, ...] = (),
+    progress: Progress | None = None,
+) -> Iterator[Event]:
+    """Part events of a multipart or single-part DICOM answer, as bytes arrive."""
+    content_type = response.headers.get("Content-Type", "")
+    media_type, _ = parse_content_type(content_type) if content_type else ("", {})
+    body = iter_body(response, chunk_size, what=what, uids=uids, progress=progress)
+    if media_type.startswith("multipart/"):
+        try:
+            parser = MultipartParser(boundary_from_content_type(content_type))
+            for chunk in body:
+                yield from parser.feed(chunk)
+            yield from parser.close()
+        except ResponseFormatError as error:
+            error.url = error.url or response.url
+            error.uids = error.uids or uids
+            if what and not error.message.startswith(what):
+                error.message = f"{what}: {error.message}"
+                error.args = (error.message,)
+            raise
+        return
+    if media_type in SINGLE_PART_TYPES:
+        yield PartStart(headers={"content-type": media_type})
+        expected = response.headers.get("Content-Length")
+        received = 0
+        for chunk in body:
+            received += len(chunk)
+            yield PartData(chunk)
+        if expected and expected.isdigit() and received < int(expected):
+            raise IncompleteResponseError(
+                f"{what}: answer ended after {received} of {expected} bytes",
+                url=response.url,
+                uids=uids,
+            )
+        yield PartEnd()
+        return
+    raise ResponseFormatError(
+        f"{what}: expected multipart/related or application/dicom, got "
+        f"{content_type or 'no Content-Type'}",
+        url=response.url,
+        uids=uids,
+    )
+
+
+def save_parts(
+    events: Iterator[Event],
+    storage: DICOMDiskStorage,
+    output_dir: str | Path,
+    *,
+    on_saved: Callable[[Path, int], None],
+    expected: InstanceReference | None = None,
+    part_filter: Callable[[dict[str, str]], bool] | None = None,
+) -> int:
+    """Write each part to its own file while it arrives. Returns parts saved.
+
+    A part whose headers part_filter rejects (e.g. RAD-69's SOAP root part) is
+    skipped. A part that fails verification raises; earlier parts stay saved.
+    """
+    writer: InstanceWriter | None = None
+    saved = 0
+    try:
+        for event in events:
+            if isinstance(event, PartData):
+                if writer is not None:
+                    writer.write(event.data)
+            elif isinstance(event, PartStart):
+                if part_filter is None or part_filter(event.headers):
+                    writer = storage.open_writer(output_dir, expected=expected)
+            elif writer is not None:  # PartEnd
+                path = writer.commit()
+                on_saved(path, writer.bytes_written)
+                writer = None
+                saved += 1
+    finally:
+        if writer is not None:
+            writer.abort()
+    return saved
+
+
+def datasets_from_parts(events: Iterator[Event], what: str = "") -> Iterator[Dataset]:
+    """Each part read into memory and parsed as a DICOM file."""
+    buffer: io.BytesIO | None = None
+    for event in events:
+        if isinstance(event, PartStart):
+            buffer = io.BytesIO()
+        elif isinstance(event, PartData):
+            if buffer is not None:
+                buffer.write(event.data)
+        elif buffer is not None:
+            buffer.seek(0)
+            yield read_dataset(buffer, what)
+            buffer = None
+
+
+def read_dataset(source: io.BytesIO, what: str = "") -> Dataset:
+    """A complete DICOM file from memory, or DICOMParseError."""
+    try:
+        return pydicom.dcmread(source)
+    except DICOMTrolleyError:
+        raise
+    except Exception as error:  # pydicom raises assorted errors on garbage
+        raise DICOMParseError(f"{what}: answer is not a DICOM file: {error}") from error

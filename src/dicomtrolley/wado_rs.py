@@ -1,0 +1,340 @@
+"""WADO-RS download (DICOMweb, PS3.18 section 10.4).
+
+One request per series by default (``request_per_series``), or per study or
+instance, each answered as ``multipart/related; type="application/dicom"``
+(a single ``application/dicom`` body is accepted too). By default the instances
+come in the transfer syntax they are stored in (``transfer-syntax=*``). When
+saving to disk, each part is written to its file while it arrives, so memory
+stays bounded by ``http_chunk_size`` whatever the size of the instances, and
+several series are fetched at once over a bounded thread pool.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from urllib.parse import quote
+
+import requests
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicomtrolley.core import (
+    DICOMDownloadable,
+    DICOMObjectReference,
+    Downloader,
+    InstanceReference,
+    SeriesReference,
+    to_series_level_refs,
+)
+from dicomtrolley.download import DownloadReport, NullProgress, Progress, run_transfers
+from dicomtrolley.exceptions import DICOMTrolleyError, ResponseFormatError
+from dicomtrolley.formats.dicom_json import dataset_from_json_dict
+from dicomtrolley.formats.multipart import Event
+from dicomtrolley.logs import get_module_logger
+from dicomtrolley.storage import DICOMDiskStorage
+from dicomtrolley.streaming import datasets_from_parts, iter_parts, save_parts
+from dicomtrolley.transport import HttpTransport, Retry, Timeout
+
+logger = get_module_logger("wado_rs")
+
+DEFAULT_CHUNK_SIZE = 5_242_880
+
+
+def _uids_of(ref: DICOMObjectReference) -> tuple[str, ...]:
+    return tuple(
+        uid
+        for uid in (
+            ref.study_uid,
+            getattr(ref, "series_uid", None),
+            getattr(ref, "instance_uid", None),
+        )
+        if uid
+    )
+
+
+def _all_references(objects: Sequence[DICOMDownloadable]) -> list[DICOMObjectReference]:
+    return [obj.reference() for obj in objects]
+
+
+class WadoRS(Downloader):
+    """Download instances with WADO-RS.
+
+    Parameters
+    ----------
+    session:
+        requests session with the server's auth.
+    url:
+        The DICOMweb root, e.g. ``https://pacs/dicom-web``.
+    http_chunk_size:
+        Bytes read from the connection at a time; bounds memory when saving.
+    request_per_series:
+        Ask for each series separately (studies are split into series, which
+        may need a search first). False: one request per study.
+    transfer_syntax:
+        ``"*"`` (default) for the stored transfer syntax, a UID to ask for a
+        specific one, or None to leave the choice to the server.
+    timeout, retry:
+        Override the defaults of :mod:`dicomtrolley.transport`.
+    """
+
+    def __init__(
+        self,
+        session: requests.Session,
+        url: str,
+        http_chunk_size: int = DEFAULT_CHUNK_SIZE,
+        request_per_series: bool = True,
+        *,
+        transfer_syntax: str | None = "*",
+        timeout: Timeout | float | None = None,
+        retry: Retry | None = None,
+    ) -> None:
+        self.session = session
+        self.url = url.rstrip("/")
+        self.http_chunk_size = http_chunk_size
+        self.request_per_series = request_per_series
+        self.transfer_syntax = transfer_syntax
+        self.transport = HttpTransport(session, timeout=timeout, retry=retry)
+
+    def __str__(self) -> str:
+        return f"WadoRS at {self.url}"
+
+    @property
+    def accept(self) -> str:
+        value = 'multipart/related; type="application/dicom"'
+        if self.transfer_syntax:
+            value += f"; transfer-syntax={self.transfer_syntax}"
+        return value
+
+    def wado_rs_instance_uri(self, reference: DICOMObjectReference) -> str:
+        """The WADO-RS resource URL for a study, series or instance reference."""
+        uri = f"{self.url}/studies/{quote(reference.study_uid, safe='')}"
+        if isinstance(reference, SeriesReference | InstanceReference):
+            uri += f"/series/{quote(reference.series_uid, safe='')}"
+        if isinstance(reference, InstanceReference):
+            uri += f"/instances/{quote(reference.instance_uid, safe='')}"
+        return uri
+
+    def check_references(self, objects: Sequence[DICOMDownloadable]) -> None:
+        if self.request_per_series:
+            to_series_level_refs(objects)
+
+    def request_references(
+        self, objects: Sequence[DICOMDownloadable]
+    ) -> list[DICOMObjectReference]:
+        """One reference per request: series (or instance) level by default."""
+        if self.request_per_series:
+            refs = to_series_level_refs(objects)
+        else:
+            refs = _all_references(objects)
+        return list(dict.fromkeys(refs))  # drop duplicates, keep order
+
+    def _open(self, ref: DICOMObjectReference) -> requests.Response:
+        return self.transport.get(
+            self.wado_rs_instance_uri(ref),
+            headers={"Accept": self.accept},
+            stream=True,
+            what=f"WADO-RS {ref}",
+            uids=_uids_of(ref),
+        )
+
+    def datasets(self, objects: Sequence[DICOMDownloadable]) -> Iterator[Dataset]:
+        """Every instance in objects as a Dataset in memory, one request at a time."""
+        items = [objects] if isinstance(objects, DICOMDownloadable) else objects
+        for ref in self.request_references(items):
+            response = self._open(ref)
+            try:
+                events = iter_parts(
+                    response,
+                    self.http_chunk_size,
+                    what=f"WADO-RS {ref}",
+                    uids=_uids_of(ref),
+                )
+                yield from datasets_from_parts(events, what=f"WADO-RS {ref}")
+            finally:
+                response.close()
+
+    def get_dataset(self, instance: InstanceReference) -> Dataset:
+        """One instance as a Dataset."""
+        datasets = list(datasets_from_parts(self._instance_events(instance)))
+        if len(datasets) != 1:
+            raise DICOMTrolleyError(
+                f"WADO-RS: expected 1 instance for {instance}, got {len(datasets)}",
+                url=self.wado_rs_instance_uri(instance),
+                uids=_uids_of(instance),
+            )
+        return datasets[0]
+
+    def _instance_events(self, ref: DICOMObjectReference) -> Iterator[Event]:
+        response = self._open(ref)
+        try:
+            yield from iter_parts(
+                response,
+                self.http_chunk_size,
+                what=f"WADO-RS {ref}",
+                uids=_uids_of(ref),
+            )
+        finally:
+            response.close()
+
+    def save_all(
+        self,
+        objects: Sequence[DICOMDownloadable],
+        storage: DICOMDiskStorage,
+        output_dir: str | Path,
+        *,
+        max_workers: int | None = None,
+        progress: Progress | None = None,
+    ) -> DownloadReport:
+        """Stream every instance in objects to disk; several requests at once."""
+        refs = self.request_references(objects)
+        report = DownloadReport()
+        progress = progress or NullProgress()
+        todo: list[DICOMObjectReference] = []
+        for ref in refs:
+            existing = (
+                storage.existing_file(ref, output_dir)
+                if isinstance(ref, InstanceReference)
+                else None
+            )
+            if existing is not None:
+                report.add_skipped(existing)
+                progress.add_total(instances=1)
+                progress.instance_done(skipped=True)
+            else:
+                todo.append(ref)
+        workers = max(1, min(max_workers or 1, len(todo) or 1))
+        self.transport.ensure_pool_size(workers)
+
+        def fetch(ref: DICOMObjectReference) -> None:
+            self.transport.call_with_retry(
+                lambda: self._save_one(ref, storage, output_dir, report, progress),
+                what=f"WADO-RS {ref}",
+            )
+
+        run_transfers(todo, fetch, report, workers=workers, uids_of=_uids_of)
+        return report
+
+    def _save_one(
+        self,
+        ref: DICOMObjectReference,
+        storage: DICOMDiskStorage,
+        output_dir: str | Path,
+        report: DownloadReport,
+        progress: Progress,
+    ) -> None:
+        response = self._open(ref)
+        try:
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit():
+                progress.add_total(nbytes=int(length))
+
+            def on_saved(path: Path, nbytes: int) -> None:
+                report.add_saved(path, nbytes)
+                progress.instance_done(nbytes)
+
+            events = iter_parts(
+                response,
+                self.http_chunk_size,
+                what=f"WADO-RS {ref}",
+                uids=_uids_of(ref),
+                progress=progress,
+            )
+            expected = ref if isinstance(ref, InstanceReference) else None
+            saved = save_parts(
+                events, storage, output_dir, on_saved=on_saved, expected=expected
+            )
+            if saved == 0:
+                raise ResponseFormatError(
+                    f"WADO-RS {ref}: the answer held no instances",
+                    url=response.url,
+                    uids=_uids_of(ref),
+                )
+        finally:
+            response.close()
+
+
+class WadoRSMetaData(WadoRS):
+    """WADO-RS ``/metadata``: every instance's attributes without pixel data.
+
+    Yields Datasets built from the DICOM JSON answer, with a file meta header so
+    they can be saved as (pixel-less) DICOM files.
+    """
+
+    def __init__(
+        self,
+        session: requests.Session,
+        url: str,
+        *,
+        timeout: Timeout | float | None = None,
+        retry: Retry | None = None,
+    ) -> None:
+        super().__init__(
+            session, url, request_per_series=False, timeout=timeout, retry=retry
+        )
+
+    def check_references(self, objects: Sequence[DICOMDownloadable]) -> None:
+        return None
+
+    def datasets(self, objects: Sequence[DICOMDownloadable]) -> Iterator[Dataset]:
+        items = [objects] if isinstance(objects, DICOMDownloadable) else objects
+        for ref in self.request_references(items):
+            url = self.wado_rs_instance_uri(ref) + "/metadata"
+            response = self.transport.get(
+                url,
+                headers={"Accept": "application/dicom+json"},
+                what=f"WADO-RS metadata {ref}",
+                uids=_uids_of(ref),
+            )
+            try:
+                items_json = json.loads(response.content)
+            except ValueError as error:
+                raise ResponseFormatError(
+                    f"WADO-RS metadata {ref}: answer is not JSON: {error}",
+                    url=response.url,
+                    uids=_uids_of(ref),
+                ) from error
+            if not isinstance(items_json, list):
+                raise ResponseFormatError(
+                    f"WADO-RS metadata {ref}: expected a JSON array",
+                    url=response.url,
+                    uids=_uids_of(ref),
+                )
+            for item in items_json:
+                yield make_writable(dataset_from_json_dict(item))
+
+    def get_dataset(self, instance: InstanceReference) -> Dataset:
+        return next(iter(self.datasets([instance])))
+
+    def save_all(
+        self,
+        objects: Sequence[DICOMDownloadable],
+        storage: DICOMDiskStorage,
+        output_dir: str | Path,
+        *,
+        max_workers: int | None = None,
+        progress: Progress | None = None,
+    ) -> DownloadReport:
+        return Downloader.save_all(
+            self,
+            objects,
+            storage,
+            output_dir,
+            max_workers=max_workers,
+            progress=progress,
+        )
+
+
+def make_writable(dataset: Dataset) -> Dataset:
+    """Give a dataset from JSON a file meta header so pydicom can save it."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = dataset.get("SOPClassUID", "")
+    meta.MediaStorageSOPInstanceUID = dataset.get("SOPInstanceUID", "")
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.file_meta = meta
+    for tag in [
+        t for t, e in dataset.items() if e.VR in ("OB", "OW", "UN") and e.value is None
+    ]:
+        del dataset[tag]
+    return dataset

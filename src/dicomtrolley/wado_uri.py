@@ -1,0 +1,224 @@
+"""WADO-URI download (PS3.18 section 9): one GET per instance.
+
+``GET {url}?requestType=WADO&studyUID=…&seriesUID=…&objectUID=…&contentType=application/dicom``.
+The ``/`` in ``application/dicom`` is sent as is: Orthanc answers 400 to the
+percent-encoded form that dicomtrolley 4.1.0 sends. WADO-URI needs instance
+references: studies and series raise NonInstanceParameterError, and the Trolley
+searches for their instances (4.1.0 crashed here with ``use_async=True``).
+Instances already on disk and intact are skipped when saving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import quote
+
+import requests
+from pydicom.dataset import Dataset
+
+from dicomtrolley.core import (
+    DICOMDownloadable,
+    Downloader,
+    InstanceReference,
+    to_instance_refs,
+)
+from dicomtrolley.download import DownloadReport, NullProgress, Progress, run_transfers
+from dicomtrolley.exceptions import ResponseFormatError
+from dicomtrolley.logs import get_module_logger
+from dicomtrolley.storage import DICOMDiskStorage
+from dicomtrolley.streaming import datasets_from_parts, iter_parts, save_parts
+from dicomtrolley.transport import HttpTransport, Retry, Timeout
+
+logger = get_module_logger("wado_uri")
+
+CHUNK_SIZE = 1_048_576
+
+
+def _uids(ref: InstanceReference) -> tuple[str, str, str]:
+    return (ref.study_uid, ref.series_uid, ref.instance_uid)
+
+
+class WadoURI(Downloader):
+    """Download instances with WADO-URI, one request each.
+
+    Parameters
+    ----------
+    session:
+        requests session with the server's auth.
+    url:
+        The WADO-URI endpoint, e.g. ``https://pacs/wado``.
+    use_async:
+        Download several instances at once in :meth:`datasets`.
+    max_workers:
+        How many at once (default 4) with use_async, and in :meth:`save_all`
+        when the Trolley passes none.
+    timeout, retry:
+        Override the defaults of :mod:`dicomtrolley.transport`.
+    """
+
+    def __init__(
+        self,
+        session: requests.Session,
+        url: str,
+        use_async: bool = False,
+        max_workers: int | None = None,
+        *,
+        timeout: Timeout | float | None = None,
+        retry: Retry | None = None,
+    ) -> None:
+        self.session = session
+        self.url = url
+        self.use_async = use_async
+        self.max_workers = max_workers
+        self.transport = HttpTransport(session, timeout=timeout, retry=retry)
+
+    def __str__(self) -> str:
+        return f"WadoURI at {self.url}"
+
+    @staticmethod
+    def to_wado_parameters(instance: InstanceReference) -> dict[str, str]:
+        return {
+            "requestType": "WADO",
+            "studyUID": instance.study_uid,
+            "seriesUID": instance.series_uid,
+            "objectUID": instance.instance_uid,
+            "contentType": "application/dicom",
+        }
+
+    @classmethod
+    def query_string(cls, instance: InstanceReference) -> str:
+        """The encoded query; ``/`` stays literal (legal in a query string)."""
+        return "&".join(
+            f"{key}={quote(value, safe='/')}"
+            for key, value in cls.to_wado_parameters(instance).items()
+        )
+
+    def _open(self, instance: InstanceReference) -> requests.Response:
+        return self.transport.get(
+            self.url,
+            params=self.query_string(instance),
+            headers={"Accept": "application/dicom, */*;q=0.5"},
+            stream=True,
+            what=f"WADO-URI {instance}",
+            uids=_uids(instance),
+        )
+
+    def check_references(self, objects: Sequence[DICOMDownloadable]) -> None:
+        to_instance_refs(objects)
+
+    def get_dataset(self, instance: InstanceReference) -> Dataset:
+        """One instance as a Dataset in memory."""
+
+        def fetch() -> Dataset:
+            response = self._open(instance)
+            try:
+                events = iter_parts(
+                    response,
+                    CHUNK_SIZE,
+                    what=f"WADO-URI {instance}",
+                    uids=_uids(instance),
+                )
+                datasets = list(
+                    datasets_from_parts(events, what=f"WADO-URI {instance}")
+                )
+            finally:
+                response.close()
+            if len(datasets) != 1:
+                raise ResponseFormatError(
+                    f"WADO-URI {instance}: expected one instance, got {len(datasets)}",
+                    url=response.url,
+                    uids=_uids(instance),
+                )
+            return datasets[0]
+
+        return self.transport.call_with_retry(fetch, what=f"WADO-URI {instance}")
+
+    def datasets(self, objects: Sequence[DICOMDownloadable]) -> Iterator[Dataset]:
+        """Every instance as a Dataset, in order. Several at once with use_async."""
+        items = [objects] if isinstance(objects, DICOMDownloadable) else objects
+        refs = to_instance_refs(items)
+        if not self.use_async:
+            for ref in refs:
+                yield self.get_dataset(ref)
+            return
+        yield from self.datasets_async(refs, max_workers=self.max_workers)
+
+    def datasets_async(
+        self, objects: Sequence[DICOMDownloadable], max_workers: int | None = None
+    ) -> Iterator[Dataset]:
+        """Every instance, fetched max_workers at a time; yielded in order."""
+        refs = to_instance_refs(objects)
+        workers = max(1, max_workers or self.max_workers or 4)
+        self.transport.ensure_pool_size(workers)
+        with ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="wado-uri"
+        ) as pool:
+            yield from pool.map(self.get_dataset, refs)
+
+    def save_all(
+        self,
+        objects: Sequence[DICOMDownloadable],
+        storage: DICOMDiskStorage,
+        output_dir: str | Path,
+        *,
+        max_workers: int | None = None,
+        progress: Progress | None = None,
+    ) -> DownloadReport:
+        """Stream every instance to disk, max_workers at a time; skip intact files."""
+        refs = list(dict.fromkeys(to_instance_refs(objects)))
+        report = DownloadReport()
+        progress = progress or NullProgress()
+        progress.add_total(instances=len(refs))
+        todo = []
+        for ref in refs:
+            existing = storage.existing_file(ref, output_dir)
+            if existing is not None:
+                report.add_skipped(existing)
+                progress.instance_done(skipped=True)
+            else:
+                todo.append(ref)
+        requested = max_workers if max_workers and max_workers > 1 else self.max_workers
+        workers = max(1, min(requested or 1, len(todo) or 1))
+        self.transport.ensure_pool_size(workers)
+
+        def fetch(ref: InstanceReference) -> None:
+            self.transport.call_with_retry(
+                lambda: self._save_one(ref, storage, output_dir, report, progress),
+                what=f"WADO-URI {ref}",
+            )
+
+        run_transfers(todo, fetch, report, workers=workers, uids_of=_uids)
+        return report
+
+    def _save_one(
+        self,
+        ref: InstanceReference,
+        storage: DICOMDiskStorage,
+        output_dir: str | Path,
+        report: DownloadReport,
+        progress: Progress,
+    ) -> None:
+        response = self._open(ref)
+        try:
+
+            def on_saved(path: Path, nbytes: int) -> None:
+                report.add_saved(path, nbytes)
+                progress.instance_done(nbytes)
+
+            events = iter_parts(
+                response,
+                CHUNK_SIZE,
+                what=f"WADO-URI {ref}",
+                uids=_uids(ref),
+                progress=progress,
+            )
+            if not save_parts(
+                events, storage, output_dir, on_saved=on_saved, expected=ref
+            ):
+                raise ResponseFormatError(
+                    f"WADO-URI {ref}: empty answer", url=response.url, uids=_uids(ref)
+                )
+        finally:
+            response.close()
