@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import requests
 from pydantic import model_validator
@@ -169,6 +169,18 @@ class RelationalQuery(QidoRSQueryBase):
         return params
 
 
+# Characters that may stand unencoded in a query value (RFC 3986 3.4) and that
+# QIDO-RS values use: wildcards, ranges, lists. Orthanc 1.10's DICOMweb plugin does
+# not percent-decode query values, so "PatientName=%2A" matches nothing there while
+# "PatientName=*" matches everything: send these as they are.
+QUERY_SAFE = "*?,-.:/@!$'()~_"
+
+
+def encode_params(params: dict[str, Any]) -> str:
+    """The query string for params; list values repeat the key (includefield)."""
+    return urlencode(params, doseq=True, safe=QUERY_SAFE, quote_via=quote)
+
+
 def _q(uid: str) -> str:
     """A UID as one URL path segment."""
     return quote(uid.strip(), safe="")
@@ -281,7 +293,7 @@ class QidoRS(Searcher):
     def _get_page(self, url: str, params: dict[str, Any]) -> list[Dataset]:
         response = self.transport.get(
             url,
-            params=params,
+            params=encode_params(params),
             headers={"Accept": ACCEPT_DICOM_JSON},
             what="QIDO-RS search",
         )
