@@ -11,9 +11,11 @@ Building is linear in the number of results: dict look-ups, no rescans.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
@@ -42,26 +44,34 @@ SERIES_TAGS = _tags(
     SeriesLevel.fields | SeriesLevelPromotable.fields | {"SpecificCharacterSet"}
 )
 
-_STUDY_UID = BaseTag(0x0020000D)
-_SERIES_UID = BaseTag(0x0020000E)
-_SOP_UID = BaseTag(0x00080018)
+STUDY_UID_TAG = BaseTag(0x0020000D)
+SERIES_UID_TAG = BaseTag(0x0020000E)
+SOP_UID_TAG = BaseTag(0x00080018)
 
 
-def _uid(dataset: Dataset, tag: BaseTag) -> str | None:
-    element = dataset._dict.get(tag)  # no conversion of other elements
+def uid_of(dataset: Dataset, tag: BaseTag) -> str | None:
+    """The UID at tag, or None. Fast: no conversion of any other element."""
+    element = dataset._dict.get(tag)
     if element is None:
         return None
-    value = dataset[tag].value
+    value = element.value if isinstance(element, DataElement) else dataset[tag].value
     if not value:
         return None
     return str(value).strip()
 
 
 def _subset(dataset: Dataset, tags: frozenset[int]) -> Dataset:
+    """A new dataset with the elements of dataset whose tag is in tags.
+
+    Elements are copied (raw elements are immutable and shared): changing the
+    study's data must not change the instance dataset it was taken from.
+    """
     subset = Dataset()
     for tag, element in dataset._dict.items():
         if tag in tags:
-            subset._dict[tag] = element
+            subset._dict[tag] = (
+                element if isinstance(element, RawDataElement) else copy.copy(element)
+            )
     return subset
 
 
@@ -132,13 +142,13 @@ class DICOMParseTree:
 
     def insert_dataset(self, ds: Dataset) -> None:
         """Insert a search result at the level its UIDs say."""
-        study_uid = _uid(ds, _STUDY_UID)
+        study_uid = uid_of(ds, STUDY_UID_TAG)
         if not study_uid:
             raise DICOMTrolleyError(
                 "A search result has no StudyInstanceUID; cannot place it"
             )
-        series_uid = _uid(ds, _SERIES_UID)
-        instance_uid = _uid(ds, _SOP_UID) if series_uid else None
+        series_uid = uid_of(ds, SERIES_UID_TAG)
+        instance_uid = uid_of(ds, SOP_UID_TAG) if series_uid else None
         self.insert(ds, study_uid, series_uid, instance_uid)
 
     def insert_dicom_object(self, obj: DICOMObject) -> None:

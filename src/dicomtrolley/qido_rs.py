@@ -27,7 +27,13 @@ from dicomtrolley.exceptions import (
 )
 from dicomtrolley.formats.dicom_json import parse_dicom_json
 from dicomtrolley.logs import get_module_logger
-from dicomtrolley.parsing import studies_from_datasets
+from dicomtrolley.parsing import (
+    SERIES_UID_TAG,
+    SOP_UID_TAG,
+    STUDY_UID_TAG,
+    studies_from_datasets,
+    uid_of,
+)
 from dicomtrolley.transport import HttpTransport, Retry, Timeout
 
 logger = get_module_logger("qido_rs")
@@ -186,11 +192,11 @@ def _q(uid: str) -> str:
     return quote(uid.strip(), safe="")
 
 
-def _result_key(dataset: Dataset) -> tuple[str, str, str]:
+def _result_key(dataset: Dataset) -> tuple[str | None, str | None, str | None]:
     return (
-        str(dataset.get("StudyInstanceUID", "")),
-        str(dataset.get("SeriesInstanceUID", "")),
-        str(dataset.get("SOPInstanceUID", "")),
+        uid_of(dataset, STUDY_UID_TAG),
+        uid_of(dataset, SERIES_UID_TAG),
+        uid_of(dataset, SOP_UID_TAG),
     )
 
 
@@ -268,12 +274,16 @@ class QidoRS(Searcher):
         that ignores offset).
         """
         results = list(first)
-        seen = {_result_key(ds) for ds in results}
+        seen: set[tuple[str | None, str | None, str | None]] | None = None
         page_size = len(first)
         offset = int(params.get("offset", 0) or 0)
         for _ in range(self.max_pages):
             offset += page_size if page_size else 0
             page = self._get_page(url, {**params, "offset": str(offset)})
+            if not page:
+                break
+            if seen is None:  # only now: most servers end after the first page
+                seen = {_result_key(ds) for ds in results}
             new = [ds for ds in page if _result_key(ds) not in seen]
             if not new:  # the end, or a server that ignores offset
                 break

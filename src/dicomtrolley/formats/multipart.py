@@ -166,8 +166,8 @@ class PartStart:
     """The headers of a new part have been read.
 
     ``headers`` maps lower-cased header names to values stripped of surrounding
-    whitespace. A header that occurs more than once has its values joined with
-    ``", "``, in order.
+    whitespace, decoded as Latin-1. A header that occurs more than once has its
+    values joined with ``", "``, in order; obsolete folded lines are unfolded.
     """
 
     headers: dict[str, str]
