@@ -51,7 +51,8 @@ from dicomtrolley.core import StudyReference
 from dicomtrolley.storage import TemplateStorage
 from dicomtrolley.wado_rs import WadoRS
 url, study_uid, out, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-storage = TemplateStorage(out, "{StudyInstanceUID}/{SOPInstanceUID}.dcm")
+fsync = sys.argv[5] == "1"
+storage = TemplateStorage(out, "{StudyInstanceUID}/{SOPInstanceUID}.dcm", fsync=fsync)
 downloader = WadoRS(requests.Session(), url, request_per_series=False)
 start = time.perf_counter()
 report = downloader.save_all([StudyReference(study_uid)], storage, out, max_workers=workers)
@@ -75,9 +76,20 @@ def curl_download(url: str, target: Path) -> tuple[float, int]:
     return time.perf_counter() - start, target.stat().st_size
 
 
-def trolley_download(base_url: str, study_uid: str, out: Path) -> dict[str, float]:
+def trolley_download(
+    base_url: str, study_uid: str, out: Path, fsync: bool = False
+) -> dict[str, float]:
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, base_url, study_uid, str(out), "1"],
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            base_url,
+            study_uid,
+            str(out),
+            "1",
+            str(int(fsync)),
+        ],
         check=True,
         capture_output=True,
         text=True,
@@ -103,8 +115,12 @@ def bench(
         shutil.rmtree(out)
         best_ours = min(best_ours, result["seconds"])
         peak = max(peak, result["peak_rss_kib"] / 1024)
+    out = work / "trolley-fsync"
+    with_fsync = trolley_download(server.dicomweb_url, study_uid, out, fsync=True)
+    shutil.rmtree(out)
     return {
         "bytes": size,
+        "fsync_mb_s": size / with_fsync["seconds"] / 1e6,
         "curl_mb_s": size / best_curl / 1e6,
         "trolley_mb_s": size / best_ours / 1e6,
         "ratio": best_curl / best_ours,
@@ -115,7 +131,7 @@ def bench(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=1.0, help="large study size")
-    parser.add_argument("--repeat", type=int, default=2, help="runs; best counts")
+    parser.add_argument("--repeat", type=int, default=3, help="runs; best counts")
     parser.add_argument("--keep", type=Path, help="work folder (default: temporary)")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="dicomtrolley-bench-"))
