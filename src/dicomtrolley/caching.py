@@ -23,7 +23,8 @@ from dicomtrolley.core import (
     Study,
     StudyReference,
 )
-from dicomtrolley.exceptions import DICOMTrolleyError
+from dicomtrolley.exceptions import DICOMTrolleyError, PermanentError
+from dicomtrolley.fields import StudyLevel
 from dicomtrolley.logs import get_module_logger
 
 logger = get_module_logger("caching")
@@ -31,7 +32,7 @@ logger = get_module_logger("caching")
 Address = tuple[str, ...]
 
 
-class NodeNotFound(DICOMTrolleyError):
+class NodeNotFound(PermanentError):
     """Not in the cache, or expired."""
 
 
@@ -115,33 +116,66 @@ class DICOMObjectCache:
 
 
 class QueryCache:
-    """Which objects answered which query (by the query's JSON form)."""
+    """Which objects answered which query (by the query's type and JSON form).
+
+    Each answer is kept as it was given, for as long as the object cache keeps
+    objects. Only answers that hold whole studies (see :func:`holds_whole_studies`)
+    are also put in the object cache, where ``find_study_by_id`` looks: a search
+    for one series of a study must not later pass for the whole study.
+    """
 
     def __init__(self, cache: DICOMObjectCache) -> None:
         self.cache = cache
         self.queries: dict[str, tuple[DICOMObjectReference, ...]] = {}
+        self._answers: dict[str, tuple[list[DICOMObject], float]] = {}
+        self._lock = threading.Lock()
 
     @staticmethod
     def _key(query: Query) -> str:
         return f"{type(query).__name__}:{query.model_dump_json()}"
 
     def add_response(self, query: Query, response: Sequence[DICOMObject]) -> None:
-        self.cache.add_all(response)
-        self.queries[self._key(query)] = tuple(x.reference() for x in response)
+        if holds_whole_studies(query):
+            self.cache.add_all(response)
+        key = self._key(query)
+        with self._lock:
+            self.queries[key] = tuple(x.reference() for x in response)
+            self._answers[key] = (list(response), time.monotonic())
 
     def get_response(self, query: Query) -> list[Study]:
-        """The cached answer to query. NodeNotFound when unknown or partly expired."""
+        """The cached answer to query. NodeNotFound when unknown or expired."""
         key = self._key(query)
-        refs = self.queries.get(key)
-        if refs is None:
-            raise NodeNotFound(f"Query {query.to_short_string()} not found in cache")
-        try:
-            return [self.cache.retrieve(ref) for ref in refs]  # type: ignore[misc]
-        except NodeNotFound as error:
-            self.queries.pop(key, None)
-            raise NodeNotFound(
-                f"Part of the answer to {query.to_short_string()} has expired"
-            ) from error
+        with self._lock:
+            entry = self._answers.get(key)
+            if entry is None:
+                raise NodeNotFound(
+                    f"Query {query.to_short_string()} not found in cache"
+                )
+            objects, stamp = entry
+            if self.cache._expired(stamp, time.monotonic()):
+                del self._answers[key]
+                self.queries.pop(key, None)
+                raise NodeNotFound(
+                    f"The answer to {query.to_short_string()} has expired"
+                )
+            return list(objects)  # type: ignore[arg-type]
+
+
+def holds_whole_studies(query: Query) -> bool:
+    """True when every study query finds is complete down to its query level.
+
+    A study-level search always is. A deeper search is when it filters on study
+    attributes only; a filter on a series or instance attribute (SeriesInstanceUID,
+    Modality ...) or a result limit can leave series or instances out.
+    """
+    if query.query_level == QueryLevels.STUDY:
+        return True
+    not_filters = {"query_level", "include_fields", "min_study_date", "max_study_date"}
+    return all(
+        name in StudyLevel.fields
+        for name in query.filled_fields()
+        if name not in not_filters
+    )
 
 
 class CachedSearcher(Searcher):

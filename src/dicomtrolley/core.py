@@ -8,7 +8,7 @@ from this module and keep working.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
@@ -90,13 +90,17 @@ class DICOMObjectReference(DICOMDownloadable):
     def reference(self) -> DICOMObjectReference:
         return self
 
+    def uids(self) -> tuple[str, ...]:
+        """The UIDs of this reference, study first."""
+        return tuple(str(value) for value in astuple(self))
+
     def contained_references(
         self, max_level: DICOMObjectLevels
     ) -> tuple[DICOMObjectReference, ...]:
         if max_level < self.level:
             raise NoReferencesFoundError(
                 f"{self} holds no references at {max_level.name} level or deeper",
-                uids=[self.study_uid],
+                uids=self.uids(),
             )
         return (self,)
 
@@ -168,10 +172,15 @@ class DICOMObject(BaseModel, DICOMDownloadable):
         return f"{type(self).__name__}(uid={self.uid!r})"
 
     def __eq__(self, other: object) -> bool:
+        """Same type, UID, data and children. Parents are not compared (no cycles)."""
         if type(other) is not type(self):
             return NotImplemented
         assert isinstance(other, DICOMObject)
-        return self.uid == other.uid and self.data == other.data
+        return (
+            self.uid == other.uid
+            and self.data == other.data
+            and list(self.children()) == list(other.children())
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -311,9 +320,15 @@ class Study(DICOMObject):
         return list(self.series)
 
     def max_object_depth(self) -> DICOMObjectLevels:
+        """The level down to which every series of the study is known.
+
+        A study with one series that holds instances and one that does not is
+        only known down to SERIES level: contained_references(INSTANCE) would
+        raise for it.
+        """
         if not self.series:
             return DICOMObjectLevels.STUDY
-        return min(s.max_object_depth() for s in self.series)
+        return max(s.max_object_depth() for s in self.series)
 
     def reference(self) -> StudyReference:
         return StudyReference(study_uid=self.uid)
@@ -453,6 +468,8 @@ class Downloader:
 
         The default keeps each dataset in memory and saves it; streaming
         downloaders override this and write each instance while it arrives.
+        An instance that cannot be saved goes into the report as a failure and
+        the others are still saved.
         """
         from dicomtrolley.download import DownloadReport, NullProgress
 
@@ -460,8 +477,25 @@ class Downloader:
         report = DownloadReport()
         progress = progress or NullProgress()
         for dataset in self.datasets(objects):
-            path = storage.save(dataset, path=str(output_dir))
-            nbytes = path.stat().st_size if path is not None else 0
+            uid = str(dataset.get("SOPInstanceUID", ""))
+            try:
+                path = storage.save(dataset, path=str(output_dir))
+            except DICOMTrolleyError as error:
+                if uid and uid not in error.uids:
+                    error.uids = (*error.uids, uid)
+                report.add_failure(f"instance {uid or '(no SOPInstanceUID)'}", error)
+                continue
+            nbytes = _file_size(path)
             report.add_saved(path, nbytes)
             progress.instance_done(nbytes)
         return report
+
+
+def _file_size(path: Path | None) -> int:
+    """Size of a saved file; 0 when a storage did not say where it saved."""
+    if path is None:
+        return 0
+    try:
+        return path.stat().st_size
+    except (OSError, AttributeError, TypeError):  # save() returned no real path
+        return 0

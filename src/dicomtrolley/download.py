@@ -58,7 +58,11 @@ class Failure:
     error: DICOMTrolleyError
 
     def __str__(self) -> str:
-        return f"{self.what}: {self.error}"
+        text = f"{self.what}: {self.error}"
+        missing = [uid for uid in self.uids if uid not in text]
+        if missing:
+            text += f" (UIDs: {', '.join(missing)})"
+        return text
 
 
 @dataclass

@@ -12,25 +12,29 @@ credentials), the HTTP status and the DICOM UIDs involved, where known::
     │   │   └── DICOMTrolleyTimeoutError    connect or read timeout
     │   ├── ServerHTTPError                 HTTP 5xx, 429  (also an HTTPStatusError)
     │   └── IncompleteResponseError         body ended early (truncated multipart ...)
-    │       └── (also a MultipartContentError)
-    └── PermanentError
-        ├── HTTPStatusError                 HTTP status the client cannot fix by retrying
-        │   └── ClientHTTPError             HTTP 4xx
-        ├── DICOMTrolleyAuthError           login refused, 401/403
-        ├── ResponseFormatError             body is not what was asked for (HTML, bad JSON)
-        │   └── MultipartContentError       malformed multipart (missing boundary ...)
-        ├── DICOMParseError                 downloaded bytes are not a DICOM file
-        ├── UnSupportedParameterError       a query a searcher cannot express
-        ├── NoReferencesFoundError          an object holds no deeper references
-        ├── NoQueryResultsError             a search found nothing where one was needed
-        ├── NonSeriesParameterError         downloader needs series references (core)
-        ├── NonInstanceParameterError       downloader needs instance references (core)
-        ├── StorageError                    cannot write a file where it should go
-        │   └── UnsafePathError             a server value would escape the output folder
-        ├── InvalidUIDError                 a server UID that breaks the DICOM UID grammar
-        ├── DownloadIncompleteError         instances asked for but not delivered (UIDs)
-        └── Rad69ServerError                RAD-69 server reported errors
-            └── XDSMissingDocumentError
+    │       └── (also a MultipartContentError, so also a PermanentError)
+    ├── PermanentError
+    │   ├── ClientHTTPError                 HTTP 4xx  (also an HTTPStatusError)
+    │   ├── DICOMTrolleyAuthError           login refused, 401/403
+    │   ├── ResponseFormatError             body is not what was asked for (HTML, bad JSON)
+    │   │   └── MultipartContentError       malformed multipart (missing boundary ...)
+    │   ├── DICOMParseError                 downloaded bytes are not a DICOM file
+    │   ├── UnSupportedParameterError       a query a searcher cannot express
+    │   ├── NoReferencesFoundError          an object holds no deeper references
+    │   ├── NoQueryResultsError             a search found nothing where one was needed
+    │   ├── NonSeriesParameterError         downloader needs series references (core)
+    │   ├── NonInstanceParameterError       downloader needs instance references (core)
+    │   ├── StorageError                    cannot write a file where it should go
+    │   │   └── UnsafePathError             a server value would escape the output folder
+    │   ├── InvalidUIDError                 a server UID that breaks the DICOM UID grammar
+    │   ├── DownloadIncompleteError         instances asked for but not delivered (UIDs)
+    │   └── Rad69ServerError                RAD-69 server reported errors
+    │       └── XDSMissingDocumentError
+    └── HTTPStatusError                     any HTTP error status: catch it for both
+                                            ServerHTTPError and ClientHTTPError
+
+Defined elsewhere, all PermanentErrors: ``DICOMObjectNotFound`` (parsing),
+``NodeNotFound`` (caching), ``NoQueryResults`` (qido_rs, a NoQueryResultsError).
 
 ``NonSeriesParameterError`` and ``NonInstanceParameterError`` are defined here and
 re-exported from :mod:`dicomtrolley.core`, where dicomtrolley 4.1.0 had them.

@@ -27,11 +27,11 @@ from dicomtrolley.core import (
     Series,
     Study,
 )
-from dicomtrolley.exceptions import DICOMTrolleyError
+from dicomtrolley.exceptions import DICOMTrolleyError, PermanentError
 from dicomtrolley.fields import SeriesLevel, SeriesLevelPromotable, StudyLevel
 
 
-class DICOMObjectNotFound(DICOMTrolleyError):
+class DICOMObjectNotFound(PermanentError):
     """A reference that is not in the tree."""
 
 

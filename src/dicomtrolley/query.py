@@ -46,14 +46,13 @@ class Query(BaseModel):
     @classmethod
     def _keywords_exist(cls, value: list[str] | None) -> list[str] | None:
         for keyword in value or []:
-            if not tag_for_keyword(keyword):
-                raise ValueError(f"{keyword} is not a valid DICOM keyword")
+            cls.validate_keyword(keyword)
         return value
 
     @staticmethod
     def validate_keyword(keyword: str) -> None:
         """Raise ValueError if keyword is not a DICOM keyword pydicom knows."""
-        if not tag_for_keyword(keyword):
+        if tag_for_keyword(keyword) is None:  # (0000,0000) is a valid tag
             raise ValueError(f"{keyword} is not a valid DICOM keyword")
 
     @classmethod

@@ -30,6 +30,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from dicomtrolley.core import InstanceReference
 from dicomtrolley.exceptions import (
@@ -163,18 +164,30 @@ def verify_dicom_file(path: Path) -> Dataset:
         raise DICOMParseError(
             f"{path.name}: not a readable DICOM file: {error}"
         ) from error
-    for element in dataset._dict.values():
-        if (
-            isinstance(element, RawDataElement)
-            and element.length != 0xFFFFFFFF
-            and element.value_tell + element.length > size
-        ):
-            raise DICOMParseError(
-                f"{path.name}: truncated: element {element.tag} ends at byte "
-                f"{element.value_tell + element.length}, file has {size} bytes"
-            )
     if not dataset:
         raise DICOMParseError(f"{path.name}: DICOM file holds no data elements")
+    syntax = dataset.file_meta.get("TransferSyntaxUID") if dataset.file_meta else None
+    if syntax is not None and UID(syntax).is_deflated:
+        # positions refer to the inflated stream; zlib has checked completeness
+        return dataset
+    end = 0
+    for element in dataset._dict.values():
+        if not isinstance(element, RawDataElement) or element.length == 0xFFFFFFFF:
+            end = -1  # undefined length: where it ends is not known here
+            continue
+        end = element.value_tell + element.length
+        if end > size:
+            raise DICOMParseError(
+                f"{path.name}: truncated: element {element.tag} ends at byte "
+                f"{end}, file has {size} bytes"
+            )
+    if 0 < end < size:
+        # pydicom stops quietly at a partial element header: the file was cut
+        # inside the header of the element after the last complete one
+        raise DICOMParseError(
+            f"{path.name}: truncated: {size - end} byte(s) after the last complete "
+            "element"
+        )
     return dataset
 
 
@@ -268,6 +281,9 @@ class InstanceWriter:
             raise StorageError(
                 f"cannot save {self.temp_path}: {error}", uids=uids
             ) from error
+        except BaseException:  # e.g. a user's save(): never leave the .part file
+            self.abort()
+            raise
 
     def abort(self) -> None:
         """Throw the partial file away."""
@@ -371,22 +387,25 @@ class TemplateStorage(DICOMDiskStorage):
     def save(self, dataset: Dataset, path: str | Path | None = None) -> Path:
         root = Path(path) if path else self.path
         target = self.target_path(dataset, root)
+        uids = [str(dataset.get("SOPInstanceUID", ""))]
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(
                 prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=target.parent
             )
+        except OSError as error:
+            raise StorageError(f"cannot save {target}: {error}", uids=uids) from error
+        try:
             with os.fdopen(fd, "wb") as handle:
                 dataset.save_as(handle, enforce_file_format=False)
                 handle.flush()
                 if self.fsync:
                     os.fsync(handle.fileno())
             os.replace(name, target)
-        except OSError as error:
-            raise StorageError(
-                f"cannot save {target}: {error}",
-                uids=[str(dataset.get("SOPInstanceUID", ""))],
-            ) from error
+        except Exception as error:  # pydicom raises ValueError, TypeError ...
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+            raise StorageError(f"cannot save {target}: {error}", uids=uids) from error
         return target
 
     def commit_file(self, temp_path: Path, dataset: Dataset, root: Path) -> Path:

@@ -21,9 +21,11 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import timezone
 from typing import Any, TypeVar
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from dicomtrolley.exceptions import (
@@ -160,14 +162,16 @@ class Retry:
         value = response.headers.get("Retry-After")
         if not value:
             return None
-        seconds: float | None
         if re.fullmatch(r"\s*\d+\s*", value):
             seconds = float(value)
         else:
-            parsed = email.utils.parsedate_to_datetime(value) if value else None
-            seconds = None if parsed is None else parsed.timestamp() - time.time()
-        if seconds is None:
-            return None
+            try:
+                parsed = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError):
+                return None  # malformed header: fall back to backoff
+            if parsed.tzinfo is None:  # "-0000": an HTTP-date is always UTC
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            seconds = parsed.timestamp() - time.time()
         return float(max(0.0, min(self.backoff_max, seconds)))
 
     def sleep(self, response: requests.Response | None = None) -> None:
@@ -231,7 +235,7 @@ def _map_requests_error(
 ) -> DICOMTrolleyError:
     prefix = f"{what}: " if what else ""
     shown = redact_url(url)
-    if isinstance(error, requests.Timeout):
+    if isinstance(error, requests.Timeout) or _is_read_timeout(error):
         return DICOMTrolleyTimeoutError(
             f"{prefix}{method} {shown} timed out ({type(error).__name__})", url=url
         )
@@ -246,11 +250,22 @@ def _map_requests_error(
     )
 
 
+def _is_read_timeout(error: requests.RequestException) -> bool:
+    """True for requests' ConnectionError that wraps a read timeout.
+
+    requests raises ``ConnectionError(ReadTimeoutError)`` (not ``ReadTimeout``)
+    when the server stops sending in the middle of a body it reads itself.
+    """
+    return isinstance(error, requests.ConnectionError) and any(
+        isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in error.args
+    )
+
+
 def _reason(error: BaseException) -> str:
     """The innermost useful reason of a requests/urllib3 error, without URLs."""
     text = str(error)
     for pattern in (
-        r"\[Errno -?\d+\][^')\]]*",
+        r"\[Errno -?\d+\][^'\")\]]*",
         r"Connection refused",
         r"reset by peer",
     ):

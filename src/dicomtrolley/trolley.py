@@ -153,35 +153,79 @@ class Trolley:
     def obtain_references(
         self, objects: Sequence[DICOMDownloadable], max_level: DICOMObjectLevels
     ) -> list[DICOMObjectReference]:
-        """References at max_level or deeper for objects, searching where needed."""
+        """References at max_level or deeper for objects, searching where needed.
+
+        Each study is searched for at most once, however many of its series or
+        instances ask for it.
+
+        Raises
+        ------
+        NoReferencesFoundError
+            When the searcher's answer holds nothing at max_level for an object
+            (an unknown series, or a study without instances).
+        """
         references: list[DICOMObjectReference] = []
+        found: dict[str, tuple[DICOMObjectReference, ...]] = {}
         for downloadable in objects:
             try:
                 references.extend(
                     downloadable.contained_references(max_level=max_level)
                 )
+                continue
             except NoReferencesFoundError:
                 logger.debug(
                     "Not enough information for %s-level references of %s; searching",
                     max_level.name,
                     downloadable,
                 )
-                found = self.searcher.find_study_by_id(
-                    study_uid=downloadable.reference().study_uid,
+            own = downloadable.reference()
+            if own.study_uid not in found:
+                study = self.searcher.find_study_by_id(
+                    study_uid=own.study_uid,
                     query_level=QueryLevels.from_object_level(max_level),
                 )
-                references.extend(
-                    _restrict(downloadable, found.contained_references(max_level))
+                found[own.study_uid] = _parts(study, max_level)
+            parts = _restrict(own, found[own.study_uid])
+            if isinstance(downloadable, Study) and downloadable.series:
+                # a study from a series-level search: only the series it holds
+                wanted = {series.uid for series in downloadable.series}
+                parts = [p for p in parts if getattr(p, "series_uid", None) in wanted]
+            if not parts:
+                raise NoReferencesFoundError(
+                    f"{self.searcher} found nothing at {max_level.name} level "
+                    f"for {own}",
+                    uids=own.uids(),
                 )
+            references.extend(parts)
         return references
 
 
+def _parts(
+    study: Study, max_level: DICOMObjectLevels
+) -> tuple[DICOMObjectReference, ...]:
+    """References at max_level in a freshly searched study.
+
+    Unlike Study.contained_references this does not fail on a series that the
+    server reports without instances: that series is empty.
+    """
+    if max_level >= DICOMObjectLevels.STUDY:
+        return (study.reference(),)
+    if max_level == DICOMObjectLevels.SERIES:
+        return tuple(series.reference() for series in study.all_series())
+    return tuple(instance.reference() for instance in study.all_instances())
+
+
 def _restrict(
-    downloadable: DICOMDownloadable, refs: Sequence[DICOMObjectReference]
+    own: DICOMObjectReference, refs: Sequence[DICOMObjectReference]
 ) -> list[DICOMObjectReference]:
-    """Only the refs inside downloadable (a series asks its study: keep its own)."""
-    own = downloadable.reference()
+    """Only the refs inside own (a series asks its study: keep its own)."""
     series_uid = getattr(own, "series_uid", None)
     if series_uid is None:
         return list(refs)
-    return [ref for ref in refs if getattr(ref, "series_uid", None) == series_uid]
+    instance_uid = getattr(own, "instance_uid", None)
+    return [
+        ref
+        for ref in refs
+        if getattr(ref, "series_uid", None) == series_uid
+        and (instance_uid is None or getattr(ref, "instance_uid", None) == instance_uid)
+    ]

@@ -46,7 +46,8 @@ def check_uid(value: object, what: str = "UID") -> str:
     InvalidUIDError
         When value is not a string of digits separated by single dots.
     """
-    text = str(value).strip().rstrip("\x00") if value is not None else ""
+    # UI values are padded to even length with NUL; some servers add spaces too
+    text = str(value).strip(" \t\r\n\x00") if value is not None else ""
     if not is_path_safe_uid(text):
         shown = text if len(text) <= 80 else text[:77] + "..."
         raise InvalidUIDError(
