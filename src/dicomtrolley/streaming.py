@@ -6,6 +6,8 @@ sans-I/O :class:`~dicomtrolley.formats.multipart.MultipartParser`, a single-part
 ``application/dicom`` answer is one part. Each part is either written to its
 file while it arrives (:func:`save_parts`, memory bounded by the chunk size) or
 collected in memory and parsed (:func:`datasets_from_parts`).
+:func:`dicomtrolley.transport.read_with_retry` starts an exchange again when its
+body breaks off.
 """
 
 from __future__ import annotations
@@ -51,12 +53,19 @@ def iter_body(
     uids: tuple[str, ...] = (),
     progress: Progress | None = None,
 ) -> Iterator[bytes]:
-    """The response body in chunks, with transport errors as DICOMTrolleyErrors."""
-    prefix = f"{what}: " if what else ""
+    """The response body in chunks, with transport errors as DICOMTrolleyErrors.
+
+    Each chunk is what has arrived, up to chunk_size bytes (``read1``): a read
+    never waits for a full chunk, so the bytes received before a connection
+    breaks are passed on (and the parts they complete are kept) instead of
+    being lost with the unfinished read.
+    """
+    prefix = _prefix(what)
     raw = response.raw
+    read = getattr(raw, "read1", None) or raw.read  # urllib3 1.x has no read1
     try:
         while True:
-            chunk = raw.read(chunk_size, decode_content=True)
+            chunk = read(chunk_size, decode_content=True)
             if not chunk:
                 break
             if progress is not None:
@@ -89,6 +98,7 @@ def iter_parts(
     progress: Progress | None = None,
 ) -> Iterator[Event]:
     """Part events of a multipart or single-part DICOM answer, as bytes arrive."""
+    prefix = _prefix(what)
     content_type = response.headers.get("Content-Type", "")
     media_type, _ = parse_content_type(content_type) if content_type else ("", {})
     body = iter_body(response, chunk_size, what=what, uids=uids, progress=progress)
@@ -108,21 +118,26 @@ def iter_parts(
         return
     if media_type in SINGLE_PART_TYPES:
         yield PartStart(headers={"content-type": media_type})
-        expected = response.headers.get("Content-Length")
+        # Content-Length counts the bytes sent: it says nothing about the
+        # decoded size when the answer is compressed (gzip can make it larger)
+        encoding = response.headers.get("Content-Encoding", "identity")
+        expected = response.headers.get("Content-Length", "").strip()
+        if encoding.strip().lower() not in ("", "identity"):
+            expected = ""
         received = 0
         for chunk in body:
             received += len(chunk)
             yield PartData(chunk)
-        if expected and expected.isdigit() and received < int(expected):
+        if expected.isdigit() and received < int(expected):
             raise IncompleteResponseError(
-                f"{what}: answer ended after {received} of {expected} bytes",
+                f"{prefix}answer ended after {received} of {expected} bytes",
                 url=response.url,
                 uids=uids,
             )
         yield PartEnd()
         return
     raise ResponseFormatError(
-        f"{what}: expected multipart/related or application/dicom, got "
+        f"{prefix}expected multipart/related or application/dicom, got "
         f"{content_type or 'no Content-Type'}",
         url=response.url,
         uids=uids,
@@ -164,7 +179,9 @@ def save_parts(
     return saved
 
 
-def datasets_from_parts(events: Iterator[Event], what: str = "") -> Iterator[Dataset]:
+def datasets_from_parts(
+    events: Iterator[Event], what: str = "", uids: tuple[str, ...] = ()
+) -> Iterator[Dataset]:
     """Each part read into memory and parsed as a DICOM file."""
     buffer: io.BytesIO | None = None
     for event in events:
@@ -175,15 +192,23 @@ def datasets_from_parts(events: Iterator[Event], what: str = "") -> Iterator[Dat
                 buffer.write(event.data)
         elif buffer is not None:
             buffer.seek(0)
-            yield read_dataset(buffer, what)
+            yield read_dataset(buffer, what, uids)
             buffer = None
 
 
-def read_dataset(source: io.BytesIO, what: str = "") -> Dataset:
+def read_dataset(
+    source: io.BytesIO, what: str = "", uids: tuple[str, ...] = ()
+) -> Dataset:
     """A complete DICOM file from memory, or DICOMParseError."""
     try:
         return pydicom.dcmread(source)
     except DICOMTrolleyError:
         raise
     except Exception as error:  # pydicom raises assorted errors on garbage
-        raise DICOMParseError(f"{what}: answer is not a DICOM file: {error}") from error
+        raise DICOMParseError(
+            f"{_prefix(what)}answer is not a DICOM file: {error}", uids=uids
+        ) from error
+
+
+def _prefix(what: str) -> str:
+    return f"{what}: " if what else ""

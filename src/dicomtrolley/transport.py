@@ -113,7 +113,7 @@ class Retry:
     backoff_factor: float = 0.5
     backoff_max: float = 30.0
     backoff_jitter: float = 0.25
-    status_forcelist: frozenset[int] = frozenset({429, 502, 503, 504})
+    status_forcelist: frozenset[int] = frozenset({429, 500, 502, 503, 504})
     allowed_methods: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS"})
     respect_retry_after: bool = True
     history: tuple[RequestHistory, ...] = field(default=(), compare=False)
@@ -362,24 +362,6 @@ class HttpTransport:
     def get(self, url: str, **kwargs: Any) -> requests.Response:
         return self.request("GET", url, **kwargs)
 
-    def call_with_retry(self, func: Callable[[], T], what: str = "") -> T:
-        """Run func (one whole exchange: request and reading the body) with retries.
-
-        Used where a failure can happen after the headers arrived, e.g. a connection
-        reset in the middle of a multipart download: the exchange is started again.
-        Only :class:`TransientError` is retried.
-        """
-        retry = self.retry
-        while True:
-            try:
-                return func()
-            except TransientError as error:
-                retry = retry.increment("GET", error.url, error=error)
-                if retry.exhausted:
-                    raise
-                logger.info("retrying %s after %s", what or "request", error)
-                retry.sleep()
-
     def ensure_pool_size(self, size: int) -> None:
         """Make the session keep at least ``size`` connections per host.
 
@@ -388,6 +370,35 @@ class HttpTransport:
         resized; custom adapters are left as the user configured them.
         """
         ensure_pool_size(self.session, size)
+
+
+def read_with_retry(
+    open_response: Callable[[], requests.Response],
+    read: Callable[[requests.Response], T],
+    retry: Retry,
+    what: str = "",
+) -> T:
+    """Open an answer and read it; start again when its body breaks off.
+
+    Opening is retried by the transport under its own policy (statuses,
+    connections, timeouts), so errors from open_response are raised as they
+    come: retrying them here as well would multiply the tries. A
+    :class:`TransientError` while reading (a cut connection, a read timeout) is
+    retried under retry, and the response is always closed.
+    """
+    while True:
+        response = open_response()
+        try:
+            return read(response)
+        except TransientError as error:
+            failure = error
+        finally:
+            response.close()
+        retry = retry.increment("GET", failure.url or response.url, error=failure)
+        if retry.exhausted:
+            raise failure
+        logger.info("retrying %s after %s", what or response.url, failure)
+        retry.sleep()
 
 
 def ensure_pool_size(session: requests.Session, size: int) -> None:

@@ -12,7 +12,7 @@ several series are fetched at once over a bounded thread pool.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -34,8 +34,12 @@ from dicomtrolley.formats.dicom_json import dataset_from_json_dict
 from dicomtrolley.formats.multipart import Event
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.storage import DICOMDiskStorage
-from dicomtrolley.streaming import datasets_from_parts, iter_parts, save_parts
-from dicomtrolley.transport import HttpTransport, Retry, Timeout
+from dicomtrolley.streaming import (
+    datasets_from_parts,
+    iter_parts,
+    save_parts,
+)
+from dicomtrolley.transport import HttpTransport, Retry, Timeout, read_with_retry
 
 logger = get_module_logger("wado_rs")
 
@@ -151,13 +155,21 @@ class WadoRS(Downloader):
                     what=f"WADO-RS {ref}",
                     uids=_uids_of(ref),
                 )
-                yield from datasets_from_parts(events, what=f"WADO-RS {ref}")
+                yield from datasets_from_parts(
+                    events, what=f"WADO-RS {ref}", uids=_uids_of(ref)
+                )
             finally:
                 response.close()
 
     def get_dataset(self, instance: InstanceReference) -> Dataset:
         """One instance as a Dataset."""
-        datasets = list(datasets_from_parts(self._instance_events(instance)))
+        datasets = list(
+            datasets_from_parts(
+                self._instance_events(instance),
+                what=f"WADO-RS {instance}",
+                uids=_uids_of(instance),
+            )
+        )
         if len(datasets) != 1:
             raise DICOMTrolleyError(
                 f"WADO-RS: expected 1 instance for {instance}, got {len(datasets)}",
@@ -208,51 +220,59 @@ class WadoRS(Downloader):
         self.transport.ensure_pool_size(workers)
 
         def fetch(ref: DICOMObjectReference) -> None:
-            self.transport.call_with_retry(
-                lambda: self._save_one(ref, storage, output_dir, report, progress),
+            # A retry after a cut answer saves the instances that came before the
+            # cut again (same files): report each one once.
+            reported: set[Path] = set()
+
+            def on_saved(path: Path, nbytes: int) -> None:
+                if path in reported:
+                    return
+                reported.add(path)
+                report.add_saved(path, nbytes)
+                progress.instance_done(nbytes)
+
+            read_with_retry(
+                lambda: self._open(ref),
+                lambda response: self._save_answer(
+                    ref, response, storage, output_dir, on_saved, progress
+                ),
+                self.transport.retry,
                 what=f"WADO-RS {ref}",
             )
 
         run_transfers(todo, fetch, report, workers=workers, uids_of=_uids_of)
         return report
 
-    def _save_one(
+    def _save_answer(
         self,
         ref: DICOMObjectReference,
+        response: requests.Response,
         storage: DICOMDiskStorage,
         output_dir: str | Path,
-        report: DownloadReport,
+        on_saved: Callable[[Path, int], None],
         progress: Progress,
     ) -> None:
-        response = self._open(ref)
-        try:
-            length = response.headers.get("Content-Length", "")
-            if length.isdigit():
-                progress.add_total(nbytes=int(length))
-
-            def on_saved(path: Path, nbytes: int) -> None:
-                report.add_saved(path, nbytes)
-                progress.instance_done(nbytes)
-
-            events = iter_parts(
-                response,
-                self.http_chunk_size,
-                what=f"WADO-RS {ref}",
+        """Stream the instances of one answer to disk (the caller closes it)."""
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit():
+            progress.add_total(nbytes=int(length))
+        events = iter_parts(
+            response,
+            self.http_chunk_size,
+            what=f"WADO-RS {ref}",
+            uids=_uids_of(ref),
+            progress=progress,
+        )
+        expected = ref if isinstance(ref, InstanceReference) else None
+        saved = save_parts(
+            events, storage, output_dir, on_saved=on_saved, expected=expected
+        )
+        if saved == 0:
+            raise ResponseFormatError(
+                f"WADO-RS {ref}: the answer held no instances",
+                url=response.url,
                 uids=_uids_of(ref),
-                progress=progress,
             )
-            expected = ref if isinstance(ref, InstanceReference) else None
-            saved = save_parts(
-                events, storage, output_dir, on_saved=on_saved, expected=expected
-            )
-            if saved == 0:
-                raise ResponseFormatError(
-                    f"WADO-RS {ref}: the answer held no instances",
-                    url=response.url,
-                    uids=_uids_of(ref),
-                )
-        finally:
-            response.close()
 
 
 class WadoRSMetaData(WadoRS):
@@ -305,7 +325,15 @@ class WadoRSMetaData(WadoRS):
                 yield make_writable(dataset_from_json_dict(item))
 
     def get_dataset(self, instance: InstanceReference) -> Dataset:
-        return next(iter(self.datasets([instance])))
+        datasets = list(self.datasets([instance]))
+        if len(datasets) != 1:
+            raise DICOMTrolleyError(
+                f"WADO-RS metadata: expected 1 instance for {instance}, got "
+                f"{len(datasets)}",
+                url=self.wado_rs_instance_uri(instance) + "/metadata",
+                uids=_uids_of(instance),
+            )
+        return datasets[0]
 
     def save_all(
         self,

@@ -10,8 +10,10 @@ Instances already on disk and intact are skipped when saving.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 from urllib.parse import quote
 
@@ -28,8 +30,12 @@ from dicomtrolley.download import DownloadReport, NullProgress, Progress, run_tr
 from dicomtrolley.exceptions import ResponseFormatError
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.storage import DICOMDiskStorage
-from dicomtrolley.streaming import datasets_from_parts, iter_parts, save_parts
-from dicomtrolley.transport import HttpTransport, Retry, Timeout
+from dicomtrolley.streaming import (
+    datasets_from_parts,
+    iter_parts,
+    save_parts,
+)
+from dicomtrolley.transport import HttpTransport, Retry, Timeout, read_with_retry
 
 logger = get_module_logger("wado_uri")
 
@@ -111,29 +117,24 @@ class WadoURI(Downloader):
     def get_dataset(self, instance: InstanceReference) -> Dataset:
         """One instance as a Dataset in memory."""
 
-        def fetch() -> Dataset:
-            response = self._open(instance)
-            try:
-                events = iter_parts(
-                    response,
-                    CHUNK_SIZE,
-                    what=f"WADO-URI {instance}",
-                    uids=_uids(instance),
-                )
-                datasets = list(
-                    datasets_from_parts(events, what=f"WADO-URI {instance}")
-                )
-            finally:
-                response.close()
+        what = f"WADO-URI {instance}"
+
+        def read(response: requests.Response) -> Dataset:
+            events = iter_parts(response, CHUNK_SIZE, what=what, uids=_uids(instance))
+            datasets = list(
+                datasets_from_parts(events, what=what, uids=_uids(instance))
+            )
             if len(datasets) != 1:
                 raise ResponseFormatError(
-                    f"WADO-URI {instance}: expected one instance, got {len(datasets)}",
+                    f"{what}: expected one instance, got {len(datasets)}",
                     url=response.url,
                     uids=_uids(instance),
                 )
             return datasets[0]
 
-        return self.transport.call_with_retry(fetch, what=f"WADO-URI {instance}")
+        return read_with_retry(
+            lambda: self._open(instance), read, self.transport.retry, what=what
+        )
 
     def datasets(self, objects: Sequence[DICOMDownloadable]) -> Iterator[Dataset]:
         """Every instance as a Dataset, in order. Several at once with use_async."""
@@ -148,14 +149,28 @@ class WadoURI(Downloader):
     def datasets_async(
         self, objects: Sequence[DICOMDownloadable], max_workers: int | None = None
     ) -> Iterator[Dataset]:
-        """Every instance, fetched max_workers at a time; yielded in order."""
-        refs = to_instance_refs(objects)
+        """Every instance, fetched max_workers at a time; yielded in order.
+
+        At most ``2 * max_workers`` instances are asked for ahead of the one
+        being yielded, so memory stays bounded when the caller is slower than
+        the server, and stopping early leaves the rest unrequested.
+        """
+        refs = iter(to_instance_refs(objects))
         workers = max(1, max_workers or self.max_workers or 4)
         self.transport.ensure_pool_size(workers)
-        with ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="wado-uri"
-        ) as pool:
-            yield from pool.map(self.get_dataset, refs)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wado-uri")
+        pending: deque[Future[Dataset]] = deque(
+            pool.submit(self.get_dataset, ref) for ref in islice(refs, 2 * workers)
+        )
+        try:
+            while pending:
+                dataset = pending.popleft().result()
+                following = next(refs, None)
+                if following is not None:
+                    pending.append(pool.submit(self.get_dataset, following))
+                yield dataset
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def save_all(
         self,
@@ -184,41 +199,41 @@ class WadoURI(Downloader):
         self.transport.ensure_pool_size(workers)
 
         def fetch(ref: InstanceReference) -> None:
-            self.transport.call_with_retry(
-                lambda: self._save_one(ref, storage, output_dir, report, progress),
+            read_with_retry(
+                lambda: self._open(ref),
+                lambda response: self._save_answer(
+                    ref, response, storage, output_dir, report, progress
+                ),
+                self.transport.retry,
                 what=f"WADO-URI {ref}",
             )
 
         run_transfers(todo, fetch, report, workers=workers, uids_of=_uids)
         return report
 
-    def _save_one(
+    def _save_answer(
         self,
         ref: InstanceReference,
+        response: requests.Response,
         storage: DICOMDiskStorage,
         output_dir: str | Path,
         report: DownloadReport,
         progress: Progress,
     ) -> None:
-        response = self._open(ref)
-        try:
+        """Stream the instance in one answer to disk (the caller closes it)."""
 
-            def on_saved(path: Path, nbytes: int) -> None:
-                report.add_saved(path, nbytes)
-                progress.instance_done(nbytes)
+        def on_saved(path: Path, nbytes: int) -> None:
+            report.add_saved(path, nbytes)
+            progress.instance_done(nbytes)
 
-            events = iter_parts(
-                response,
-                CHUNK_SIZE,
-                what=f"WADO-URI {ref}",
-                uids=_uids(ref),
-                progress=progress,
+        events = iter_parts(
+            response,
+            CHUNK_SIZE,
+            what=f"WADO-URI {ref}",
+            uids=_uids(ref),
+            progress=progress,
+        )
+        if not save_parts(events, storage, output_dir, on_saved=on_saved, expected=ref):
+            raise ResponseFormatError(
+                f"WADO-URI {ref}: empty answer", url=response.url, uids=_uids(ref)
             )
-            if not save_parts(
-                events, storage, output_dir, on_saved=on_saved, expected=ref
-            ):
-                raise ResponseFormatError(
-                    f"WADO-URI {ref}: empty answer", url=response.url, uids=_uids(ref)
-                )
-        finally:
-            response.close()
