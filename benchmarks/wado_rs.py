@@ -154,12 +154,14 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     print()
     print(
-        f"{'study':>8} {'MB':>8} {'curl MB/s':>10} {'trolley MB/s':>13} {'ratio':>6} {'peak RSS MB':>12}"
+        f"{'study':>8} {'MB':>8} {'curl MB/s':>10} {'trolley MB/s':>13} {'ratio':>6} "
+        f"{'peak RSS MB':>12} {'fsync MB/s':>11}"
     )
     for name, r in results.items():
         print(
             f"{name:>8} {r['bytes'] / 1e6:8.0f} {r['curl_mb_s']:10.0f} "
-            f"{r['trolley_mb_s']:13.0f} {r['ratio']:6.2f} {r['peak_rss_mb']:12.0f}"
+            f"{r['trolley_mb_s']:13.0f} {r['ratio']:6.2f} {r['peak_rss_mb']:12.0f} "
+            f"{r['fsync_mb_s']:11.0f}"
         )
     growth = results["large"]["peak_rss_mb"] / results["quarter"]["peak_rss_mb"]
     print(f"peak RSS growth for 4x the data: {growth:.2f}x")
