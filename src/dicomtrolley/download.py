@@ -115,6 +115,28 @@ class DownloadReport:
         )
 
 
+def skip_present(
+    refs: Sequence[T],
+    present: Callable[[T], Path | None],
+    report: DownloadReport,
+    progress: Progress,
+) -> list[T]:
+    """The refs still to fetch; those whose verified file is present are skipped.
+
+    present(ref) gives the intact file for ref, or None. Skipped files go into
+    the report and count as done for the progress display.
+    """
+    todo: list[T] = []
+    for ref in refs:
+        existing = present(ref)
+        if existing is None:
+            todo.append(ref)
+        else:
+            report.add_skipped(existing)
+            progress.instance_done(skipped=True)
+    return todo
+
+
 def run_transfers(
     items: Sequence[T],
     transfer: Callable[[T], None],

@@ -28,7 +28,13 @@ from dicomtrolley.core import (
     SeriesReference,
     to_series_level_refs,
 )
-from dicomtrolley.download import DownloadReport, NullProgress, Progress, run_transfers
+from dicomtrolley.download import (
+    DownloadReport,
+    NullProgress,
+    Progress,
+    run_transfers,
+    skip_present,
+)
 from dicomtrolley.exceptions import DICOMTrolleyError, ResponseFormatError
 from dicomtrolley.formats.dicom_json import dataset_from_json_dict
 from dicomtrolley.formats.multipart import Event
@@ -203,19 +209,14 @@ class WadoRS(Downloader):
         refs = self.request_references(objects)
         report = DownloadReport()
         progress = progress or NullProgress()
-        todo: list[DICOMObjectReference] = []
-        for ref in refs:
-            existing = (
-                storage.existing_file(ref, output_dir)
-                if isinstance(ref, InstanceReference)
-                else None
-            )
-            if existing is not None:
-                report.add_skipped(existing)
-                progress.add_total(instances=1)
-                progress.instance_done(skipped=True)
-            else:
-                todo.append(ref)
+
+        def present(ref: DICOMObjectReference) -> Path | None:
+            if isinstance(ref, InstanceReference):
+                return storage.existing_file(ref, output_dir)
+            return None  # which instances a series holds is known only later
+
+        todo = skip_present(refs, present, report, progress)
+        progress.add_total(instances=len(refs) - len(todo))
         workers = max(1, min(max_workers or 1, len(todo) or 1))
         self.transport.ensure_pool_size(workers)
 

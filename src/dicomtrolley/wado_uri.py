@@ -26,7 +26,13 @@ from dicomtrolley.core import (
     InstanceReference,
     to_instance_refs,
 )
-from dicomtrolley.download import DownloadReport, NullProgress, Progress, run_transfers
+from dicomtrolley.download import (
+    DownloadReport,
+    NullProgress,
+    Progress,
+    run_transfers,
+    skip_present,
+)
 from dicomtrolley.exceptions import ResponseFormatError
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.storage import DICOMDiskStorage
@@ -186,14 +192,9 @@ class WadoURI(Downloader):
         report = DownloadReport()
         progress = progress or NullProgress()
         progress.add_total(instances=len(refs))
-        todo = []
-        for ref in refs:
-            existing = storage.existing_file(ref, output_dir)
-            if existing is not None:
-                report.add_skipped(existing)
-                progress.instance_done(skipped=True)
-            else:
-                todo.append(ref)
+        todo = skip_present(
+            refs, lambda ref: storage.existing_file(ref, output_dir), report, progress
+        )
         requested = max_workers if max_workers and max_workers > 1 else self.max_workers
         workers = max(1, min(requested or 1, len(todo) or 1))
         self.transport.ensure_pool_size(workers)
