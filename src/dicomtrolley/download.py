@@ -108,11 +108,13 @@ class DownloadReport:
         more = len(self.failures) - 50
         if more > 0:
             lines += f"\n  ... and {more} more"
-        raise DownloadIncompleteError(
+        error = DownloadIncompleteError(
             f"{len(self.failures)} download(s) failed ({len(self.saved)} file(s) "
             f"saved):\n{lines}",
             uids=self.failed_uids,
         )
+        error.report = self  # what did arrive: saved, skipped, bytes
+        raise error
 
 
 def skip_present(

@@ -43,6 +43,7 @@ re-exported from :mod:`dicomtrolley.core`, where dicomtrolley 4.1.0 had them.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -192,7 +193,13 @@ class InvalidUIDError(PermanentError):
 
 
 class DownloadIncompleteError(PermanentError):
-    """Some instances that were asked for did not arrive. ``uids`` lists them."""
+    """Some instances that were asked for did not arrive. ``uids`` lists them.
+
+    ``report`` is the :class:`~dicomtrolley.download.DownloadReport` of the whole
+    download (what was saved and skipped), when the error comes from one.
+    """
+
+    report: Any = None
 
 
 class Rad69ServerError(PermanentError):

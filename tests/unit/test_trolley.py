@@ -560,6 +560,7 @@ def test_raise_for_failures() -> None:
     assert "1.2.3.4" in text  # UIDs only in error.uids are shown too
     assert "9.1.1" in text
     assert info.value.uids == ("1.2.3.4",)
+    assert info.value.report is report
 
 
 def test_raise_for_failures_shortens_long_lists() -> None:
