@@ -4,12 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint types unit system-deps venv bench clean
+.PHONY: test demo lint types unit system-deps venv bench clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	bash scripts/ensure-venv.sh $(PYTHON) $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
@@ -28,6 +28,11 @@ unit: venv system-deps
 	bash scripts/loopback-only.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: venv system-deps lint types unit
+
+# The main job on the built-in emulator PACS: generate studies, search over MINT,
+# download with WADO-URI and WADO-RS into ./dicomtrolley-demo/.
+demo: venv
+	$(BIN)/dicomtrolley demo $(DEMO_ARGS)
 
 bench: venv system-deps
 	bash scripts/loopback-only.sh $(BIN)/python benchmarks/search_parse.py
