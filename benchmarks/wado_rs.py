@@ -28,9 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.orthanc_server import OrthancServer  # noqa: E402
-
 from dicomtrolley import synthetic  # noqa: E402
+from tests.orthanc_server import OrthancServer  # noqa: E402
 
 ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import pytest
-from tests.conftest import StudyFactory
 
 from dicomtrolley.caching import (
     CachedSearcher,
@@ -25,6 +24,7 @@ from dicomtrolley.core import (
     StudyReference,
 )
 from dicomtrolley.exceptions import DICOMTrolleyError
+from tests.conftest import StudyFactory
 
 
 class Clock:

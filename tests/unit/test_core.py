@@ -7,7 +7,6 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 from pydicom.dataset import Dataset
-from tests.conftest import StudyFactory
 
 from dicomtrolley.core import (
     DICOMDownloadable,
@@ -27,6 +26,7 @@ from dicomtrolley.core import (
     to_series_level_refs,
 )
 from dicomtrolley.exceptions import DICOMTrolleyError, NoReferencesFoundError
+from tests.conftest import StudyFactory
 
 STUDY, SERIES, INSTANCE = (
     DICOMObjectLevels.STUDY,

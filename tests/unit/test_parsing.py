@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from pydicom.dataset import Dataset
-from tests.conftest import StudyFactory
 
 from dicomtrolley.core import (
     DICOMObjectLevels,
@@ -21,6 +20,7 @@ from dicomtrolley.parsing import (
     flatten,
     studies_from_datasets,
 )
+from tests.conftest import StudyFactory
 
 
 def result(

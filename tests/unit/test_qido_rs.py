@@ -8,14 +8,6 @@ from typing import Any
 
 import pytest
 import requests
-from tests.fakes import (
-    FakeServer,
-    Recorded,
-    Reply,
-    html_reply,
-    json_reply,
-    unused_url,
-)
 
 from dicomtrolley.core import Query, QueryLevels
 from dicomtrolley.exceptions import (
@@ -28,6 +20,14 @@ from dicomtrolley.exceptions import (
 )
 from dicomtrolley.qido_rs import HierarchicalQuery, QidoRS, RelationalQuery
 from dicomtrolley.transport import Retry, Timeout
+from tests.fakes import (
+    FakeServer,
+    Recorded,
+    Reply,
+    html_reply,
+    json_reply,
+    unused_url,
+)
 
 ROOT = "/dicom-web"
 STUDY = "1.2.826.0.1.3680043.8.498.100"

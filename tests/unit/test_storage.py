@@ -11,7 +11,6 @@ import pytest
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, DeflatedExplicitVRLittleEndian
-from tests.conftest import DicomBytes
 
 from dicomtrolley.core import InstanceReference
 from dicomtrolley.exceptions import (
@@ -31,6 +30,7 @@ from dicomtrolley.storage import (
     verify_dicom_file,
 )
 from dicomtrolley.uids import check_uid, is_path_safe_uid, is_valid_uid
+from tests.conftest import DicomBytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 

@@ -13,13 +13,6 @@ import pytest
 import requests
 import urllib3
 from requests.structures import CaseInsensitiveDict
-from tests.fakes import (
-    FakeServer,
-    Reply,
-    dicom_file,
-    multipart_body,
-    multipart_reply,
-)
 
 from dicomtrolley.core import InstanceReference
 from dicomtrolley.exceptions import (
@@ -40,6 +33,13 @@ from dicomtrolley.streaming import (
     save_parts,
 )
 from dicomtrolley.transport import Retry, read_with_retry
+from tests.fakes import (
+    FakeServer,
+    Reply,
+    dicom_file,
+    multipart_body,
+    multipart_reply,
+)
 
 STUDY = "1.2.826.0.1.3680043.8.498.400"
 SERIES = "1.2.826.0.1.3680043.8.498.400.1"

@@ -10,7 +10,6 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from tests.conftest import DicomBytes, StudyFactory
 
 from dicomtrolley.core import (
     DICOMDownloadable,
@@ -43,6 +42,7 @@ from dicomtrolley.exceptions import (
 )
 from dicomtrolley.storage import DICOMDiskStorage, FlatStorageDir, StorageDir
 from dicomtrolley.trolley import Trolley
+from tests.conftest import DicomBytes, StudyFactory
 
 # study 1: series 1.1 (1.1.1, 1.1.2), series 1.2 (1.2.1); study 2: 2.1 (2.1.1)
 LAYOUT: dict[str, dict[str, list[str]]] = {

@@ -10,16 +10,6 @@ from typing import Any
 import pydicom
 import pytest
 import requests
-from tests.fakes import (
-    FakeServer,
-    Recorded,
-    Reply,
-    dicom_file,
-    html_reply,
-    json_reply,
-    multipart_body,
-    multipart_reply,
-)
 
 from dicomtrolley.core import (
     InstanceReference,
@@ -45,6 +35,16 @@ from dicomtrolley.storage import StorageDir
 from dicomtrolley.transport import Retry
 from dicomtrolley.trolley import Trolley
 from dicomtrolley.wado_rs import WadoRS, WadoRSMetaData
+from tests.fakes import (
+    FakeServer,
+    Recorded,
+    Reply,
+    dicom_file,
+    html_reply,
+    json_reply,
+    multipart_body,
+    multipart_reply,
+)
 
 ROOT = "/dicom-web"
 STUDY = "1.2.826.0.1.3680043.8.498.200"

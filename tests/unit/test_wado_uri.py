@@ -10,7 +10,6 @@ from typing import Any
 import pydicom
 import pytest
 import requests
-from tests.fakes import FakeServer, Recorded, Reply, dicom_file, html_reply
 
 from dicomtrolley.core import (
     InstanceReference,
@@ -28,6 +27,7 @@ from dicomtrolley.exceptions import (
 from dicomtrolley.storage import StorageDir
 from dicomtrolley.transport import Retry
 from dicomtrolley.wado_uri import WadoURI
+from tests.fakes import FakeServer, Recorded, Reply, dicom_file, html_reply
 
 PATH = "/wado"
 STUDY = "1.2.826.0.1.3680043.8.498.300"
