@@ -53,8 +53,10 @@ R = TypeVar("R")
 
 #: Command name -> "module:attribute" of its click command, loaded when used.
 COMMANDS: dict[str, str] = {
+    "demo-data": "dicomtrolley.cli.demo_data:demo_data",
     "download": "dicomtrolley.cli.download:download",
     "search": "dicomtrolley.cli.search:search",
+    "serve": "dicomtrolley.cli.serve:serve",
 }
 
 VERBOSITY_KEY = "dicomtrolley.verbosity"
