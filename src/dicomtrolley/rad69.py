@@ -1,0 +1,756 @@
+"""IHE RAD-69 Retrieve Imaging Document Set (IHE RAD TF-2 4.69; ITI TF-2b 3.43).
+
+One SOAP 1.2 POST asks for a set of SOP instances (``DocumentRequest`` s); the
+answer is an MTOM/XOP ``multipart/related`` message: a SOAP root part listing a
+``DocumentResponse`` per document, then one ``application/dicom`` part per
+document, which is written to its file while it arrives. Errors come back as a
+plain SOAP envelope with status Failure and a ``RegistryErrorList``, or as a
+SOAP Fault. The XML and MTOM work is done by :mod:`dicomtrolley.formats.soap`;
+this module only sends requests and hands bytes on.
+
+RAD-69 names instances, never whole studies or series: given those, the
+downloader raises :class:`~dicomtrolley.exceptions.NonInstanceParameterError`
+and the Trolley searches for the instances first.
+
+Choices, where dicomtrolley 4.1.0 or the profile leave room:
+
+- Requests: one per series by default (``request_per_series``). Otherwise in
+  batches of ``batch_size`` documents (any mix of studies and series), or, when
+  no batch size is given, the instances split evenly over the workers (one
+  request when there is one worker), as 4.1.0 did.
+- Transfer syntaxes: 4.1.0's list, JPEG Lossless SV1, Implicit VR Little
+  Endian, Explicit VR Little Endian, by default. RAD-69 has no wildcard: the
+  server sends each document in one of the listed syntaxes or fails it
+  (``urn:dicom:wado:0007``); add the syntaxes your PACS stores (JPEG 2000,
+  JPEG baseline ...) to receive them as stored. Reading JPEG Lossless pixel data
+  with pydicom needs a decoder plugin (pylibjpeg or GDCM).
+- ``RepositoryUniqueId``: ``1.3.6.1.4.1000``, the value 4.1.0 sent (Vitrea
+  does not check it). Set ``repository_unique_id`` to your Imaging Document
+  Source's id for servers that do.
+- Retries: POST is not retried by :class:`~dicomtrolley.transport.Retry` by
+  default, but a RAD-69 retrieve changes nothing on the server, so the default
+  policy here is the transport's default with POST allowed
+  (:data:`RAD69_RETRY`). A ``retry=`` given is used as it is. When an answer
+  breaks off, the next try asks only for the documents not yet saved.
+- ``errors_to_ignore``: exception classes (e.g. ``[XDSMissingDocumentError]``).
+  As in 4.1.0, a request whose error is an instance of one of them is logged
+  and skipped; the other requests go on, and what the request did deliver
+  (PartialSuccess) is kept. In :meth:`Rad69.save_all` other errors go into the
+  download report (the Trolley raises them at the end); in
+  :meth:`Rad69.datasets` they are raised after the datasets that did arrive.
+
+Status handling: Success gives every document. PartialSuccess saves what came
+and then raises for what did not. Failure raises
+:class:`~dicomtrolley.exceptions.XDSMissingDocumentError` when every error is
+``XDSMissingDocument`` (``uids`` = their locations), else
+:class:`~dicomtrolley.exceptions.Rad69ServerError` with the server's codes,
+messages and locations; a SOAP Fault is a Rad69ServerError too.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Protocol
+
+import requests
+from pydicom.dataset import Dataset
+
+from dicomtrolley.core import (
+    DICOMDownloadable,
+    Downloader,
+    InstanceReference,
+    to_instance_refs,
+)
+from dicomtrolley.download import (
+    DownloadReport,
+    NullProgress,
+    Progress,
+    run_transfers,
+    skip_present,
+)
+from dicomtrolley.exceptions import (
+    DICOMParseError,
+    DICOMTrolleyError,
+    IncompleteResponseError,
+    InvalidUIDError,
+    Rad69ServerError,
+    ResponseFormatError,
+    TransientError,
+    XDSMissingDocumentError,
+)
+from dicomtrolley.formats.multipart import parse_content_type
+from dicomtrolley.formats.soap import (
+    FAILURE,
+    MAX_ROOT_BYTES,
+    PARTIAL_SUCCESS,
+    SOAP_CONTENT_TYPE,
+    SUCCESS,
+    AttachmentSink,
+    DocumentResponse,
+    XopReader,
+    XopResult,
+    build_request,
+)
+from dicomtrolley.logs import get_module_logger
+from dicomtrolley.storage import DICOMDiskStorage, InstanceWriter
+from dicomtrolley.streaming import iter_body, iter_parts, read_dataset
+from dicomtrolley.transport import (
+    DEFAULT_RETRY,
+    HttpTransport,
+    Retry,
+    Timeout,
+    error_for_response,
+    read_with_retry,
+)
+from dicomtrolley.uids import check_uid
+
+__all__ = [
+    "DEFAULT_REPOSITORY_UNIQUE_ID",
+    "DEFAULT_TRANSFER_SYNTAXES",
+    "RAD69_RETRY",
+    "Rad69",
+    "Rad69ServerError",
+    "XDSMissingDocumentError",
+]
+
+logger = get_module_logger("rad69")
+
+#: JPEG Lossless SV1, Implicit VR Little Endian, Explicit VR Little Endian (4.1.0).
+DEFAULT_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+)
+#: The RepositoryUniqueId dicomtrolley 4.1.0 sent in every DocumentRequest.
+DEFAULT_REPOSITORY_UNIQUE_ID = "1.3.6.1.4.1000"
+#: The transport's default retry policy, with POST allowed (retrieving is safe).
+RAD69_RETRY = Retry(allowed_methods=DEFAULT_RETRY.allowed_methods | {"POST"})
+DEFAULT_CHUNK_SIZE = 1_048_576
+ACCEPT = "multipart/related, application/soap+xml"
+#: Error statuses whose body may be a SOAP envelope (SOAP 1.2 Part 2, 7.5.2).
+SOAP_ERROR_STATUSES = (400, 500)
+_SOAP_TYPES = ("application/soap+xml", "application/xop+xml", "text/xml")
+_LISTED = 10
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """The documents of one request, and how to name it in messages."""
+
+    refs: tuple[InstanceReference, ...]
+    label: str
+
+    def __str__(self) -> str:
+        return f"RAD-69 {self.label} ({len(self.refs)} instance(s))"
+
+    def uids(self) -> tuple[str, ...]:
+        return tuple(ref.instance_uid for ref in self.refs)
+
+
+class Rad69(Downloader):
+    """Download instances with IHE RAD-69 (SOAP/MTOM).
+
+    Parameters
+    ----------
+    session:
+        requests session with the server's auth (e.g. a Vitrea login).
+    url:
+        The RAD-69 endpoint, e.g. ``https://server/rids``.
+    request_per_series:
+        One request per series (default). False: batches (see ``batch_size``).
+    errors_to_ignore:
+        Exception classes whose errors skip a request instead of failing the
+        download (see the module docstring).
+    use_async:
+        Run several requests at once, ``max_workers`` at most.
+    max_workers:
+        Requests in flight with use_async (default 4).
+    transfer_syntax_list:
+        Transfer syntax UIDs the server may answer in. RAD-69 has no wildcard.
+    repository_unique_id:
+        The RepositoryUniqueId of every DocumentRequest.
+    to_address:
+        WS-Addressing ``To``; default the url.
+    batch_size:
+        At most this many documents per request. Not per series, the default
+        splits all documents evenly over the workers; per series, a series is
+        split only when batch_size is given.
+    http_chunk_size:
+        Bytes read from the connection at a time; bounds memory when saving.
+    timeout, retry:
+        Override the defaults (:data:`RAD69_RETRY` retries POST).
+    """
+
+    def __init__(
+        self,
+        session: requests.Session,
+        url: str,
+        request_per_series: bool = True,
+        errors_to_ignore: Sequence[type[BaseException]] | None = None,
+        use_async: bool = False,
+        max_workers: int = 4,
+        *,
+        transfer_syntax_list: Sequence[str] = DEFAULT_TRANSFER_SYNTAXES,
+        repository_unique_id: str = DEFAULT_REPOSITORY_UNIQUE_ID,
+        to_address: str | None = None,
+        batch_size: int | None = None,
+        http_chunk_size: int = DEFAULT_CHUNK_SIZE,
+        timeout: Timeout | float | None = None,
+        retry: Retry | None = None,
+    ) -> None:
+        if not transfer_syntax_list or isinstance(transfer_syntax_list, str):
+            raise ValueError("transfer_syntax_list must be a non-empty list of UIDs")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.session = session
+        self.url = url
+        self.request_per_series = request_per_series
+        self.errors_to_ignore: tuple[type[BaseException], ...] = tuple(
+            errors_to_ignore or ()
+        )
+        self.use_async = use_async
+        self.max_workers = max_workers
+        self.transfer_syntax_list = tuple(
+            check_uid(uid, "TransferSyntaxUID") for uid in transfer_syntax_list
+        )
+        self.repository_unique_id = check_uid(
+            repository_unique_id, "RepositoryUniqueId"
+        )
+        self.to_address = to_address or url
+        self.batch_size = batch_size
+        self.http_chunk_size = http_chunk_size
+        self.transport = HttpTransport(
+            session, timeout=timeout, retry=RAD69_RETRY if retry is None else retry
+        )
+
+    def __str__(self) -> str:
+        return f"Rad69 at {self.url}"
+
+    # -- requests ------------------------------------------------------------
+
+    def check_references(self, objects: Sequence[DICOMDownloadable]) -> None:
+        to_instance_refs(objects)
+
+    def request_body(self, refs: Sequence[InstanceReference]) -> bytes:
+        """The SOAP envelope asking for refs."""
+        return build_request(
+            refs,
+            to=self.to_address,
+            transfer_syntaxes=self.transfer_syntax_list,
+            repository_unique_id=self.repository_unique_id,
+        )
+
+    def request_batches(
+        self, refs: Sequence[InstanceReference], workers: int = 1
+    ) -> list[_Batch]:
+        """The requests for refs: per series, or in batches."""
+        refs = list(dict.fromkeys(refs))
+        if not refs:
+            return []
+        if self.request_per_series:
+            groups: dict[tuple[str, str], list[InstanceReference]] = {}
+            for ref in refs:
+                groups.setdefault((ref.study_uid, ref.series_uid), []).append(ref)
+            batches: list[_Batch] = []
+            for (_, series), group in groups.items():
+                chunks = _chunks(group, self.batch_size or len(group))
+                for n, chunk in enumerate(chunks, start=1):
+                    part = f" part {n} of {len(chunks)}" if len(chunks) > 1 else ""
+                    batches.append(_Batch(tuple(chunk), f"series {series}{part}"))
+            return batches
+        size = self.batch_size or math.ceil(len(refs) / max(1, workers))
+        chunks = _chunks(refs, size)
+        return [
+            _Batch(tuple(chunk), f"batch {n} of {len(chunks)}")
+            for n, chunk in enumerate(chunks, start=1)
+        ]
+
+    def _post(self, refs: Sequence[InstanceReference], what: str) -> requests.Response:
+        return self.transport.request(
+            "POST",
+            self.url,
+            data=self.request_body(refs),
+            headers={"Content-Type": SOAP_CONTENT_TYPE, "Accept": ACCEPT},
+            stream=True,
+            what=what,
+            uids=tuple(ref.instance_uid for ref in refs),
+            ok_statuses=SOAP_ERROR_STATUSES,
+        )
+
+    def _workers(self, max_workers: int | None = None) -> int:
+        if max_workers is not None and max_workers > 1:
+            return max_workers
+        return max(1, self.max_workers) if self.use_async else 1
+
+    def _ignored(self, error: BaseException) -> bool:
+        return isinstance(error, self.errors_to_ignore)
+
+    # -- one request, tried again when its answer breaks off ----------------
+
+    def _fetch(
+        self,
+        batch: _Batch,
+        new_sink: Callable[[], _Sink],
+        done: set[str],
+        progress: Progress | None = None,
+    ) -> None:
+        """Ask for the documents of batch not in done; sinks add what they save.
+
+        A cut answer is asked again for the documents still missing.
+        """
+        what = str(batch)
+        asked: list[InstanceReference] = []
+
+        def open_response() -> requests.Response:
+            asked[:] = [ref for ref in batch.refs if ref.instance_uid not in done]
+            return self._post(asked, what)
+
+        def read(response: requests.Response) -> None:
+            wanted = {ref.instance_uid: ref for ref in asked}
+            try:
+                self._read_answer(response, wanted, new_sink, done, what, progress)
+            except TransientError:
+                if all(uid in done for uid in wanted):
+                    logger.info("%s: answer broke off after the last document", what)
+                    return
+                raise
+
+        try:
+            read_with_retry(open_response, read, self.transport.retry, what=what)
+        except DICOMTrolleyError as error:
+            # name what did not arrive; a server's report names its own UIDs
+            missing = tuple(uid for uid in batch.uids() if uid not in done)
+            if missing and not isinstance(error, Rad69ServerError | InvalidUIDError):
+                error.uids = missing
+            raise
+
+    def _read_answer(
+        self,
+        response: requests.Response,
+        wanted: dict[str, InstanceReference],
+        new_sink: Callable[[], _Sink],
+        done: set[str],
+        what: str,
+        progress: Progress | None,
+    ) -> None:
+        """Read one answer: save its documents, then raise for what is missing."""
+        content_type = response.headers.get("Content-Type", "")
+        media_type, _ = parse_content_type(content_type)
+        uids = tuple(wanted)
+        is_soap = media_type in _SOAP_TYPES
+        if response.status_code >= 400 and not is_soap:
+            raise error_for_response(response, what, uids)
+
+        def open_sink(content_id: str) -> AttachmentSink:
+            return _Dispatch(wanted, done, new_sink(), what)
+
+        reader = XopReader.for_content_type(content_type, open_sink)
+        try:
+            if media_type.startswith("multipart/"):
+                length = response.headers.get("Content-Length", "")
+                if progress is not None and length.isdigit():
+                    progress.add_total(nbytes=int(length))
+                for event in iter_parts(
+                    response,
+                    self.http_chunk_size,
+                    what=what,
+                    uids=uids,
+                    progress=progress,
+                ):
+                    reader.feed(event)
+            elif is_soap:
+                reader.feed_body(content_type, self._small_body(response, what, uids))
+            else:
+                raise ResponseFormatError(
+                    f"{what}: expected multipart/related or application/soap+xml, "
+                    f"got {content_type or 'no Content-Type'}: "
+                    f"{_peek(response)!r}",
+                    url=response.url,
+                    status_code=response.status_code,
+                    uids=uids,
+                )
+            result = reader.close()
+        except DICOMTrolleyError as error:
+            reader.abort()
+            error.url = error.url or response.url
+            if not error.uids:
+                error.uids = uids
+            if what not in error.message:
+                error.message = f"{what}: {error.message}"
+                error.args = (error.message,)
+            raise
+        except BaseException:
+            reader.abort()
+            raise
+        failure = _outcome_error(result, wanted, done, what)
+        if failure is not None:
+            failure.url = response.url
+            failure.status_code = response.status_code
+            raise failure
+
+    def _small_body(
+        self, response: requests.Response, what: str, uids: tuple[str, ...]
+    ) -> bytes:
+        """A plain SOAP answer, read whole (it is small), or an error."""
+        body = bytearray()
+        for chunk in iter_body(response, self.http_chunk_size, what=what, uids=uids):
+            body += chunk
+            if len(body) > MAX_ROOT_BYTES:
+                raise ResponseFormatError(
+                    f"{what}: SOAP answer larger than {MAX_ROOT_BYTES} bytes",
+                    url=response.url,
+                    uids=uids,
+                )
+        length = response.headers.get("Content-Length", "").strip()
+        encoding = response.headers.get("Content-Encoding", "").strip().lower()
+        if (
+            length.isdigit()
+            and encoding in ("", "identity")
+            and len(body) < int(length)
+        ):
+            raise IncompleteResponseError(
+                f"{what}: answer ended after {len(body)} of {length} bytes",
+                url=response.url,
+                uids=uids,
+            )
+        return bytes(body)
+
+    # -- public downloads ----------------------------------------------------
+
+    def get_dataset(self, instance: InstanceReference) -> Dataset:
+        """One instance as a Dataset (errors are raised, even ignored ones)."""
+        datasets, error = self._batch_datasets(_Batch((instance,), "instance"))
+        if error is not None:
+            raise error
+        if len(datasets) != 1:
+            raise ResponseFormatError(
+                f"RAD-69: expected 1 instance for {instance}, got {len(datasets)}",
+                url=self.url,
+                uids=(instance.instance_uid,),
+            )
+        return datasets[0]
+
+    def datasets(self, objects: Sequence[DICOMDownloadable]) -> Iterator[Dataset]:
+        """Every instance in objects as a Dataset in memory.
+
+        With use_async, up to max_workers requests run at once, at most
+        ``2 * max_workers`` ahead of the one being yielded; datasets come in
+        request order.
+        """
+        items = [objects] if isinstance(objects, DICOMDownloadable) else objects
+        refs = to_instance_refs(items)
+        workers = self._workers()
+        batches = self.request_batches(refs, workers)
+        if workers <= 1 or len(batches) <= 1:
+            for batch in batches:
+                yield from self._yield_batch(self._batch_datasets(batch))
+            return
+        self.transport.ensure_pool_size(workers)
+        todo = iter(batches)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rad69")
+        pending: deque[Future[tuple[list[Dataset], DICOMTrolleyError | None]]] = deque(
+            pool.submit(self._batch_datasets, b) for b in islice(todo, 2 * workers)
+        )
+        try:
+            while pending:
+                outcome = pending.popleft().result()
+                following = next(todo, None)
+                if following is not None:
+                    pending.append(pool.submit(self._batch_datasets, following))
+                yield from self._yield_batch(outcome)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _yield_batch(
+        self, outcome: tuple[list[Dataset], DICOMTrolleyError | None]
+    ) -> Iterator[Dataset]:
+        datasets, error = outcome
+        yield from datasets
+        if error is not None:
+            if not self._ignored(error):
+                raise error
+            logger.warning("Ignoring error: %s", error)
+
+    def _batch_datasets(
+        self, batch: _Batch
+    ) -> tuple[list[Dataset], DICOMTrolleyError | None]:
+        """The datasets one request delivered, and its error if there was one."""
+        datasets: dict[str, Dataset] = {}
+        done: set[str] = set()
+
+        error: DICOMTrolleyError | None = None
+        try:
+            self._fetch(batch, lambda: _MemorySink(str(batch), datasets, done), done)
+        except DICOMTrolleyError as failure:
+            error = failure
+        return [
+            datasets[r.instance_uid] for r in batch.refs if r.instance_uid in datasets
+        ], error
+
+    def save_all(
+        self,
+        objects: Sequence[DICOMDownloadable],
+        storage: DICOMDiskStorage,
+        output_dir: str | Path,
+        *,
+        max_workers: int | None = None,
+        progress: Progress | None = None,
+    ) -> DownloadReport:
+        """Stream every instance to its file while it arrives; skip intact files.
+
+        Requests run max_workers at a time (or this downloader's max_workers
+        with use_async). A failed request goes into the report with the UIDs
+        of the instances it did not deliver, unless its error is ignored.
+        """
+        refs = list(dict.fromkeys(to_instance_refs(objects)))
+        report = DownloadReport()
+        progress = progress or NullProgress()
+        progress.add_total(instances=len(refs))
+        todo = skip_present(
+            refs, lambda ref: storage.existing_file(ref, output_dir), report, progress
+        )
+        workers = self._workers(max_workers)
+        batches = self.request_batches(todo, workers)
+        workers = max(1, min(workers, len(batches) or 1))
+        self.transport.ensure_pool_size(workers)
+
+        def fetch(batch: _Batch) -> None:
+            done: set[str] = set()
+
+            def on_saved(path: Path, nbytes: int) -> None:
+                report.add_saved(path, nbytes)
+                progress.instance_done(nbytes)
+
+            def new_sink() -> _Sink:
+                return _FileSink(storage.open_writer(output_dir), on_saved, done)
+
+            try:
+                self._fetch(batch, new_sink, done, progress)
+            except DICOMTrolleyError as error:
+                if self._ignored(error):
+                    logger.warning("Ignoring error: %s", error)
+                    return
+                raise
+
+        run_transfers(batches, fetch, report, workers=workers, uids_of=_Batch.uids)
+        return report
+
+
+# --------------------------------------------------------------------------- #
+# Sinks: where each document goes while it arrives
+# --------------------------------------------------------------------------- #
+
+
+class _Sink(Protocol):
+    """Receives one document: write() its bytes, then finish(ref) or discard()."""
+
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    def finish(self, ref: InstanceReference) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+class _FileSink:
+    """Streams a document to a temporary file; finish() verifies and names it."""
+
+    def __init__(
+        self,
+        writer: InstanceWriter,
+        on_saved: Callable[[Path, int], None],
+        done: set[str],
+    ) -> None:
+        self.writer = writer
+        self.on_saved = on_saved
+        self.done = done
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.writer.write(data)
+
+    def finish(self, ref: InstanceReference) -> None:
+        # which instance this is became known from the SOAP root: check its UID
+        self.writer.expected = ref
+        path = self.writer.commit()
+        self.done.add(ref.instance_uid)
+        self.on_saved(path, self.writer.bytes_written)
+
+    def discard(self) -> None:
+        self.writer.abort()
+
+
+class _MemorySink:
+    """Collects a document in memory; finish() parses and checks it."""
+
+    def __init__(self, what: str, datasets: dict[str, Dataset], done: set[str]) -> None:
+        self.what = what
+        self.datasets = datasets
+        self.done = done
+        self.buffer: io.BytesIO | None = io.BytesIO()
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.buffer is not None:
+            self.buffer.write(data)
+
+    def finish(self, ref: InstanceReference) -> None:
+        buffer, self.buffer = self.buffer or io.BytesIO(), None
+        buffer.seek(0)
+        dataset = read_dataset(buffer, self.what, ref.uids())
+        got = str(dataset.get("SOPInstanceUID", ""))
+        if got != ref.instance_uid:
+            raise DICOMParseError(
+                f"{self.what}: asked for instance {ref.instance_uid}, received "
+                f"{got or 'an instance without SOPInstanceUID'}",
+                uids=ref.uids(),
+            )
+        self.datasets[ref.instance_uid] = dataset
+        self.done.add(ref.instance_uid)
+
+    def discard(self) -> None:
+        self.buffer = None
+
+
+class _Dispatch:
+    """The AttachmentSink for one part: its bytes go to a sink of the caller's.
+
+    Which document a part holds is known only once both the part and the SOAP
+    root have been read; then the document is finished as the instance that
+    was asked for under its DocumentUniqueId, or thrown away when none was.
+    """
+
+    def __init__(
+        self,
+        wanted: dict[str, InstanceReference],
+        done: set[str],
+        sink: _Sink,
+        what: str,
+    ) -> None:
+        self.wanted = wanted
+        self.done = done
+        self.sink = sink
+        self.what = what
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.sink.write(data)
+
+    def complete(self, document: DocumentResponse) -> None:
+        ref = self.wanted.get(document.document_unique_id)
+        if ref is None:
+            logger.warning(
+                "%s: server sent document %s, which was not asked for; skipped",
+                self.what,
+                document.document_unique_id,
+            )
+            self.sink.discard()
+            return
+        if ref.instance_uid in self.done:  # sent twice (or again after a retry)
+            logger.warning(
+                "%s: document %s came twice; the second copy is skipped",
+                self.what,
+                ref.instance_uid,
+            )
+            self.sink.discard()
+            return
+        self.sink.finish(ref)
+
+    def discard(self) -> None:
+        self.sink.discard()
+
+
+# --------------------------------------------------------------------------- #
+# What an answer means
+# --------------------------------------------------------------------------- #
+
+
+def _outcome_error(
+    result: XopResult,
+    wanted: dict[str, InstanceReference],
+    done: set[str],
+    what: str,
+) -> DICOMTrolleyError | None:
+    """The error for what an answer did not deliver, or None when all came."""
+    response = result.response
+    missing = [uid for uid in wanted if uid not in done]
+    if response.fault is not None:
+        return Rad69ServerError(f"{what}: SOAP Fault {response.fault}", uids=missing)
+    for cid in result.unreferenced:
+        logger.warning("%s: part %s is not referenced by the envelope", what, cid)
+    errors = [e for e in response.errors if not e.is_warning]
+    for warning in (e for e in response.errors if e.is_warning):
+        logger.warning("%s: server warning %s", what, warning)
+    outcome = response.outcome
+    if outcome not in (SUCCESS, PARTIAL_SUCCESS, FAILURE):
+        return ResponseFormatError(
+            f"{what}: unknown RegistryResponse status {response.status!r}",
+            uids=missing,
+        )
+    if not missing and outcome != FAILURE:
+        if errors:
+            logger.warning(
+                "%s: %s with errors: %s", what, outcome, _listing(map(str, errors))
+            )
+        return None
+    locations = [e.location for e in errors if e.location]
+    uids = list(dict.fromkeys([*locations, *missing]))
+    if errors:
+        listing = _listing(str(e) for e in errors)
+        if all(e.error_code == "XDSMissingDocument" for e in errors):
+            return XDSMissingDocumentError(
+                f"{what}: server answered {outcome}; missing document(s): {listing}",
+                uids=uids,
+            )
+        return Rad69ServerError(
+            f"{what}: server answered {outcome} with {len(errors)} error(s): {listing}",
+            uids=uids,
+        )
+    never_came = {doc.document_unique_id for doc in result.missing_parts}
+    if never_came & set(missing):
+        lost = [uid for uid in missing if uid in never_came]
+        return ResponseFormatError(
+            f"{what}: the envelope lists {len(lost)} document(s) whose part never "
+            f"came: {_listing(lost)}",
+            uids=lost,
+        )
+    if outcome == FAILURE:
+        return Rad69ServerError(
+            f"{what}: server answered Failure without a RegistryErrorList",
+            uids=missing,
+        )
+    return XDSMissingDocumentError(
+        f"{what}: server answered {outcome} but did not send {len(missing)} "
+        f"document(s): {_listing(missing)}",
+        uids=missing,
+    )
+
+
+def _chunks(
+    refs: Sequence[InstanceReference], size: int
+) -> list[Sequence[InstanceReference]]:
+    return [refs[i : i + size] for i in range(0, len(refs), size)]
+
+
+def _listing(items: Iterator[str] | Sequence[str]) -> str:
+    shown = list(items)
+    text = "; ".join(shown[:_LISTED])
+    if len(shown) > _LISTED:
+        text += f"; ... and {len(shown) - _LISTED} more"
+    return text
+
+
+def _peek(response: requests.Response, limit: int = 200) -> str:
+    """The start of an unexpected answer, tags removed, for error messages."""
+    try:
+        raw = response.raw.read(4096, decode_content=True) or b""
+    except Exception:  # a courtesy for the message, never required
+        raw = b""
+    text = raw.decode("utf-8", errors="replace")
+    text = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", text, flags=re.I | re.S)
+    text = " ".join(re.sub(r"<[^>]+>", " ", text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
