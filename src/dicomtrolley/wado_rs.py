@@ -22,6 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicomtrolley.core import (
     DICOMDownloadable,
+    DICOMObject,
     DICOMObjectReference,
     Downloader,
     InstanceReference,
@@ -62,6 +63,21 @@ def _uids_of(ref: DICOMObjectReference) -> tuple[str, ...]:
         )
         if uid
     )
+
+
+def _known_instances(
+    objects: Sequence[DICOMDownloadable],
+) -> dict[DICOMObjectReference, list[InstanceReference]]:
+    """Series whose instances a search listed, by series reference."""
+    known: dict[DICOMObjectReference, list[InstanceReference]] = {}
+    for obj in objects:
+        if isinstance(obj, DICOMObject):
+            for series in obj.all_series():
+                if series.instances:
+                    known[series.reference()] = [
+                        i.reference() for i in series.instances
+                    ]
+    return known
 
 
 def _all_references(objects: Sequence[DICOMDownloadable]) -> list[DICOMObjectReference]:
@@ -209,12 +225,27 @@ class WadoRS(Downloader):
         refs = self.request_references(objects)
         report = DownloadReport()
         progress = progress or NullProgress()
+        known = _known_instances(objects)
 
         def present(ref: DICOMObjectReference) -> Path | None:
             if isinstance(ref, InstanceReference):
                 return storage.existing_file(ref, output_dir)
-            return None  # which instances a series holds is known only later
+            return None
 
+        def series_present(ref: DICOMObjectReference) -> bool:
+            """A series whose instances the search listed, all intact on disk."""
+            members = known.get(ref, [])
+            paths = [storage.existing_file(member, output_dir) for member in members]
+            if not members or None in paths:
+                return False
+            progress.add_total(instances=len(members))
+            for path in paths:
+                assert path is not None
+                report.add_skipped(path)
+                progress.instance_done(skipped=True)
+            return True
+
+        refs = [ref for ref in refs if not series_present(ref)]
         todo = skip_present(refs, present, report, progress)
         progress.add_total(instances=len(refs) - len(todo))
         workers = max(1, min(max_workers or 1, len(todo) or 1))
