@@ -62,7 +62,7 @@ def test_demo_command_downloads_everything_and_resumes(
     command = [sys.executable, "-m", "dicomtrolley.cli.main", "demo"]
     first = _run(command, tmp_path, env)
     assert first.returncode == 0, first.stdout + first.stderr
-    for protocol in ("wado-uri", "wado-rs"):
+    for protocol in ("wado-uri", "wado-rs", "rad69"):
         files = _files(tmp_path / "dicomtrolley-demo" / protocol)
         assert _sop_uids(files) == set(demo.by_uid), protocol
         assert not [f for f in files if f.name.endswith(".part")]
@@ -71,7 +71,7 @@ def test_demo_command_downloads_everything_and_resumes(
 
     again = _run(command, tmp_path, env)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count(f"skipped {len(demo.by_uid)} already present") == 2
+    assert again.stdout.count(f"skipped {len(demo.by_uid)} already present") == 3
 
 
 def test_examples_run_against_the_emulator(
@@ -81,6 +81,7 @@ def test_examples_run_against_the_emulator(
         "DICOMTROLLEY_LOGIN_URL": emulator.login_url,
         "DICOMTROLLEY_MINT_URL": emulator.mint_url,
         "DICOMTROLLEY_WADO_URL": emulator.wado_uri_url,
+        "DICOMTROLLEY_RAD69_URL": emulator.rad69_url,
         "DICOMTROLLEY_USER": USER,
         "DICOMTROLLEY_PASSWORD": PASSWORD,
     }
@@ -98,6 +99,18 @@ def test_examples_run_against_the_emulator(
     )
     assert downloaded.returncode == 0, downloaded.stderr
     assert _sop_uids(_files(out)) == set(demo.files_of(study.study_uid))
+
+    out = tmp_path / "mint-rad69"
+    over_rad69 = _run(
+        [sys.executable, str(EXAMPLES / "download_mint_rad69.py")],
+        tmp_path,
+        {**env, "DICOMTROLLEY_PATIENT_ID": "DTR002", "DICOMTROLLEY_OUTPUT": str(out)},
+    )
+    assert over_rad69.returncode == 0, over_rad69.stderr
+    files = _files(out)
+    assert {p.read_bytes() for p in files} == set(
+        demo.files_of(study.study_uid).values()
+    )
 
     first_series = study.series[0]
     triples = " ".join(

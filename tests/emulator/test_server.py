@@ -171,7 +171,7 @@ class EchoService(Service):
 
     def routes(self) -> Sequence[Route]:
         return [
-            Route("POST", "/rad69", self.echo, basic_challenge=True),
+            Route("POST", "/echo", self.echo, basic_challenge=True),
             Route("GET", "/crash", self.crash, auth=False),
             Route("GET", "/teapot", self.teapot, auth=False),
         ]
@@ -196,10 +196,10 @@ def test_a_service_plugs_in(
     emulator = make_emulator(demo.root, services=[*default_services(), echo])
     assert echo.events == [f"start {emulator.port}"]
     response = requests.post(
-        f"{emulator.base_url}/rad69", data=b"hello", auth=(USER, PASSWORD)
+        f"{emulator.base_url}/echo", data=b"hello", auth=(USER, PASSWORD)
     )
     assert response.content == b"hello 105"
-    assert requests.post(f"{emulator.base_url}/rad69", data=b"x").status_code == 401
+    assert requests.post(f"{emulator.base_url}/echo", data=b"x").status_code == 401
     assert (
         requests.get(
             f"{emulator.dicomweb_url}/studies", auth=(USER, PASSWORD)
@@ -258,8 +258,10 @@ def test_lifecycle(demo: DemoData) -> None:
         with pytest.raises(RuntimeError):
             emulator.start()
         assert emulator.service("dicomweb").name == "dicomweb"
+        assert emulator.service("rad69").name == "rad69"
+        assert emulator.rad69_url.endswith("/rad69")
         with pytest.raises(KeyError):
-            emulator.service("rad69")
+            emulator.service("nope")
         # an idle keep-alive connection does not hold up stop()
         session = requests.Session()
         session.get(f"{emulator.dicomweb_url}/studies", auth=(USER, PASSWORD))

@@ -3,7 +3,8 @@
 Generates the synthetic demo studies once (in the cache folder), starts the
 reference emulator in-process on a free loopback port, logs in the Vitrea way,
 searches over MINT at study, series and instance level, and downloads every
-study with each chosen protocol, with progress bars, into ``./dicomtrolley-demo``.
+study with each chosen protocol (WADO-URI, WADO-RS, RAD-69), with progress bars,
+into ``./dicomtrolley-demo``.
 Everything it does goes through the public API, as a user's script would.
 """
 
@@ -31,6 +32,7 @@ from dicomtrolley.core import Downloader, QueryLevels, Study
 from dicomtrolley.emulator import Emulator
 from dicomtrolley.exceptions import DICOMTrolleyError
 from dicomtrolley.mint import Mint, MintQuery
+from dicomtrolley.rad69 import Rad69
 from dicomtrolley.storage import TemplateStorage
 from dicomtrolley.trolley import Trolley
 from dicomtrolley.wado_rs import WadoRS
@@ -46,7 +48,14 @@ STUDY_FIELDS = [
     "StudyDescription",
 ]
 SERIES_FIELDS = ["Modality", "SeriesDescription", "SeriesNumber"]
-PROTOCOLS = ("wado-uri", "wado-rs")
+PROTOCOLS = ("wado-uri", "wado-rs", "rad69")
+#: RAD-69 has no "as stored": ask for every transfer syntax the demo studies use.
+RAD69_TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+]
 _COMPLETE = ".complete"
 
 
@@ -100,6 +109,10 @@ def _downloader(
 ) -> Downloader:
     if protocol == "wado-uri":
         return WadoURI(session, emulator.wado_uri_url)
+    if protocol == "rad69":
+        return Rad69(
+            session, emulator.rad69_url, transfer_syntax_list=RAD69_TRANSFER_SYNTAXES
+        )
     return WadoRS(session, emulator.dicomweb_url)
 
 
@@ -148,7 +161,8 @@ def demo(
                 f"Emulator PACS (Vitrea-style) at [bold]{emulator.base_url}[/]\n"
                 f"login {emulator.login_url} as {DEMO_USER[0]}/{DEMO_USER[1]}\n"
                 f"MINT {emulator.mint_url}\nWADO-URI {emulator.wado_uri_url}\n"
-                f"DICOMweb {emulator.dicomweb_url}\nserving {folder}",
+                f"DICOMweb {emulator.dicomweb_url}\nRAD-69 {emulator.rad69_url}\n"
+                f"serving {folder}",
                 title="dicomtrolley demo",
             )
         )

@@ -28,9 +28,10 @@ Layout, one module per concern:
   sessions, basic auth), :mod:`~dicomtrolley.emulator.mint` (MINT search),
   :mod:`~dicomtrolley.emulator.wado_uri` (WADO-URI),
   :mod:`~dicomtrolley.emulator.dicomweb` (QIDO-RS, WADO-RS) with
-  :mod:`~dicomtrolley.emulator.media` (Accept headers).
+  :mod:`~dicomtrolley.emulator.media` (Accept headers),
+  :mod:`~dicomtrolley.emulator.rad69` (IHE RAD-69 SOAP/MTOM at ``/rad69``).
 
-A new protocol (RAD-69, a DIMSE service on a port of its own) is a
+A new protocol (for example a DIMSE service on a port of its own) is a
 :class:`Service` subclass added to :func:`default_services` or passed as
 ``Emulator(data, services=[*default_services(), MyService()])``; see
 :mod:`~dicomtrolley.emulator.service`.
@@ -55,6 +56,7 @@ from dicomtrolley.emulator.index import (
 )
 from dicomtrolley.emulator.login import LOGIN_PATH, LoginService, SessionStore
 from dicomtrolley.emulator.mint import MINT_ROOT, MintService
+from dicomtrolley.emulator.rad69 import RAD69_PATH, Rad69Service
 from dicomtrolley.emulator.server import (
     FilePart,
     HTTPError,
@@ -71,6 +73,7 @@ __all__ = [
     "DICOMWEB_ROOT",
     "LOGIN_PATH",
     "MINT_ROOT",
+    "RAD69_PATH",
     "WADO_URI_PATH",
     "DicomIndex",
     "DicomWebService",
@@ -81,6 +84,7 @@ __all__ = [
     "InstanceRecord",
     "LoginService",
     "MintService",
+    "Rad69Service",
     "Request",
     "Response",
     "Route",

@@ -12,6 +12,7 @@ from dicomtrolley.emulator.dicomweb import DICOMWEB_ROOT, DicomWebService
 from dicomtrolley.emulator.index import DicomIndex
 from dicomtrolley.emulator.login import LOGIN_PATH, LoginService, SessionStore
 from dicomtrolley.emulator.mint import MINT_ROOT, MintService
+from dicomtrolley.emulator.rad69 import RAD69_PATH, Rad69Service
 from dicomtrolley.emulator.server import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY,
@@ -30,7 +31,13 @@ DEFAULT_REALM = "DefaultSystemRealm"
 
 def default_services() -> list[Service]:
     """Fresh instances of the services an Emulator runs unless told otherwise."""
-    return [LoginService(), MintService(), WadoURIService(), DicomWebService()]
+    return [
+        LoginService(),
+        MintService(),
+        WadoURIService(),
+        DicomWebService(),
+        Rad69Service(),
+    ]
 
 
 class Emulator:
@@ -216,6 +223,10 @@ class Emulator:
     @property
     def dicomweb_url(self) -> str:
         return self.base_url + DICOMWEB_ROOT
+
+    @property
+    def rad69_url(self) -> str:
+        return self.base_url + RAD69_PATH
 
     def __repr__(self) -> str:
         where = self.base_url if self._server is not None else "not running"

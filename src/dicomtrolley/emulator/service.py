@@ -1,6 +1,6 @@
 """The plug-in point of the emulator: a :class:`Service` serves one protocol.
 
-A service may add HTTP routes (MINT, WADO-URI, DICOMweb, later RAD-69 at
+A service may add HTTP routes (MINT, WADO-URI, DICOMweb, RAD-69 at
 ``/rad69``), run a listener of its own (later a DIMSE service: a pynetdicom AE on
 another port), or both. All of them answer from the emulator's one
 :class:`~dicomtrolley.emulator.index.DicomIndex`.
