@@ -56,8 +56,8 @@ from dicomtrolley.exceptions import (
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.transport import (
     Timeout,
-    _map_requests_error,
     error_for_response,
+    map_requests_error,
     new_session,
 )
 
@@ -263,7 +263,7 @@ class VitreaAuth(AuthBase):
             response = connection.send(request, **send_kwargs)
             response.content  # noqa: B018  (small; frees the connection)
         except requests.RequestException as error:
-            raise _map_requests_error(error, "POST", self.login_url, what) from error
+            raise map_requests_error(error, "POST", self.login_url, what) from error
         if not 200 <= response.status_code < 300:
             failure = error_for_response(response, what)
             response.close()

@@ -29,8 +29,8 @@ from dicomtrolley.exceptions import (
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.transport import (
     Timeout,
-    _map_requests_error,
     error_for_response,
+    map_requests_error,
     new_session,
 )
 from dicomtrolley.trolley import Trolley
@@ -149,7 +149,7 @@ class IMPAXDataCenter:
             # Any answer will do: this only opens the server-side session.
             session.get(self.wado_url, timeout=timeout).close()
         except requests.RequestException as error:
-            raise _map_requests_error(error, "GET", self.wado_url, what) from error
+            raise map_requests_error(error, "GET", self.wado_url, what) from error
         try:
             response = session.post(
                 self.login_url,
@@ -157,7 +157,7 @@ class IMPAXDataCenter:
                 timeout=timeout,
             )
         except requests.RequestException as error:
-            raise _map_requests_error(error, "POST", self.login_url, what) from error
+            raise map_requests_error(error, "POST", self.login_url, what) from error
         try:
             if "Login Failed!" in response.text:
                 raise DICOMTrolleyAuthError(

@@ -230,7 +230,7 @@ def error_for_response(
     return cls(message, url=url, status_code=status, uids=uids)
 
 
-def _map_requests_error(
+def map_requests_error(
     error: requests.RequestException, method: str, url: str, what: str
 ) -> DICOMTrolleyError:
     prefix = f"{what}: " if what else ""
@@ -331,7 +331,7 @@ class HttpTransport:
                     timeout=self.timeout.as_requests(),
                 )
             except requests.RequestException as error:
-                mapped = _map_requests_error(error, method, url, what)
+                mapped = map_requests_error(error, method, url, what)
                 if not isinstance(
                     mapped, TransientError
                 ) or not retry.is_retryable_method(method):
