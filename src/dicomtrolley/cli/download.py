@@ -22,6 +22,12 @@ endpoint: ``--wado-uri-url``, or by default ``--url`` with its final
 ``/dicom-web`` replaced by ``/wado`` (Orthanc's layout). When ``--url`` does not
 end in ``/dicom-web`` the endpoint cannot be guessed and must be given.
 
+``--protocol c-get`` and ``--protocol c-move`` search with C-FIND and download
+with DICOM networking instead (``--host``, ``--port``, ``--aet``, ``--aec``; no
+``--url``). C-MOVE needs a move destination registered on the PACS: AE title
+``--store-aet`` (default ``--aet``) at this machine and ``--store-port``, where
+dicomtrolley listens while it downloads.
+
 Without any query option every study on the server would be downloaded; that
 takes ``--all``.
 """
@@ -36,6 +42,13 @@ import click
 from rich.filesize import decimal
 
 from dicomtrolley.cli.connection import ConnectionSettings
+from dicomtrolley.cli.dimse import (
+    DIMSE_PROTOCOLS,
+    DIMSESettings,
+    dimse_options,
+    optional_url_option,
+    require_url,
+)
 from dicomtrolley.cli.main import (
     VERBOSITY_KEY,
     QueryOptions,
@@ -43,17 +56,24 @@ from dicomtrolley.cli.main import (
     query_options,
     report_error,
     stderr_console,
-    url_option,
 )
 from dicomtrolley.cli.progress import RichProgress, TransferCounts
 from dicomtrolley.cli.search import (
     count,
+    dimse_queries,
     find_studies,
     noun,
     qido_queries,
     qido_searcher,
 )
-from dicomtrolley.core import DICOMDownloadable, Downloader, QueryLevels, Study
+from dicomtrolley.core import (
+    DICOMDownloadable,
+    Downloader,
+    Query,
+    QueryLevels,
+    Searcher,
+    Study,
+)
 from dicomtrolley.download import DownloadReport
 from dicomtrolley.exceptions import (
     DownloadIncompleteError,
@@ -73,6 +93,8 @@ DEFAULT_LAYOUT = (
     "{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
 )
 DICOMWEB_SUFFIX = "/dicom-web"
+#: Asked for in C-FIND before C-GET: the storage contexts to propose
+DIMSE_INCLUDE_FIELDS = ("SOPClassesInStudy", "SOPClassUID")
 
 
 def storage_for(layout: str, output: Path) -> TemplateStorage:
@@ -118,7 +140,7 @@ def summary(saved: int, skipped: int, nbytes: int, elapsed: float, output: Path)
 
 
 @click.command("download")
-@url_option
+@optional_url_option
 @click.option("--qido-url", metavar="URL", help="QIDO-RS root, when it is not --url.")
 @query_options
 @click.option(
@@ -138,11 +160,13 @@ def summary(saved: int, skipped: int, nbytes: int, elapsed: float, output: Path)
 )
 @click.option(
     "--protocol",
-    type=click.Choice(["wado-rs", "wado-uri"], case_sensitive=False),
+    type=click.Choice(["wado-rs", "wado-uri", "c-get", "c-move"], case_sensitive=False),
     default="wado-rs",
     show_default=True,
-    help="WADO-RS fetches a series per request, WADO-URI one instance.",
+    help="WADO-RS fetches a series per request, WADO-URI one instance; C-GET and "
+    "C-MOVE use DICOM networking (--host, --port) and search with C-FIND.",
 )
+@dimse_options(store=True)
 @click.option(
     "--wado-uri-url",
     metavar="URL",
@@ -170,12 +194,13 @@ def summary(saved: int, skipped: int, nbytes: int, elapsed: float, output: Path)
 )
 @connection_options
 def download(
-    url: str,
+    url: str | None,
     qido_url: str | None,
     query: QueryOptions,
     output: Path,
     layout: str,
     protocol: str,
+    dimse: DIMSESettings,
     wado_uri_url: str | None,
     workers: int,
     download_all: bool,
@@ -190,6 +215,8 @@ def download(
       dicomtrolley download --url ... --patient-id DTR001 --modalities MR -o out \\
           --layout '{PatientID}/{StudyDate}/{SOPInstanceUID}.dcm'
       dicomtrolley download --url ... --all -o everything --protocol wado-uri
+      dicomtrolley download --protocol c-get --host pacs --port 104 --aec PACS \\
+          --study-uid 1.2.3 -o out
     """
     ctx = click.get_current_context()
     try:
@@ -203,7 +230,9 @@ def download(
             "--all to download everything on purpose.",
             ctx,
         )
-    if protocol == "wado-uri":
+    if protocol not in DIMSE_PROTOCOLS:
+        url = require_url(url, protocol)
+    if protocol == "wado-uri" and url:
         wado_uri_url = wado_uri_url or default_wado_uri_url(url)
         if wado_uri_url is None:
             raise click.UsageError(
@@ -211,12 +240,21 @@ def download(
                 "end in /dicom-web); give --wado-uri-url",
                 ctx,
             )
-    queries = qido_queries(query)
+    dimse_protocol = protocol in DIMSE_PROTOCOLS
+    queries: Sequence[Query] = (
+        dimse_queries(query, DIMSE_INCLUDE_FIELDS)
+        if dimse_protocol
+        else qido_queries(query)
+    )
     console = stderr_console()
     with connection.session(pool_size=workers) as session:
-        searcher = qido_searcher(session, qido_url or url, connection)
+        searcher: Searcher
         downloader: Downloader
-        if protocol == "wado-uri" and wado_uri_url:
+        if dimse_protocol:
+            searcher = dimse.searcher(connection)
+            downloader = dimse.downloader(protocol, connection, workers)
+        elif protocol == "wado-uri" and wado_uri_url:
+            searcher = qido_searcher(session, qido_url or str(url), connection)
             downloader = WadoURI(
                 session,
                 wado_uri_url,
@@ -224,15 +262,16 @@ def download(
                 retry=connection.retry,
             )
         else:
+            searcher = qido_searcher(session, qido_url or str(url), connection)
             downloader = WadoRS(
-                session, url, timeout=connection.timeout, retry=connection.retry
+                session, str(url), timeout=connection.timeout, retry=connection.retry
             )
         studies = find_studies(searcher, queries)
         objects = downloadables(studies, query.level)
         if not objects:
             raise NoQueryResultsError(
                 f"no {noun(query.level)} match the query; nothing to download",
-                url=qido_url or url,
+                url=None if dimse_protocol else qido_url or url,
             )
         console.print(
             f"Found {count(len(objects), query.level)}; downloading with "

@@ -18,6 +18,10 @@ always lists; numbers are numbers; names and dates are DICOM strings
 included fields, several values joined by ``\\``. Columns that a server does
 not return by default are asked for with ``includefield``.
 
+``--protocol c-find`` searches with DICOM C-FIND instead (``--host``, ``--port``,
+``--aet``, ``--aec``; no ``--url``): ``DICOMQR(host, port, aet, aec)``. C-FIND
+returns only the attributes asked for, so every listed column is asked for.
+
 ``--modalities CT,MR`` selects studies that hold any of them: it is sent as
 ``ModalitiesInStudy=CT,MR`` (QIDO-RS lists several values with commas, PS3.18
 8.3.4.1). The library's Query has no series-level ``Modality``, so with
@@ -51,11 +55,16 @@ from rich.table import Table
 from rich.text import Text
 
 from dicomtrolley.cli.connection import ConnectionSettings
+from dicomtrolley.cli.dimse import (
+    DIMSESettings,
+    dimse_options,
+    optional_url_option,
+    require_url,
+)
 from dicomtrolley.cli.main import (
     QueryOptions,
     connection_options,
     query_options,
-    url_option,
 )
 from dicomtrolley.core import Query, QueryLevels, Searcher, Study
 from dicomtrolley.qido_rs import (
@@ -231,6 +240,14 @@ def qido_searcher(
 ) -> QidoRS:
     """A QidoRS searcher with the connection's timeout and retries."""
     return QidoRS(session, url, timeout=connection.timeout, retry=connection.retry)
+
+
+def dimse_queries(options: QueryOptions, include_fields: Sequence[str]) -> list[Query]:
+    """Plain queries for C-FIND, asking for include_fields; usage errors early."""
+    try:
+        return options.queries(include_fields)
+    except ValidationError as error:
+        raise click.UsageError(_validation_message(error)) from error
 
 
 def find_studies(searcher: Searcher, queries: Iterable[Query]) -> list[Study]:
@@ -443,12 +460,20 @@ def _table(
 
 
 @click.command("search")
-@url_option
+@optional_url_option
 @click.option(
     "--qido-url",
     metavar="URL",
     help="QIDO-RS root, when it is not the --url.",
 )
+@click.option(
+    "--protocol",
+    type=click.Choice(["qido-rs", "c-find"], case_sensitive=False),
+    default="qido-rs",
+    show_default=True,
+    help="QIDO-RS over HTTP (--url), or DICOM C-FIND (--host, --port).",
+)
+@dimse_options()
 @query_options
 @click.option(
     "--table",
@@ -463,32 +488,54 @@ def _table(
 @click.option("--csv", "output_format", flag_value="csv", help="Print CSV.")
 @connection_options
 def search(
-    url: str,
+    url: str | None,
     qido_url: str | None,
+    protocol: str,
+    dimse: DIMSESettings,
     query: QueryOptions,
     output_format: str,
     connection: ConnectionSettings,
 ) -> None:
-    """Search a DICOMweb server (QIDO-RS) and list what it holds.
+    """Search a DICOMweb server (QIDO-RS) or a PACS (C-FIND) and list what it holds.
 
     \b
     Examples:
       dicomtrolley search --url http://pacs/dicom-web --patient-id 'DTR*'
       dicomtrolley search --url ... --min-date 2024-01-01 --max-date 2024-12-31 --json
       dicomtrolley search --url ... --study-uid 1.2.3 --level series --csv
+      dicomtrolley search --protocol c-find --host pacs --port 104 --aec PACS \\
+          --patient-id 'DTR*'
     """
     level = query.level
     listed = listed_keywords(level, query.include_fields)
+    if protocol == "c-find":
+        c_find = dimse.searcher(connection)
+        rows = result_rows(find_studies(c_find, dimse_queries(query, listed)), level)
+        if query.limit:
+            rows = rows[: query.limit]
+        _print_rows(rows, level, listed, query.include_fields, output_format)
+        return
+    url = require_url(url, protocol)
     extra = [k for k in listed if k not in RETURNED_BY_DEFAULT[level]]
     queries = qido_queries(query, include_fields=extra)
     with connection.session() as session:
         searcher = qido_searcher(session, qido_url or url, connection)
         rows = result_rows(find_studies(searcher, queries), level)
+    _print_rows(rows, level, listed, query.include_fields, output_format)
+
+
+def _print_rows(
+    rows: Sequence[Dataset],
+    level: QueryLevels,
+    listed: Sequence[str],
+    include_fields: Sequence[str],
+    output_format: str,
+) -> None:
     if output_format == "json":
         click.echo(render_json(rows, listed))
     elif output_format == "csv":
         click.echo(render_csv(rows, listed), nl=False)
     else:
         console = Console(highlight=False)
-        for table in render_tables(rows, level, query.include_fields, console):
+        for table in render_tables(rows, level, include_fields, console):
             console.print(table)

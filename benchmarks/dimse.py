@@ -1,0 +1,206 @@
+"""C-GET speed: dicomtrolley against DCMTK's getscu, same Orthanc, same study, one run.
+
+For a large synthetic study (default 300 MB in instances of 20 MiB, and the
+105-instance demo set with ``--demo``):
+
+1. DCMTK ``/usr/bin/getscu`` retrieves the study into a folder (Study Root,
+   ``TCP_NODELAY=1`` as for Orthanc: Debian's DCMTK leaves Nagle on otherwise);
+2. dicomtrolley (``DICOMQRGet.save_all`` of a ``StudyReference`` into a
+   ``TemplateStorage``, in a child process) retrieves the same study.
+
+Prints each one's best wall time, throughput, and the ratio dicomtrolley/getscu
+(the target of issue 5: at most 1.5). dicomtrolley's time is measured around
+``save_all`` (the interpreter start and imports of the child are left out; they
+are printed separately); getscu's is the whole process.
+
+Run it in the loopback-only namespace, as Orthanc binds every interface:
+
+    bash scripts/loopback-only.sh .venv/bin/python benchmarks/dimse.py [--mb 300]
+        [--repeat 3] [--demo] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dicomtrolley import synthetic  # noqa: E402
+from tests.orthanc_server import OrthancServer, generate_studies  # noqa: E402
+
+GETSCU = "/usr/bin/getscu"
+
+CHILD = r"""
+import json, sys, time
+started = time.perf_counter()
+from dicomtrolley.core import StudyReference
+from dicomtrolley.dicom_qr import DICOMQRGet
+from dicomtrolley.storage import TemplateStorage
+port, aec, out, workers = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+studies = sys.argv[5:]
+storage = TemplateStorage(out, "{StudyInstanceUID}/{SOPInstanceUID}.dcm")
+downloader = DICOMQRGet("127.0.0.1", port, aec=aec)
+ready = time.perf_counter()
+report = downloader.save_all(
+    [StudyReference(uid) for uid in studies], storage, out, max_workers=workers
+)
+elapsed = time.perf_counter() - ready
+report.raise_for_failures()
+print(json.dumps({
+    "seconds": elapsed,
+    "startup": ready - started,
+    "bytes": report.bytes_written,
+    "files": len(report.saved),
+}))
+"""
+
+
+def getscu(port: int, aec: str, study_uids: list[str], out: Path) -> float:
+    """Wall time of getscu retrieving the studies (one process per study)."""
+    environment = dict(os.environ, TCP_NODELAY="1")
+    start = time.perf_counter()
+    for uid in study_uids:
+        subprocess.run(
+            [
+                GETSCU, "-S", "-aec", aec, "-od", str(out), "-q",
+                "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}",
+                "127.0.0.1", str(port),
+            ],
+            check=True,
+            env=environment,
+        )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def trolley(
+    port: int, aec: str, study_uids: list[str], out: Path, workers: int
+) -> dict[str, float]:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(port),
+            aec,
+            str(out),
+            str(workers),
+            *study_uids,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+    )
+    data: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
+    return data
+
+
+def folder_bytes(folder: Path) -> tuple[int, int]:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def bench(
+    name: str,
+    server: OrthancServer,
+    study_uids: list[str],
+    work: Path,
+    args: argparse.Namespace,
+) -> dict[str, float]:
+    best_dcmtk = best_ours = float("inf")
+    startup = 0.0
+    size = files = 0
+    for attempt in range(args.repeat):
+        out = work / f"getscu-{name}-{attempt}"
+        out.mkdir()
+        best_dcmtk = min(
+            best_dcmtk, getscu(server.dicom_port, server.aet, study_uids, out)
+        )
+        dcmtk_files, _ = folder_bytes(out)
+        shutil.rmtree(out)
+        out = work / f"trolley-{name}-{attempt}"
+        result = trolley(server.dicom_port, server.aet, study_uids, out, args.workers)
+        shutil.rmtree(out)
+        best_ours = min(best_ours, result["seconds"])
+        startup = result["startup"]
+        size, files = int(result["bytes"]), int(result["files"])
+        if files != dcmtk_files:
+            raise RuntimeError(
+                f"getscu saved {dcmtk_files} files, dicomtrolley {files}"
+            )
+    return {
+        "files": files,
+        "mb": size / 1e6,
+        "getscu_s": best_dcmtk,
+        "trolley_s": best_ours,
+        "startup_s": startup,
+        "ratio": best_ours / best_dcmtk,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--mb", type=float, default=300, help="large study size, MB")
+    parser.add_argument("--instance-mb", type=float, default=20, help="per instance")
+    parser.add_argument("--repeat", type=int, default=3, help="runs; the best counts")
+    parser.add_argument("--workers", type=int, default=1, help="dicomtrolley workers")
+    parser.add_argument("--demo", action="store_true", help="also the demo set")
+    parser.add_argument("--keep", type=Path, help="work folder (default: temporary)")
+    args = parser.parse_args()
+    if not Path(GETSCU).exists():
+        print(f"{GETSCU} is missing (apt-get install dcmtk)", file=sys.stderr)
+        return 2
+    work = args.keep or Path(tempfile.mkdtemp(prefix="dicomtrolley-bench-dimse-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"generating a study of {args.mb:.0f} MB ...")
+    paths = synthetic.large_study(
+        work / "large",
+        int(args.mb * 1e6),
+        instance_bytes=int(args.instance_mb * 1024**2),
+        key="bench-dimse",
+    )
+    large_uid = _study_uid(paths[0])
+    results = {}
+    with OrthancServer() as server:
+        server.upload(paths)
+        shutil.rmtree(work / "large")
+        results["large"] = bench("large", server, [large_uid], work, args)
+        if args.demo:
+            demo = generate_studies(work / "demo")
+            server.upload(demo.paths)
+            uids = [study.study_uid for study in demo.studies]
+            results["demo"] = bench("demo", server, uids, work, args)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(
+        f"{'study':>6} {'files':>6} {'MB':>7} {'getscu s':>9} {'trolley s':>10} "
+        f"{'ratio':>6} {'getscu MB/s':>12} {'trolley MB/s':>13} {'startup s':>10}"
+    )
+    for name, r in results.items():
+        print(
+            f"{name:>6} {r['files']:6.0f} {r['mb']:7.0f} {r['getscu_s']:9.2f} "
+            f"{r['trolley_s']:10.2f} {r['ratio']:6.2f} {r['mb'] / r['getscu_s']:12.0f} "
+            f"{r['mb'] / r['trolley_s']:13.0f} {r['startup_s']:10.2f}"
+        )
+    return 0
+
+
+def _study_uid(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TCP_NODELAY", "1")
+    sys.exit(main())

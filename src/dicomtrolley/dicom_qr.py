@@ -1,0 +1,515 @@
+"""DICOM query/retrieve over DIMSE (PS3.4 annex C): C-FIND search, C-GET and C-MOVE download.
+
+The dicomtrolley 4.1.0 names stay: :class:`DICOMQR` (the C-FIND searcher),
+:class:`DICOMQuery` and :class:`QueryRetrieveLevels`. New are the downloaders
+:class:`DICOMQRGet` and :class:`DICOMQRMove`, and :class:`DIMSETimeouts`::
+
+    searcher = DICOMQR("pacs", 104, aet="ME", aec="PACS")
+    downloader = DICOMQRGet("pacs", 104, aet="ME", aec="PACS")
+    trolley = Trolley(downloader, searcher)
+    trolley.download(trolley.find_studies(Query(PatientID="123")), "out")
+
+Searching below STUDY level goes level by level (studies, then the series of
+each, then their instances), each query holding only its own level's keys, as
+PS3.4 C.4.1.2.2 requires; relational queries are used when the PACS accepts
+them (or ``relational=True``). Downloads write each received instance straight
+to disk: pynetdicom puts incoming datasets into temporary files (dicomtrolley
+switches on its process-wide ``STORE_RECV_CHUNKED_DATASET``) and the storage
+moves them into place. Timeouts (:class:`DIMSETimeouts`) are for connecting,
+for silence of the peer (idle) and for a whole operation (total).
+
+The work happens in :mod:`dicomtrolley.dimse`: associations and timeouts,
+presentation contexts, C-FIND level by level, C-GET, C-MOVE and its storage
+SCP. Errors are :class:`~dicomtrolley.dimse.errors.DIMSEError` subclasses that
+name host, port, both AE titles and the status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import debug_logger
+
+from dicomtrolley.core import (
+    DICOMDownloadable,
+    Downloader,
+    ExtendedQuery,
+    InstanceReference,
+    Query,
+    QueryLevels,
+    Searcher,
+    Study,
+)
+from dicomtrolley.dimse.associations import receive_to_files
+from dicomtrolley.dimse.contexts import MODELS, sop_classes_of
+from dicomtrolley.dimse.errors import (
+    AssociationAbortedError,
+    AssociationBusyError,
+    AssociationRejectedError,
+    DIMSEConnectionError,
+    DIMSEError,
+    DIMSEOutOfResourcesError,
+    DIMSEStatusError,
+    DIMSETimeoutError,
+    MoveDestinationUnknownError,
+    ServiceNotSupportedError,
+    StoreSCPError,
+    SubOperationError,
+)
+from dicomtrolley.dimse.find import FindRequest, search, set_value
+from dicomtrolley.dimse.get import GetSession, get_contexts
+from dicomtrolley.dimse.memory import stream_datasets
+from dicomtrolley.dimse.move import MoveSession
+from dicomtrolley.dimse.retrieve import (
+    Receiver,
+    RetrieveUnit,
+    Sink,
+    disk_sink,
+    plan_units,
+)
+from dicomtrolley.dimse.sessions import SessionPool
+from dicomtrolley.dimse.settings import DIMSETimeouts, Peer, check_ae_title
+from dicomtrolley.dimse.storage_scp import StoreSCP
+from dicomtrolley.download import DownloadReport, NullProgress, Progress, run_transfers
+from dicomtrolley.logs import get_module_logger
+from dicomtrolley.parsing import studies_from_datasets
+from dicomtrolley.storage import DICOMDiskStorage
+
+logger = get_module_logger("dicom_qr")
+
+__all__ = [
+    "DICOMQR",
+    "AssociationAbortedError",
+    "AssociationBusyError",
+    "AssociationRejectedError",
+    "DICOMQRGet",
+    "DICOMQRMove",
+    "DICOMQuery",
+    "DIMSEConnectionError",
+    "DIMSEError",
+    "DIMSEOutOfResourcesError",
+    "DIMSEStatusError",
+    "DIMSETimeoutError",
+    "DIMSETimeouts",
+    "MoveDestinationUnknownError",
+    "QueryRetrieveLevels",
+    "ServiceNotSupportedError",
+    "StoreSCPError",
+    "SubOperationError",
+]
+
+
+class QueryRetrieveLevels:
+    """Query/Retrieve Level values (0008,0052). DICOM calls instances IMAGE."""
+
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    IMAGE = "IMAGE"
+
+    ALL = frozenset({STUDY, SERIES, IMAGE})
+
+    @staticmethod
+    def translate(level: QueryLevels | str) -> str:
+        """The Query/Retrieve Level for a query level (INSTANCE -> IMAGE).
+
+        Raises ValueError for anything that is not a level.
+        """
+        value = str(getattr(level, "value", level)).upper()
+        if value in ("INSTANCE", QueryRetrieveLevels.IMAGE):
+            return QueryRetrieveLevels.IMAGE
+        if value not in QueryRetrieveLevels.ALL:
+            raise ValueError(
+                f"unknown query level {level!r}: use STUDY, SERIES or INSTANCE"
+            )
+        return value
+
+
+class DICOMQuery(ExtendedQuery):
+    """What C-FIND can search for: ExtendedQuery plus Modality, ProtocolName, StudyID.
+
+    Dates may be open on one side: only ``min_study_date`` gives
+    ``StudyDate=YYYYMMDD-`` (that day or later), only ``max_study_date``
+    ``-YYYYMMDD`` (PS3.4 C.2.2.2.5 range matching). ``*`` and ``?`` are wildcards.
+    """
+
+    Modality: str = ""
+    ProtocolName: str = ""
+    StudyID: str = ""
+
+    @staticmethod
+    def get_default_include_fields(
+        query_retrieve_level: QueryLevels | str,
+    ) -> list[str]:
+        """The UIDs every result at this level should carry."""
+        level = QueryRetrieveLevels.translate(query_retrieve_level)
+        fields = ["StudyInstanceUID"]
+        if level in (QueryRetrieveLevels.SERIES, QueryRetrieveLevels.IMAGE):
+            fields.append("SeriesInstanceUID")
+        if level == QueryRetrieveLevels.IMAGE:
+            fields.append("SOPInstanceUID")
+        return fields
+
+    @staticmethod
+    def parse_date(value: date | datetime | None) -> str:
+        """``YYYYMMDD`` (DICOM DA), or '' for None."""
+        return value.strftime("%Y%m%d") if value else ""
+
+    @classmethod
+    def get_study_date(
+        cls, min_study_date: datetime | None, max_study_date: datetime | None
+    ) -> str | None:
+        """StudyDate for a range: ``min-max``, ``min-``, ``-max``; None for no dates."""
+        low, high = cls.parse_date(min_study_date), cls.parse_date(max_study_date)
+        return f"{low}-{high}" if low or high else None
+
+    def as_parameters(self) -> dict[str, Any]:
+        """The query as C-FIND parameters: DICOM keywords, plus ``include_fields``.
+
+        ``StudyDate`` replaces the two dates, ``QueryRetrieveLevel`` the query
+        level, and the include fields get the level's UIDs added.
+        """
+        parameters = self.model_dump()
+        parameters["StudyDate"] = self.get_study_date(
+            parameters.pop("min_study_date"), parameters.pop("max_study_date")
+        )
+        parameters["PatientBirthDate"] = self.parse_date(parameters["PatientBirthDate"])
+        parameters["QueryRetrieveLevel"] = QueryRetrieveLevels.translate(
+            parameters.pop("query_level")
+        )
+        defaults = self.get_default_include_fields(self.query_level)
+        parameters["include_fields"] = list(
+            dict.fromkeys([*(parameters["include_fields"] or []), *defaults])
+        )
+        return parameters
+
+    def matching_keys(self) -> dict[str, str]:
+        """The matching keys that are set, by DICOM keyword."""
+        parameters = self.as_parameters()
+        parameters.pop("include_fields")
+        parameters.pop("QueryRetrieveLevel")
+        return {key: str(value) for key, value in parameters.items() if value}
+
+    def as_dataset(self) -> Dataset:
+        """One C-FIND identifier: include fields as empty return keys, then the
+        set parameters (non-ASCII values switch it to ISO_IR 192)."""
+        parameters = self.as_parameters()
+        dataset = Dataset()
+        for keyword in parameters.pop("include_fields"):
+            set_value(dataset, keyword, "")
+        for keyword, value in parameters.items():
+            if value:
+                set_value(dataset, keyword, value)
+        return dataset
+
+
+def _check_model(model: str) -> str:
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}, not {model!r}")
+    return model
+
+
+class DICOMQR(Searcher):
+    """Search a PACS with C-FIND.
+
+    Parameters
+    ----------
+    host, port:
+        The PACS's DICOM address.
+    aet, aec:
+        Our (calling) and the PACS's (called) AE title.
+    debug:
+        Log pynetdicom's protocol details (pynetdicom's ``debug_logger``).
+    model:
+        ``"study"`` (Study Root, default) or ``"patient"`` (Patient Root).
+    timeout:
+        :class:`DIMSETimeouts`, or one number for the idle timeout.
+    relational:
+        How to search below STUDY level without the parents' UIDs: True sends
+        one relational query (PS3.4 C.4.1.2.3), False goes level by level
+        (hierarchical), None (default) uses relational queries when the PACS
+        accepts them in extended negotiation.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        aet: str = "DICOMTROLLEY",
+        aec: str = "ANY-SCP",
+        debug: bool = False,
+        *,
+        model: str = "study",
+        timeout: DIMSETimeouts | float | None = None,
+        relational: bool | None = None,
+    ) -> None:
+        self.host, self.port, self.aet, self.aec = host, port, aet, aec
+        self.peer = Peer(host, port, aet, aec)
+        self.debug = debug
+        self.model = _check_model(model)
+        self.timeouts = DIMSETimeouts.coerce(timeout)
+        self.relational = relational
+        if debug:
+            debug_logger()
+
+    def __str__(self) -> str:
+        return f"DICOMQR C-FIND at {self.peer}"
+
+    def find_studies(self, query: Query) -> list[Study]:
+        """Studies (with series and instances down to the query level) for query."""
+        return self.parse_c_find_response(
+            self.send_c_find(DICOMQuery.init_from_query(query))
+        )
+
+    @staticmethod
+    def parse_c_find_response(responses: Iterable[Dataset]) -> list[Study]:
+        """C-FIND matches (study, series and instance datasets) as a tree."""
+        return studies_from_datasets(responses)
+
+    def send_c_find(self, query: DICOMQuery) -> list[Dataset]:
+        """Every dataset C-FIND returns for query, over one association."""
+        level = QueryRetrieveLevels.translate(query.query_level)
+        patient_root = self.model == "patient"
+        request = FindRequest(
+            keys=dict(query.matching_keys()),
+            return_keys=query.as_parameters()["include_fields"],
+            patient_root=patient_root,
+        )
+        return search(
+            self.peer,
+            request,
+            level,
+            model=self.model,
+            timeouts=self.timeouts,
+            relational=self.relational,
+        )
+
+
+class _Retriever(Downloader):
+    """What C-GET and C-MOVE downloaders share: planning, sinks, concurrency."""
+
+    operation = ""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        aet: str = "DICOMTROLLEY",
+        aec: str = "ANY-SCP",
+        *,
+        model: str = "study",
+        timeout: DIMSETimeouts | float | None = None,
+        max_workers: int | None = None,
+        debug: bool = False,
+    ) -> None:
+        self.host, self.port, self.aet, self.aec = host, port, aet, aec
+        self.peer = Peer(host, port, aet, aec)
+        self.model = _check_model(model)
+        self.timeouts = DIMSETimeouts.coerce(timeout)
+        self.max_workers = max_workers
+        if debug:
+            debug_logger()
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__} {self.operation} from {self.peer}"
+
+    def check_references(self, objects: Sequence[DICOMDownloadable]) -> None:
+        """Nothing to check: C-GET and C-MOVE take studies, series and instances."""
+
+    def save_all(
+        self,
+        objects: Sequence[DICOMDownloadable],
+        storage: DICOMDiskStorage,
+        output_dir: str | Path,
+        *,
+        max_workers: int | None = None,
+        progress: Progress | None = None,
+    ) -> DownloadReport:
+        """Retrieve objects into storage under output_dir, writing each instance to
+        disk as it arrives; instances already there (when known) are skipped.
+
+        With several workers, several associations run at once (one per series
+        when the search found the series, else one per study).
+        """
+        items = [objects] if isinstance(objects, DICOMDownloadable) else list(objects)
+        report = DownloadReport()
+        progress = progress or NullProgress()
+
+        def present(ref: InstanceReference) -> bool:
+            path = storage.existing_file(ref, output_dir)
+            if path is None:
+                return False
+            progress.add_total(instances=1)
+            report.add_skipped(path)
+            progress.instance_done(skipped=True)
+            return True
+
+        units = plan_units(items, present=present)
+        sink = disk_sink(storage, output_dir, report, progress)
+        workers = max_workers if max_workers and max_workers > 1 else self.max_workers
+        self._run(units, sink, report, progress, sop_classes_of(items), workers or 1)
+        return report
+
+    def datasets(self, objects: Sequence[DICOMDownloadable]) -> Iterator[Dataset]:
+        """Every instance as a Dataset in memory, in the order they arrive.
+
+        The transfer runs in a background thread a few instances ahead; when the
+        caller stops early, the association is aborted. Instances that did not
+        arrive raise DownloadIncompleteError at the end.
+        """
+        items = [objects] if isinstance(objects, DICOMDownloadable) else list(objects)
+
+        def transfer(
+            sink: Sink, report: DownloadReport, cancelled: Callable[[], bool]
+        ) -> None:
+            units = plan_units(items)
+            classes = sop_classes_of(items)
+            self._run(units, sink, report, NullProgress(), classes, 1, cancelled)
+
+        return stream_datasets(transfer, join_timeout=self.timeouts.connect + 5)
+
+    def _run(
+        self,
+        units: Sequence[RetrieveUnit],
+        sink: Sink,
+        report: DownloadReport,
+        progress: Progress,
+        sop_classes: Sequence[str],
+        workers: int,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> None:
+        """Fetch units, workers at a time, each worker over its own association."""
+        receive_to_files()
+        receiver = Receiver(sink, report, progress, cancelled=cancelled)
+        for unit in units:
+            if unit.expected is not None:
+                progress.add_total(instances=len(unit.expected))
+        with self._sessions(receiver, report, progress, sop_classes) as pool:
+            run_transfers(
+                units, pool.retrieve, report, workers=workers, uids_of=RetrieveUnit.uids
+            )
+
+    def _sessions(
+        self,
+        receiver: Receiver,
+        report: DownloadReport,
+        progress: Progress,
+        sop_classes: Sequence[str],
+    ) -> AbstractContextManager[SessionPool]:
+        raise NotImplementedError()
+
+
+class DICOMQRGet(_Retriever):
+    """Download with C-GET: the PACS sends instances back over our association.
+
+    Needs no configuration on the PACS beyond allowing C-GET from our AE title.
+    Parameters as for :class:`DICOMQR`, plus ``max_workers`` (associations at
+    once in :meth:`save_all` when the Trolley passes none).
+    """
+
+    operation = "C-GET"
+
+    @contextlib.contextmanager
+    def _sessions(
+        self,
+        receiver: Receiver,
+        report: DownloadReport,
+        progress: Progress,
+        sop_classes: Sequence[str],
+    ) -> Iterator[SessionPool]:
+        contexts = get_contexts(self.model, sop_classes)
+
+        def session() -> GetSession:
+            return GetSession(
+                self.peer,
+                receiver,
+                model=self.model,
+                timeouts=self.timeouts,
+                report=report,
+                progress=progress,
+                contexts=contexts,
+            )
+
+        with SessionPool(session) as pool:
+            yield pool
+
+
+class DICOMQRMove(_Retriever):
+    """Download with C-MOVE to a storage SCP that this downloader runs meanwhile.
+
+    The PACS must know the move destination: AE title ``store_aet`` (default: our
+    ``aet``) at this machine's address and ``store_port``. The SCP binds
+    ``store_bind`` (default: 127.0.0.1 when the PACS is on this machine, else
+    every interface) and only stores what comes from the PACS's address
+    (``accept_from``: other addresses, or None for any).
+    """
+
+    operation = "C-MOVE"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        aet: str = "DICOMTROLLEY",
+        aec: str = "ANY-SCP",
+        store_aet: str | None = None,
+        store_port: int = 11112,
+        *,
+        store_bind: str | None = None,
+        accept_from: Iterable[str] | str | None = "pacs",
+        model: str = "study",
+        timeout: DIMSETimeouts | float | None = None,
+        max_workers: int | None = None,
+        debug: bool = False,
+    ) -> None:
+        super().__init__(
+            host,
+            port,
+            aet,
+            aec,
+            model=model,
+            timeout=timeout,
+            max_workers=max_workers,
+            debug=debug,
+        )
+        self.store_aet = check_ae_title(store_aet or aet, "move destination AE title")
+        self.store_port = int(store_port)
+        self.store_bind = store_bind
+        self.accept_from = accept_from
+
+    @contextlib.contextmanager
+    def _sessions(
+        self,
+        receiver: Receiver,
+        report: DownloadReport,
+        progress: Progress,
+        sop_classes: Sequence[str],
+    ) -> Iterator[SessionPool]:
+        scp = StoreSCP(
+            self.store_aet,
+            self.store_port,
+            pacs=self.peer,
+            receiver=receiver,
+            timeouts=self.timeouts,
+            bind_address=self.store_bind,
+            accept_from=self.accept_from,
+        )
+
+        def session() -> MoveSession:
+            return MoveSession(
+                self.peer,
+                receiver,
+                model=self.model,
+                timeouts=self.timeouts,
+                report=report,
+                progress=progress,
+                scp=scp,
+            )
+
+        with scp, SessionPool(session) as pool:
+            yield pool

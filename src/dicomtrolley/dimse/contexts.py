@@ -1,0 +1,245 @@
+"""Presentation contexts and roles for query/retrieve associations (PS3.8 9.3.2, PS3.7 D.3.3.4).
+
+An association may propose at most 128 presentation contexts. A C-GET needs one
+for the GET information model plus one or more per storage SOP class the PACS
+may send back, each with the SCP role negotiated for that class (SCP/SCU role
+selection), because the instances come back as C-STORE requests over the same
+association.
+
+The SCP accepts one transfer syntax per context. To let the PACS send each
+instance as it is stored (no transcoding, no loss), every SOP class gets a
+context with the uncompressed syntaxes and, as far as the budget allows, one
+context per common compressed syntax. Classes without pixel data (reports,
+presentation states, PDF) only get the uncompressed one. The classes come from
+the search when it found them (``SOPClassUID`` of instances, ``SOPClassesInStudy``
+of studies), else from :data:`COMMON_STORAGE_CLASSES`.
+
+Everything here is pure: it builds pynetdicom objects without any I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import build_context, build_role
+from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
+from pynetdicom.presentation import PresentationContext
+
+from dicomtrolley.core import DICOMDownloadable, Instance, Series, Study
+
+#: PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255.
+MAX_CONTEXTS = 128
+
+#: Query/retrieve information models (PS3.4 C.6), by model and operation.
+QR_MODELS: dict[tuple[str, str], UID] = {
+    ("study", "find"): UID("1.2.840.10008.5.1.4.1.2.2.1"),
+    ("study", "move"): UID("1.2.840.10008.5.1.4.1.2.2.2"),
+    ("study", "get"): UID("1.2.840.10008.5.1.4.1.2.2.3"),
+    ("patient", "find"): UID("1.2.840.10008.5.1.4.1.2.1.1"),
+    ("patient", "move"): UID("1.2.840.10008.5.1.4.1.2.1.2"),
+    ("patient", "get"): UID("1.2.840.10008.5.1.4.1.2.1.3"),
+}
+MODELS = ("study", "patient")
+
+#: The transfer syntaxes every query/retrieve model context offers.
+UNCOMPRESSED: tuple[UID, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+#: Compressed syntaxes offered one per context, most common in archives first.
+COMPRESSED: tuple[UID, ...] = (
+    JPEGLosslessSV1,
+    JPEG2000Lossless,
+    RLELossless,
+    JPEGBaseline8Bit,
+    JPEG2000,
+    JPEGLSLossless,
+    JPEGExtended12Bit,
+    JPEGLSNearLossless,
+    DeflatedExplicitVRLittleEndian,
+)
+
+#: Storage SOP classes proposed for a C-GET when the search did not say which
+#: the study holds: images of the common modalities first, then documents.
+COMMON_STORAGE_CLASSES: tuple[UID, ...] = tuple(
+    UID(uid)
+    for uid in (
+        "1.2.840.10008.5.1.4.1.1.2",  # CT Image
+        "1.2.840.10008.5.1.4.1.1.4",  # MR Image
+        "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image
+        "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image, for presentation
+        "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound Image
+        "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame Image
+        "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image
+        "1.2.840.10008.5.1.4.1.1.1.2",  # Digital Mammography X-Ray, presentation
+        "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image
+        "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image
+        "1.2.840.10008.5.1.4.1.1.20",  # Nuclear Medicine Image
+        "1.2.840.10008.5.1.4.1.1.128",  # PET Image
+        "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic Image
+        "1.2.840.10008.5.1.4.1.1.12.2",  # X-Ray Radiofluoroscopic Image
+        "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame Single Bit SC
+        "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC
+        "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC
+        "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color SC
+        "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image, for processing
+        "1.2.840.10008.5.1.4.1.1.1.2.1",  # Digital Mammography X-Ray, processing
+        "1.2.840.10008.5.1.4.1.1.13.1.3",  # Breast Tomosynthesis Image
+        "1.2.840.10008.5.1.4.1.1.1.3",  # Digital Intra-Oral X-Ray, presentation
+        "1.2.840.10008.5.1.4.1.1.12.1.1",  # Enhanced XA Image
+        "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET Image
+        "1.2.840.10008.5.1.4.1.1.481.1",  # RT Image
+        "1.2.840.10008.5.1.4.1.1.481.2",  # RT Dose
+        "1.2.840.10008.5.1.4.1.1.77.1.4",  # VL Photographic Image
+        "1.2.840.10008.5.1.4.1.1.77.1.1",  # VL Endoscopic Image
+        "1.2.840.10008.5.1.4.1.1.77.1.5.1",  # Ophthalmic Photography 8 Bit
+        "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
+        # no pixel data: uncompressed only
+        "1.2.840.10008.5.1.4.1.1.481.3",  # RT Structure Set
+        "1.2.840.10008.5.1.4.1.1.481.5",  # RT Plan
+        "1.2.840.10008.5.1.4.1.1.481.8",  # RT Ion Plan
+        "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+        "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+        "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+        "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection Document
+        "1.2.840.10008.5.1.4.1.1.88.67",  # X-Ray Radiation Dose SR
+        "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
+        "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
+        "1.2.840.10008.5.1.4.1.1.66",  # Raw Data
+        "1.2.840.10008.5.1.4.1.1.66.1",  # Spatial Registration
+    )
+)
+
+#: Storage classes whose instances hold no pixel data: compression is pointless.
+NO_PIXEL_DATA_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.88.",  # structured reports
+    "1.2.840.10008.5.1.4.1.1.11.",  # presentation states
+    "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated documents
+    "1.2.840.10008.5.1.4.1.1.66",  # raw data, registrations, segmentation*
+    "1.2.840.10008.5.1.4.1.1.481.3",  # RT structure set
+    "1.2.840.10008.5.1.4.1.1.481.5",  # RT plan
+    "1.2.840.10008.5.1.4.1.1.481.8",  # RT ion plan
+)
+_SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"  # *has pixel data after all
+
+
+def qr_model(model: str, operation: str) -> UID:
+    """The SOP class UID of a query/retrieve model (``study``/``patient``) for
+    ``find``, ``get`` or ``move``."""
+    try:
+        return QR_MODELS[(model, operation)]
+    except KeyError:
+        raise ValueError(
+            f"unknown query/retrieve model {model!r}: use 'study' or 'patient'"
+        ) from None
+
+
+def has_pixel_data(sop_class: str) -> bool:
+    """False for storage classes that never hold pixel data (SR, PR, PDF ...)."""
+    if sop_class == _SEGMENTATION:
+        return True
+    return not sop_class.startswith(NO_PIXEL_DATA_PREFIXES)
+
+
+def syntax_groups(sop_class: str) -> list[tuple[UID, ...]]:
+    """The transfer syntax lists to propose for sop_class, most wanted first."""
+    groups: list[tuple[UID, ...]] = [UNCOMPRESSED]
+    if has_pixel_data(sop_class):
+        groups.extend((syntax,) for syntax in COMPRESSED)
+    return groups
+
+
+def storage_contexts(
+    sop_classes: Sequence[str] | None = None, budget: int = MAX_CONTEXTS - 1
+) -> list[PresentationContext]:
+    """Storage presentation contexts for sop_classes (default: the common set).
+
+    At most ``budget`` contexts: every class gets its uncompressed context first,
+    then the budget left is shared out one compressed syntax at a time, class by
+    class, in order. When there are more classes than the budget, the last
+    classes are left out.
+    """
+    if budget < 1:
+        raise ValueError("no room for any storage context")
+    classes = list(dict.fromkeys(UID(str(uid)) for uid in sop_classes or ()))
+    if not classes:
+        classes = list(COMMON_STORAGE_CLASSES)
+    classes = classes[:budget]
+    groups = {uid: syntax_groups(uid) for uid in classes}
+    chosen: dict[UID, list[tuple[UID, ...]]] = {uid: [] for uid in classes}
+    left = budget
+    depth = 0
+    while left > 0:
+        added = False
+        for uid in classes:
+            if left == 0:
+                break
+            if depth < len(groups[uid]):
+                chosen[uid].append(groups[uid][depth])
+                left -= 1
+                added = True
+        if not added:
+            break
+        depth += 1
+    return [build_context(uid, list(group)) for uid in classes for group in chosen[uid]]
+
+
+def scp_roles(
+    contexts: Iterable[PresentationContext],
+) -> list[SCP_SCU_RoleSelectionNegotiation]:
+    """One role selection item per storage class: we are its SCP (C-GET)."""
+    classes = dict.fromkeys(str(cx.abstract_syntax) for cx in contexts)
+    return [build_role(uid, scp_role=True) for uid in classes]
+
+
+def sop_classes_of(objects: Iterable[DICOMDownloadable]) -> list[str]:
+    """The storage SOP classes a search found for objects ([] when unknown).
+
+    Only complete knowledge counts: one object whose classes are unknown makes
+    the whole answer unknown, so that no class is left out.
+    """
+    found: dict[str, None] = {}
+    for obj in objects:
+        classes = _classes_of(obj)
+        if not classes:
+            return []
+        found.update(dict.fromkeys(classes))
+    return list(found)
+
+
+def _classes_of(obj: DICOMDownloadable) -> list[str]:
+    if isinstance(obj, Instance):
+        value = obj.data.get("SOPClassUID")
+        return [str(value)] if value else []
+    if isinstance(obj, Series):
+        if obj.instances:
+            return sop_classes_of(obj.instances)
+        return _multi(obj.parent.data.get("SOPClassesInStudy"))
+    if isinstance(obj, Study):
+        listed = _multi(obj.data.get("SOPClassesInStudy"))
+        if listed:
+            return listed
+        return sop_classes_of(obj.series) if obj.series else []
+    return []
+
+
+def _multi(value: object) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [part for part in value.split("\\") if part]
+    if isinstance(value, Iterable):
+        return [str(part) for part in value if part]
+    return [str(value)]
