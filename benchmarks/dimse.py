@@ -64,14 +64,16 @@ print(json.dumps({
 """
 
 
-def getscu(port: int, aec: str, study_uids: list[str], out: Path) -> float:
+def getscu(
+    port: int, aec: str, study_uids: list[str], out: Path, pdu: int = 16384
+) -> float:
     """Wall time of getscu retrieving the studies (one process per study)."""
     environment = dict(os.environ, TCP_NODELAY="1")
     start = time.perf_counter()
     for uid in study_uids:
         subprocess.run(
             [
-                GETSCU, "-S", "-aec", aec, "-od", str(out), "-q",
+                GETSCU, "-S", "-aec", aec, "-od", str(out), "-q", "--max-pdu", str(pdu),
                 "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}",
                 "127.0.0.1", str(port),
             ],
@@ -123,7 +125,7 @@ def bench(
         out = work / f"getscu-{name}-{attempt}"
         out.mkdir()
         best_dcmtk = min(
-            best_dcmtk, getscu(server.dicom_port, server.aet, study_uids, out)
+            best_dcmtk, getscu(server.dicom_port, server.aet, study_uids, out, args.pdu)
         )
         dcmtk_files, _ = folder_bytes(out)
         shutil.rmtree(out)
@@ -154,6 +156,12 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs; the best counts")
     parser.add_argument("--workers", type=int, default=1, help="dicomtrolley workers")
     parser.add_argument("--demo", action="store_true", help="also the demo set")
+    parser.add_argument(
+        "--pdu",
+        type=int,
+        default=16384,
+        help="Orthanc's MaximumPduLength and getscu's --max-pdu (both sides the same)",
+    )
     parser.add_argument("--keep", type=Path, help="work folder (default: temporary)")
     args = parser.parse_args()
     if not Path(GETSCU).exists():
@@ -170,7 +178,7 @@ def main() -> int:
     )
     large_uid = _study_uid(paths[0])
     results = {}
-    with OrthancServer() as server:
+    with OrthancServer(extra_config={"MaximumPduLength": args.pdu}) as server:
         server.upload(paths)
         shutil.rmtree(work / "large")
         results["large"] = bench("large", server, [large_uid], work, args)
