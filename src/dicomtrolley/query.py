@@ -20,6 +20,17 @@ from dicomtrolley.levels import QueryLevels
 QuerySubType = TypeVar("QuerySubType", bound="Query")
 
 
+def _parse_dicom_date(value: Any, kind: type[date] | type[datetime]) -> Any:
+    """ "YYYYMMDD" (a DICOM DA value) as a date or datetime; anything else as is."""
+    if isinstance(value, str) and len(value.strip()) == 8 and value.strip().isdigit():
+        try:
+            parsed = datetime.strptime(value.strip(), "%Y%m%d")
+        except ValueError as error:
+            raise ValueError(f"{value!r} is not a valid YYYYMMDD date") from error
+        return parsed if kind is datetime else parsed.date()
+    return value
+
+
 class Query(BaseModel):
     """A DICOM search that every searcher understands.
 
@@ -41,6 +52,12 @@ class Query(BaseModel):
     max_study_date: datetime | None = None
     min_study_date: datetime | None = None
     include_fields: list[str] | None = Field(default_factory=list)
+
+    @field_validator("min_study_date", "max_study_date", mode="before")
+    @classmethod
+    def _dicom_date(cls, value: Any) -> Any:
+        """Read "YYYYMMDD" as a DICOM date (pydantic would take it as a timestamp)."""
+        return _parse_dicom_date(value, datetime)
 
     @field_validator("include_fields")
     @classmethod
@@ -96,3 +113,9 @@ class ExtendedQuery(Query):
     SeriesDescription: str = ""
     InstitutionalDepartmentName: str = ""
     PatientBirthDate: date | None = None
+
+    @field_validator("PatientBirthDate", mode="before")
+    @classmethod
+    def _dicom_birth_date(cls, value: Any) -> Any:
+        """Read "YYYYMMDD" as a DICOM date (pydantic would take it as a timestamp)."""
+        return _parse_dicom_date(value, date)

@@ -157,3 +157,15 @@ def test_queries_compare_and_dump_by_value() -> None:
     dumped = Query(PatientID="1", query_level="SERIES").model_dump()
     assert dumped["PatientID"] == "1"
     assert dumped["query_level"] == "SERIES"
+
+
+def test_dicom_dates_are_read_as_dates_not_timestamps() -> None:
+    """pydantic reads "20220101" as seconds since 1970; a DICOM date is meant."""
+    query = Query(min_study_date="20220101", max_study_date="20220203")
+    assert query.min_study_date == datetime(2022, 1, 1)
+    assert query.max_study_date == datetime(2022, 2, 3)
+    assert ExtendedQuery(PatientBirthDate="19800102").PatientBirthDate == date(
+        1980, 1, 2
+    )
+    with pytest.raises(ValidationError, match="not a valid YYYYMMDD date"):
+        Query(min_study_date="20221399")
