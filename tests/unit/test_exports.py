@@ -9,6 +9,7 @@ import logging
 
 import pytest
 
+from dicomtrolley.dimse.errors import DIMSEError
 from dicomtrolley.exceptions import (
     DICOMTrolleyError,
     HTTPStatusError,
@@ -77,6 +78,26 @@ EXPORTS_4_1_0: dict[str, list[str]] = {
     "dicomtrolley.wado_rs": ["WadoRS", "WadoRSMetaData"],
     "dicomtrolley.wado_uri": ["WadoURI"],
     "dicomtrolley.logs": ["get_module_logger"],
+    "dicomtrolley.mint": [
+        "Mint",
+        "MintAttribute",
+        "MintInstance",
+        "MintQuery",
+        "MintSeries",
+        "MintStudy",
+        "parse_attribs",
+        "parse_mint_studies_response",
+    ],
+    "dicomtrolley.fields": [
+        "InstanceLevel",
+        "SeriesLevel",
+        "SeriesLevelPromotable",
+        "StudyLevel",
+    ],
+    "dicomtrolley.auth": ["VitreaAuth", "create_session"],
+    "dicomtrolley.servers": ["IMPAXDataCenter", "VitreaConnection"],
+    "dicomtrolley.rad69": ["Rad69"],
+    "dicomtrolley.dicom_qr": ["DICOMQR", "DICOMQuery"],
 }
 
 # modules whose exception classes are checked against the hierarchy
@@ -96,10 +117,24 @@ EXCEPTION_MODULES = [
     "dicomtrolley.qido_rs",
     "dicomtrolley.wado_rs",
     "dicomtrolley.wado_uri",
+    "dicomtrolley.mint",
+    "dicomtrolley.formats.mint_xml",
+    "dicomtrolley.rad69",
+    "dicomtrolley.formats.soap",
+    "dicomtrolley.auth",
+    "dicomtrolley.servers",
+    "dicomtrolley.dicom_qr",
+    "dicomtrolley.dimse.errors",
 ]
 
 # the roots of the hierarchy: by design in no branch, or (the root) above both
-CATEGORIES = {DICOMTrolleyError, TransientError, PermanentError, HTTPStatusError}
+CATEGORIES = {
+    DICOMTrolleyError,
+    TransientError,
+    PermanentError,
+    HTTPStatusError,
+    DIMSEError,
+}
 
 
 @pytest.mark.parametrize(
