@@ -6,10 +6,15 @@ The same as, in a script::
         ...  # serves until the with block ends
 
 It prints the addresses of every protocol (Vitrea login, MINT, WADO-URI,
-DICOMweb) and serves until Ctrl-C (or SIGTERM). Files added to the folder while
+DICOMweb; DIMSE with ``--dimse-port``) and serves until Ctrl-C (or SIGTERM). Files added to the folder while
 it runs are picked up within a second. ``--port 0`` picks a free port. Without
 ``--user`` the one user is ``trolley`` with password ``trolley``. Fill an empty
 folder with ``dicomtrolley demo-data DIR``.
+
+``--dimse-port N`` adds the DIMSE query/retrieve SCP (C-ECHO, C-FIND, C-GET,
+C-MOVE) on port N (0: a free one) with AE title ``--dimse-aet``; C-MOVE
+destinations are declared with ``--move-destination AET=HOST:PORT``. In a script:
+``Emulator(data, services=[*default_services(), DimseService(port, aet)])``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,14 @@ from types import FrameType
 import click
 
 from dicomtrolley.cli.main import configure_logging, warn
-from dicomtrolley.emulator import DEFAULT_REALM, DEFAULT_USERS, Emulator
+from dicomtrolley.emulator import (
+    DEFAULT_AE_TITLE,
+    DEFAULT_REALM,
+    DEFAULT_USERS,
+    DimseService,
+    Emulator,
+    default_services,
+)
 
 
 def _users(
@@ -39,6 +51,19 @@ def _users(
             )
         users[name.strip()] = password
     return users
+
+
+def _destinations(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> dict[str, tuple[str, int]]:
+    destinations: dict[str, tuple[str, int]] = {}
+    for item in value:
+        title, _, address = item.partition("=")
+        host, _, port = address.rpartition(":")
+        if not title.strip() or not host or not port.isdigit():
+            raise click.BadParameter(f"expected AET=HOST:PORT, got {item!r}")
+        destinations[title.strip()] = (host.strip("[]"), int(port))
+    return destinations
 
 
 @contextlib.contextmanager
@@ -76,9 +101,25 @@ def banner(emulator: Emulator, users: dict[str, str]) -> list[str]:
         f"  MINT      {emulator.mint_url}",
         f"  WADO-URI  {emulator.wado_uri_url}",
         f"  DICOMweb  {emulator.dicomweb_url}",
+        *_dimse_lines(emulator),
         f"  {who}; HTTP basic auth works too",
         "Press Ctrl-C to stop.",
     ]
+
+
+def _dimse_lines(emulator: Emulator) -> list[str]:
+    try:
+        dimse = emulator.dimse
+    except LookupError:
+        return []
+    host, port = dimse.address
+    lines = [
+        f"  DIMSE     AE {dimse.ae_title} at {host} port {port} "
+        "(C-ECHO, C-FIND, C-GET, C-MOVE)"
+    ]
+    for title, (to_host, to_port) in sorted(dimse.move_destinations.items()):
+        lines.append(f"            C-MOVE to {title} at {to_host} port {to_port}")
+    return lines
 
 
 @click.command("serve")
@@ -120,6 +161,28 @@ def banner(emulator: Emulator, users: dict[str, str]) -> list[str]:
     help="A login session ends after this long without a request.",
 )
 @click.option(
+    "--dimse-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    metavar="PORT",
+    help="Also serve DIMSE C-ECHO/C-FIND/C-GET/C-MOVE on this port (0: a free one).",
+)
+@click.option(
+    "--dimse-aet",
+    default=DEFAULT_AE_TITLE,
+    show_default=True,
+    metavar="AET",
+    help="The AE title of the DIMSE service.",
+)
+@click.option(
+    "--move-destination",
+    "move_destinations",
+    multiple=True,
+    callback=_destinations,
+    metavar="AET=HOST:PORT",
+    help="A C-MOVE destination the DIMSE service knows; repeatable.",
+)
+@click.option(
     "-v", "--verbose", count=True, help="Log requests to stderr; twice for debug."
 )
 def serve(
@@ -128,20 +191,40 @@ def serve(
     port: int,
     users: dict[str, str],
     session_timeout: float,
+    dimse_port: int | None,
+    dimse_aet: str,
+    move_destinations: dict[str, tuple[str, int]],
     verbose: int,
 ) -> None:
-    """Serve a folder of DICOM files as a PACS: MINT, WADO-URI, DICOMweb.
+    """Serve a folder of DICOM files as a PACS: MINT, WADO-URI, DICOMweb (and
+    DIMSE with --dimse-port).
 
     \b
     Examples:
       dicomtrolley demo-data data && dicomtrolley serve --data data
       dicomtrolley serve --data data --port 0 --user alice:secret
+      dicomtrolley serve --data data --dimse-port 11112 --dimse-aet PACS
     """
     if not data_dir.is_dir():
         raise click.UsageError(
             f"{data_dir} is not a folder. Create it with demo studies: "
             f"dicomtrolley demo-data {data_dir}"
         )
+    services = default_services()
+    if dimse_port is not None:
+        try:
+            services.append(
+                DimseService(
+                    dimse_port,
+                    dimse_aet,
+                    move_destinations=move_destinations,
+                    host=host,
+                )
+            )
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--dimse-aet") from error
+    elif move_destinations or dimse_aet != DEFAULT_AE_TITLE:
+        raise click.UsageError("--dimse-aet and --move-destination need --dimse-port")
     click.get_current_context().call_on_close(configure_logging(verbose))
     emulator = Emulator(
         data_dir,
@@ -150,12 +233,16 @@ def serve(
         users=users or None,
         session_timeout=session_timeout,
         realm=DEFAULT_REALM,
+        services=services,
     )
     try:
         emulator.start()
     except OSError as error:
+        ports = f"port {port}" + (
+            "" if dimse_port is None else f" or DIMSE port {dimse_port}"
+        )
         raise click.ClickException(
-            f"cannot listen on {host} port {port}: {error.strerror or error}"
+            f"cannot listen on {host} {ports}: {error.strerror or error}"
         ) from error
     stop = threading.Event()
     try:

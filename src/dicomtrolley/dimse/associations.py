@@ -147,7 +147,7 @@ def open_association(
             ae_title=peer.aec,
             ext_neg=list(ext_neg) or None,
             evt_handlers=[
-                (evt.EVT_CONN_OPEN, lambda event: connected.set()),
+                (evt.EVT_CONN_OPEN, lambda event: _opened(event, connected)),
                 *handlers,
             ],
         )
@@ -162,6 +162,24 @@ def open_association(
     raise association_error(
         assoc, peer, operation, timeouts, connected.is_set(), elapsed
     )
+
+
+def no_delay(event: evt.Event) -> None:
+    """Turn Nagle's algorithm off on a DIMSE connection.
+
+    A DIMSE message is several small writes (PDUs); with Nagle on, each waits for
+    the peer's delayed ACK (about 40 ms). DCMTK and Orthanc need TCP_NODELAY=1 in
+    their environment for the same reason.
+    """
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):  # already closed
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _opened(event: evt.Event, connected: threading.Event) -> None:
+    no_delay(event)
+    connected.set()
 
 
 def association_error(

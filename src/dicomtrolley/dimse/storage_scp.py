@@ -24,7 +24,7 @@ from typing import Any
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicomtrolley.dimse.associations import new_ae, quiet
+from dicomtrolley.dimse.associations import new_ae, no_delay, quiet
 from dicomtrolley.dimse.errors import StoreSCPError
 from dicomtrolley.dimse.retrieve import STATUS_OUT_OF_RESOURCES, Receiver
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
@@ -167,6 +167,7 @@ class StoreSCP:
         )
 
     def _on_open(self, event: Any) -> None:
+        no_delay(event)
         quiet(event.assoc)
 
     def _on_store(self, event: Any) -> int:

@@ -29,9 +29,15 @@ Layout, one module per concern:
   :mod:`~dicomtrolley.emulator.wado_uri` (WADO-URI),
   :mod:`~dicomtrolley.emulator.dicomweb` (QIDO-RS, WADO-RS) with
   :mod:`~dicomtrolley.emulator.media` (Accept headers),
-  :mod:`~dicomtrolley.emulator.rad69` (IHE RAD-69 SOAP/MTOM at ``/rad69``).
+  :mod:`~dicomtrolley.emulator.rad69` (IHE RAD-69 SOAP/MTOM at ``/rad69``),
+  :mod:`~dicomtrolley.emulator.dimse` (C-ECHO, C-FIND, C-GET, C-MOVE on a port
+  of its own; not started unless asked for, see below).
 
-A new protocol (for example a DIMSE service on a port of its own) is a
+DIMSE is served when asked for: ``Emulator(data, services=[*default_services(),
+DimseService()])`` (then ``emulator.dimse.port``, ``emulator.dimse.ae_title``)
+or ``dicomtrolley serve --dimse-port N``.
+
+A new protocol is a
 :class:`Service` subclass added to :func:`default_services` or passed as
 ``Emulator(data, services=[*default_services(), MyService()])``; see
 :mod:`~dicomtrolley.emulator.service`.
@@ -46,6 +52,7 @@ from dicomtrolley.emulator.app import (
     default_services,
 )
 from dicomtrolley.emulator.dicomweb import DICOMWEB_ROOT, DicomWebService
+from dicomtrolley.emulator.dimse import DEFAULT_AE_TITLE, DimseService
 from dicomtrolley.emulator.index import (
     DicomIndex,
     IndexStats,
@@ -68,6 +75,7 @@ from dicomtrolley.emulator.service import Service
 from dicomtrolley.emulator.wado_uri import WADO_URI_PATH, WadoURIService
 
 __all__ = [
+    "DEFAULT_AE_TITLE",
     "DEFAULT_REALM",
     "DEFAULT_USERS",
     "DICOMWEB_ROOT",
@@ -77,6 +85,7 @@ __all__ = [
     "WADO_URI_PATH",
     "DicomIndex",
     "DicomWebService",
+    "DimseService",
     "Emulator",
     "FilePart",
     "HTTPError",

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import TracebackType
 
 from dicomtrolley.emulator.dicomweb import DICOMWEB_ROOT, DicomWebService
+from dicomtrolley.emulator.dimse import DimseService
 from dicomtrolley.emulator.index import DicomIndex
 from dicomtrolley.emulator.login import LOGIN_PATH, LoginService, SessionStore
 from dicomtrolley.emulator.mint import MINT_ROOT, MintService
@@ -30,7 +31,11 @@ DEFAULT_REALM = "DefaultSystemRealm"
 
 
 def default_services() -> list[Service]:
-    """Fresh instances of the services an Emulator runs unless told otherwise."""
+    """Fresh instances of the services an Emulator runs unless told otherwise.
+
+    DIMSE is not among them (it listens on a port of its own): add it with
+    ``services=[*default_services(), DimseService()]``.
+    """
     return [
         LoginService(),
         MintService(),
@@ -45,7 +50,9 @@ class Emulator:
 
     Vitrea-style login at :attr:`login_url`, MINT search at :attr:`mint_url`,
     WADO-URI at :attr:`wado_uri_url`, QIDO-RS and WADO-RS at
-    :attr:`dicomweb_url`. Binds ``host`` (loopback by default) on ``port``
+    :attr:`dicomweb_url`; DIMSE query/retrieve (:attr:`dimse`) when a
+    :class:`~dicomtrolley.emulator.dimse.DimseService` is among the services.
+    Binds ``host`` (loopback by default) on ``port``
     (0: a free port; see :attr:`port` after :meth:`start`) and serves from
     background threads, several clients at once::
 
@@ -227,6 +234,17 @@ class Emulator:
     @property
     def rad69_url(self) -> str:
         return self.base_url + RAD69_PATH
+
+    @property
+    def dimse(self) -> DimseService:
+        """The DIMSE service (its ``port`` and ``ae_title``); LookupError if none."""
+        for service in self.services:
+            if isinstance(service, DimseService):
+                return service
+        raise LookupError(
+            "this emulator serves no DIMSE: pass "
+            "services=[*default_services(), DimseService()]"
+        )
 
     def __repr__(self) -> str:
         where = self.base_url if self._server is not None else "not running"
