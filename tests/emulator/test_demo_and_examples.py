@@ -62,7 +62,7 @@ def test_demo_command_downloads_everything_and_resumes(
     command = [sys.executable, "-m", "dicomtrolley.cli.main", "demo"]
     first = _run(command, tmp_path, env)
     assert first.returncode == 0, first.stdout + first.stderr
-    for protocol in ("wado-uri", "wado-rs", "rad69"):
+    for protocol in ("wado-uri", "wado-rs", "rad69", "c-get", "c-move"):
         files = _files(tmp_path / "dicomtrolley-demo" / protocol)
         assert _sop_uids(files) == set(demo.by_uid), protocol
         assert not [f for f in files if f.name.endswith(".part")]
@@ -71,7 +71,7 @@ def test_demo_command_downloads_everything_and_resumes(
 
     again = _run(command, tmp_path, env)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count(f"skipped {len(demo.by_uid)} already present") == 3
+    assert again.stdout.count(f"skipped {len(demo.by_uid)} already present") == 5
 
 
 def test_examples_run_against_the_emulator(

@@ -3,8 +3,8 @@
 Generates the synthetic demo studies once (in the cache folder), starts the
 reference emulator in-process on a free loopback port, logs in the Vitrea way,
 searches over MINT at study, series and instance level, and downloads every
-study with each chosen protocol (WADO-URI, WADO-RS, RAD-69), with progress bars,
-into ``./dicomtrolley-demo``.
+study with each chosen protocol (WADO-URI, WADO-RS, RAD-69, C-GET, C-MOVE), with
+progress bars, into ``./dicomtrolley-demo``.
 Everything it does goes through the public API, as a user's script would.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Sequence
@@ -29,7 +30,8 @@ from dicomtrolley.auth import create_session
 from dicomtrolley.cli.download import summary
 from dicomtrolley.cli.progress import RichProgress
 from dicomtrolley.core import Downloader, QueryLevels, Study
-from dicomtrolley.emulator import Emulator
+from dicomtrolley.dicom_qr import DICOMQRGet, DICOMQRMove
+from dicomtrolley.emulator import DimseService, Emulator, default_services
 from dicomtrolley.exceptions import DICOMTrolleyError
 from dicomtrolley.mint import Mint, MintQuery
 from dicomtrolley.rad69 import Rad69
@@ -48,7 +50,8 @@ STUDY_FIELDS = [
     "StudyDescription",
 ]
 SERIES_FIELDS = ["Modality", "SeriesDescription", "SeriesNumber"]
-PROTOCOLS = ("wado-uri", "wado-rs", "rad69")
+PROTOCOLS = ("wado-uri", "wado-rs", "rad69", "c-get", "c-move")
+DEMO_STORE_AET = "DEMOSTORE"
 #: RAD-69 has no "as stored": ask for every transfer syntax the demo studies use.
 RAD69_TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
@@ -104,9 +107,26 @@ def series_tree(studies: Sequence[Study]) -> Tree:
     return tree
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def _downloader(
-    protocol: str, session: requests.Session, emulator: Emulator
+    protocol: str, session: requests.Session, emulator: Emulator, store_port: int
 ) -> Downloader:
+    if protocol in ("c-get", "c-move"):
+        dimse = emulator.dimse
+        if protocol == "c-get":
+            return DICOMQRGet("127.0.0.1", dimse.port, aec=dimse.ae_title)
+        return DICOMQRMove(
+            "127.0.0.1",
+            dimse.port,
+            aec=dimse.ae_title,
+            store_aet=DEMO_STORE_AET,
+            store_port=store_port,
+        )
     if protocol == "wado-uri":
         return WadoURI(session, emulator.wado_uri_url)
     if protocol == "rad69":
@@ -155,13 +175,19 @@ def demo(
     """Find and download studies from the built-in emulator PACS, end to end."""
     console = Console()
     folder = data if data else ensure_demo_data(default_data_dir(), console)
-    with Emulator(folder, users=dict([DEMO_USER])) as emulator:
+    store_port = _free_port()
+    services = [
+        *default_services(),
+        DimseService(move_destinations={DEMO_STORE_AET: ("127.0.0.1", store_port)}),
+    ]
+    with Emulator(folder, users=dict([DEMO_USER]), services=services) as emulator:
         console.print(
             Panel.fit(
                 f"Emulator PACS (Vitrea-style) at [bold]{emulator.base_url}[/]\n"
                 f"login {emulator.login_url} as {DEMO_USER[0]}/{DEMO_USER[1]}\n"
                 f"MINT {emulator.mint_url}\nWADO-URI {emulator.wado_uri_url}\n"
                 f"DICOMweb {emulator.dicomweb_url}\nRAD-69 {emulator.rad69_url}\n"
+                f"DIMSE {emulator.dimse.ae_title}@127.0.0.1:{emulator.dimse.port}\n"
                 f"serving {folder}",
                 title="dicomtrolley demo",
             )
@@ -175,7 +201,7 @@ def demo(
             target = output / protocol
             trolley = Trolley(
                 searcher=mint,
-                downloader=_downloader(protocol, session, emulator),
+                downloader=_downloader(protocol, session, emulator, store_port),
                 storage=TemplateStorage(target, LAYOUT),
             )
             start = time.perf_counter()
