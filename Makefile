@@ -37,6 +37,8 @@ demo: venv
 bench: venv system-deps
 	bash scripts/loopback-only.sh $(BIN)/python benchmarks/search_parse.py
 	bash scripts/loopback-only.sh $(BIN)/python benchmarks/wado_rs.py
+	bash scripts/loopback-only.sh $(BIN)/python benchmarks/rad69.py
+	bash scripts/loopback-only.sh $(BIN)/python benchmarks/dimse.py --demo
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
