@@ -30,6 +30,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
+from dicomtrolley.dimse.buffered import BufferedAE, supported
 from dicomtrolley.dimse.errors import (
     AssociationAbortedError,
     AssociationBusyError,
@@ -98,8 +99,9 @@ def quiet(assoc: Association, fast_poll: bool = True) -> None:
 
 def new_ae(aet: str, timeouts: DIMSETimeouts) -> AE:
     """An AE with our timeouts. DIMSE waits are left to the Watchdog (see above),
-    except for a backstop at the total timeout."""
-    ae = AE(ae_title=aet)
+    except for a backstop at the total timeout. Its requested associations read
+    the socket in blocks (see :mod:`dicomtrolley.dimse.buffered`)."""
+    ae = BufferedAE(ae_title=aet) if supported() else AE(ae_title=aet)
     ae.connection_timeout = timeouts.connect
     ae.acse_timeout = timeouts.connect
     ae.network_timeout = timeouts.idle
