@@ -499,39 +499,22 @@ def _numbers(
     return _make_multi(tag, vr, items, ctx.mode)
 
 
-def _integer_string(
-    tag: BaseTag, key: str, vr: str, attribute: dict[str, Any], ctx: _Context
-) -> DataElement:
-    values = _values(key, attribute)
-    if not values:
-        return _no_value(tag, key, vr, attribute, ctx)
-    if len(values) == 1:
-        return _make_element(tag, vr, _is_item(key, values[0], ctx), ctx.mode)
-    items = [_is_item(key, v, ctx) for v in values]
-    return _make_multi(tag, vr, items, ctx.mode)
+def _per_value(
+    convert: Callable[[str, Any, _Context], Any],
+) -> Callable[[BaseTag, str, str, dict[str, Any], _Context], DataElement]:
+    """An element builder that converts each value with convert (IS, DS, AT)."""
 
+    def build(
+        tag: BaseTag, key: str, vr: str, attribute: dict[str, Any], ctx: _Context
+    ) -> DataElement:
+        values = _values(key, attribute)
+        if not values:
+            return _no_value(tag, key, vr, attribute, ctx)
+        if len(values) == 1:
+            return _make_element(tag, vr, convert(key, values[0], ctx), ctx.mode)
+        return _make_multi(tag, vr, [convert(key, v, ctx) for v in values], ctx.mode)
 
-def _decimal_string(
-    tag: BaseTag, key: str, vr: str, attribute: dict[str, Any], ctx: _Context
-) -> DataElement:
-    values = _values(key, attribute)
-    if not values:
-        return _no_value(tag, key, vr, attribute, ctx)
-    if len(values) == 1:
-        return _make_element(tag, vr, _ds_item(key, values[0], ctx), ctx.mode)
-    items = [_ds_item(key, v, ctx) for v in values]
-    return _make_multi(tag, vr, items, ctx.mode)
-
-
-def _attribute_tag(
-    tag: BaseTag, key: str, vr: str, attribute: dict[str, Any], ctx: _Context
-) -> DataElement:
-    values = _values(key, attribute)
-    if not values:
-        return _no_value(tag, key, vr, attribute, ctx)
-    if len(values) == 1:
-        return _make_element(tag, vr, _at_item(key, values[0]), ctx.mode)
-    return _make_multi(tag, vr, [_at_item(key, v) for v in values], ctx.mode)
+    return build
 
 
 def _sequence(
@@ -601,9 +584,10 @@ _HANDLERS: Final[dict[str, _Handler]] = {
     **dict.fromkeys(_DELEGATED_VRS, _delegate),
     "UI": _ui,
     "PN": _pn,
-    "IS": _integer_string,
-    "DS": _decimal_string,
-    "AT": _attribute_tag,
+    # the item converters are defined below: look them up at call time
+    "IS": _per_value(lambda key, value, ctx: _is_item(key, value, ctx)),
+    "DS": _per_value(lambda key, value, ctx: _ds_item(key, value, ctx)),
+    "AT": _per_value(lambda key, value, ctx: _at_item(key, value)),
     "SQ": _sequence,
 }
 # With pydicom.config.datetime_conversion, DA/DT/TM become pydicom DA/DT/TM objects.
