@@ -22,7 +22,7 @@ import urllib3.exceptions
 from pydicom.dataset import Dataset
 
 from dicomtrolley.core import InstanceReference
-from dicomtrolley.download import Progress
+from dicomtrolley.download import DownloadReport, Progress
 from dicomtrolley.exceptions import (
     DICOMParseError,
     DICOMTrolleyConnectionError,
@@ -41,6 +41,7 @@ from dicomtrolley.formats.multipart import (
     parse_content_type,
 )
 from dicomtrolley.storage import DICOMDiskStorage, InstanceWriter
+from dicomtrolley.transport import Retry, read_with_retry
 
 SINGLE_PART_TYPES = {"application/dicom", "application/octet-stream"}
 
@@ -212,3 +213,49 @@ def read_dataset(
 
 def _prefix(what: str) -> str:
     return f"{what}: " if what else ""
+
+
+def save_answer_with_retry(
+    open_response: Callable[[], requests.Response],
+    retry: Retry,
+    storage: DICOMDiskStorage,
+    output_dir: str | Path,
+    report: DownloadReport,
+    progress: Progress,
+    *,
+    chunk_size: int,
+    what: str,
+    uids: tuple[str, ...],
+    expected: InstanceReference | None = None,
+    announce_length: bool = False,
+) -> None:
+    """Fetch one answer and stream every instance in it to its file.
+
+    A body that breaks off is fetched again under retry
+    (:func:`~dicomtrolley.transport.read_with_retry`); a file saved again by a
+    retry is reported once. With announce_length, the answer's Content-Length is
+    added to the progress total. An answer that holds no instance is an error.
+    """
+    reported: set[Path] = set()
+
+    def on_saved(path: Path, nbytes: int) -> None:
+        if path not in reported:
+            reported.add(path)
+            report.add_saved(path, nbytes)
+            progress.instance_done(nbytes)
+
+    def read(response: requests.Response) -> None:
+        length = response.headers.get("Content-Length", "")
+        if announce_length and length.isdigit():
+            progress.add_total(nbytes=int(length))
+        events = iter_parts(
+            response, chunk_size, what=what, uids=uids, progress=progress
+        )
+        if not save_parts(
+            events, storage, output_dir, on_saved=on_saved, expected=expected
+        ):
+            raise ResponseFormatError(
+                f"{what}: the answer held no instances", url=response.url, uids=uids
+            )
+
+    read_with_retry(open_response, read, retry, what=what)

@@ -12,7 +12,7 @@ several series are fetched at once over a bounded thread pool.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -44,9 +44,9 @@ from dicomtrolley.storage import DICOMDiskStorage
 from dicomtrolley.streaming import (
     datasets_from_parts,
     iter_parts,
-    save_parts,
+    save_answer_with_retry,
 )
-from dicomtrolley.transport import HttpTransport, Retry, Timeout, read_with_retry
+from dicomtrolley.transport import HttpTransport, Retry, Timeout
 
 logger = get_module_logger("wado_rs")
 
@@ -252,59 +252,22 @@ class WadoRS(Downloader):
         self.transport.ensure_pool_size(workers)
 
         def fetch(ref: DICOMObjectReference) -> None:
-            # A retry after a cut answer saves the instances that came before the
-            # cut again (same files): report each one once.
-            reported: set[Path] = set()
-
-            def on_saved(path: Path, nbytes: int) -> None:
-                if path in reported:
-                    return
-                reported.add(path)
-                report.add_saved(path, nbytes)
-                progress.instance_done(nbytes)
-
-            read_with_retry(
+            save_answer_with_retry(
                 lambda: self._open(ref),
-                lambda response: self._save_answer(
-                    ref, response, storage, output_dir, on_saved, progress
-                ),
                 self.transport.retry,
+                storage,
+                output_dir,
+                report,
+                progress,
+                chunk_size=self.http_chunk_size,
                 what=f"WADO-RS {ref}",
+                uids=_uids_of(ref),
+                expected=ref if isinstance(ref, InstanceReference) else None,
+                announce_length=True,
             )
 
         run_transfers(todo, fetch, report, workers=workers, uids_of=_uids_of)
         return report
-
-    def _save_answer(
-        self,
-        ref: DICOMObjectReference,
-        response: requests.Response,
-        storage: DICOMDiskStorage,
-        output_dir: str | Path,
-        on_saved: Callable[[Path, int], None],
-        progress: Progress,
-    ) -> None:
-        """Stream the instances of one answer to disk (the caller closes it)."""
-        length = response.headers.get("Content-Length", "")
-        if length.isdigit():
-            progress.add_total(nbytes=int(length))
-        events = iter_parts(
-            response,
-            self.http_chunk_size,
-            what=f"WADO-RS {ref}",
-            uids=_uids_of(ref),
-            progress=progress,
-        )
-        expected = ref if isinstance(ref, InstanceReference) else None
-        saved = save_parts(
-            events, storage, output_dir, on_saved=on_saved, expected=expected
-        )
-        if saved == 0:
-            raise ResponseFormatError(
-                f"WADO-RS {ref}: the answer held no instances",
-                url=response.url,
-                uids=_uids_of(ref),
-            )
 
 
 class WadoRSMetaData(WadoRS):

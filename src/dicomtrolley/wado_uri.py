@@ -39,7 +39,7 @@ from dicomtrolley.storage import DICOMDiskStorage
 from dicomtrolley.streaming import (
     datasets_from_parts,
     iter_parts,
-    save_parts,
+    save_answer_with_retry,
 )
 from dicomtrolley.transport import HttpTransport, Retry, Timeout, read_with_retry
 
@@ -200,41 +200,18 @@ class WadoURI(Downloader):
         self.transport.ensure_pool_size(workers)
 
         def fetch(ref: InstanceReference) -> None:
-            read_with_retry(
+            save_answer_with_retry(
                 lambda: self._open(ref),
-                lambda response: self._save_answer(
-                    ref, response, storage, output_dir, report, progress
-                ),
                 self.transport.retry,
+                storage,
+                output_dir,
+                report,
+                progress,
+                chunk_size=CHUNK_SIZE,
                 what=f"WADO-URI {ref}",
+                uids=_uids(ref),
+                expected=ref,
             )
 
         run_transfers(todo, fetch, report, workers=workers, uids_of=_uids)
         return report
-
-    def _save_answer(
-        self,
-        ref: InstanceReference,
-        response: requests.Response,
-        storage: DICOMDiskStorage,
-        output_dir: str | Path,
-        report: DownloadReport,
-        progress: Progress,
-    ) -> None:
-        """Stream the instance in one answer to disk (the caller closes it)."""
-
-        def on_saved(path: Path, nbytes: int) -> None:
-            report.add_saved(path, nbytes)
-            progress.instance_done(nbytes)
-
-        events = iter_parts(
-            response,
-            CHUNK_SIZE,
-            what=f"WADO-URI {ref}",
-            uids=_uids(ref),
-            progress=progress,
-        )
-        if not save_parts(events, storage, output_dir, on_saved=on_saved, expected=ref):
-            raise ResponseFormatError(
-                f"WADO-URI {ref}: empty answer", url=response.url, uids=_uids(ref)
-            )
