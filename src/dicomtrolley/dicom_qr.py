@@ -352,7 +352,15 @@ class _Retriever(Downloader):
         units = plan_units(items, present=present)
         sink = disk_sink(storage, output_dir, report, progress)
         workers = max_workers if max_workers and max_workers > 1 else self.max_workers
-        self._run(units, sink, report, progress, sop_classes_of(items), workers or 1)
+        self._run(
+            units,
+            sink,
+            report,
+            progress,
+            sop_classes_of(items),
+            workers or 1,
+            spool=Path(output_dir),
+        )
         return report
 
     def datasets(self, objects: Sequence[DICOMDownloadable]) -> Iterator[Dataset]:
@@ -382,14 +390,19 @@ class _Retriever(Downloader):
         sop_classes: Sequence[str],
         workers: int,
         cancelled: Callable[[], bool] | None = None,
+        spool: Path | None = None,
     ) -> None:
-        """Fetch units, workers at a time, each worker over its own association."""
+        """Fetch units, workers at a time, each worker over its own association.
+
+        ``spool``: where received instances are written before the sink takes
+        them (the output folder, so that the sink's rename is on one file system;
+        None: the system temporary folder)."""
         receive_to_files()
         receiver = Receiver(sink, report, progress, cancelled=cancelled)
         for unit in units:
             if unit.expected is not None:
                 progress.add_total(instances=len(unit.expected))
-        with self._sessions(receiver, report, progress, sop_classes) as pool:
+        with self._sessions(receiver, report, progress, sop_classes, spool) as pool:
             run_transfers(
                 units, pool.retrieve, report, workers=workers, uids_of=RetrieveUnit.uids
             )
@@ -400,6 +413,7 @@ class _Retriever(Downloader):
         report: DownloadReport,
         progress: Progress,
         sop_classes: Sequence[str],
+        spool: Path | None,
     ) -> AbstractContextManager[SessionPool]:
         raise NotImplementedError()
 
@@ -421,6 +435,7 @@ class DICOMQRGet(_Retriever):
         report: DownloadReport,
         progress: Progress,
         sop_classes: Sequence[str],
+        spool: Path | None,
     ) -> Iterator[SessionPool]:
         contexts = get_contexts(self.model, sop_classes)
 
@@ -433,6 +448,7 @@ class DICOMQRGet(_Retriever):
                 report=report,
                 progress=progress,
                 contexts=contexts,
+                spool=spool,
             )
 
         with SessionPool(session) as pool:
@@ -489,6 +505,7 @@ class DICOMQRMove(_Retriever):
         report: DownloadReport,
         progress: Progress,
         sop_classes: Sequence[str],
+        spool: Path | None,
     ) -> Iterator[SessionPool]:
         scp = StoreSCP(
             self.store_aet,

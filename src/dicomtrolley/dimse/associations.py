@@ -33,13 +33,12 @@ from pynetdicom.presentation import PresentationContext
 from dicomtrolley.dimse.buffered import BufferedAE, supported
 from dicomtrolley.dimse.errors import (
     AssociationAbortedError,
-    AssociationBusyError,
-    AssociationRejectedError,
     DIMSEConnectionError,
     DIMSEError,
     DIMSETimeoutError,
     ServiceNotSupportedError,
 )
+from dicomtrolley.dimse.link import rejection_error
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
 from dicomtrolley.logs import get_module_logger
 
@@ -194,22 +193,7 @@ def association_error(
 ) -> DIMSEError:
     """Why an association request did not succeed, as an exception."""
     if assoc.is_rejected:
-        primitive = assoc.acceptor.primitive
-        result = getattr(primitive, "result", None)
-        detail = _rejection(primitive)
-        if result == 2:
-            return AssociationBusyError(
-                f"association rejected for now ({detail}); try again later",
-                peer=peer,
-                operation=operation,
-            )
-        return AssociationRejectedError(
-            f"association rejected ({detail}). Check the AE titles: the PACS must "
-            f"know the calling AE title {peer.aet!r} and answer to the called AE "
-            f"title {peer.aec!r}",
-            peer=peer,
-            operation=operation,
-        )
+        return rejection_error(assoc.acceptor.primitive, peer, operation)
     if not connected:
         if elapsed >= timeouts.connect * 0.9:
             return DIMSETimeoutError(
@@ -240,18 +224,6 @@ def association_error(
         peer=peer,
         operation=operation,
     )
-
-
-def _rejection(primitive: Any) -> str:
-    parts = []
-    for name in ("result_str", "source_str", "reason_str"):
-        try:
-            text = getattr(primitive, name)
-        except (AttributeError, KeyError, TypeError):
-            continue
-        if text:
-            parts.append(str(text).lower())
-    return ", ".join(parts) or "no reason given"
 
 
 def _connect_problem(peer: Peer, timeout: float) -> str:

@@ -293,14 +293,18 @@ class Receiver:
         return self.handle(event, tally)
 
     def handle(self, event: Any, tally: Tally) -> int:
-        """Save one received instance; the status goes back to the PACS."""
-        request = event.request
-        sop_uid = str(request.AffectedSOPInstanceUID or "")
+        """Save one instance pynetdicom received; the status goes back to the PACS."""
+        sop_uid = str(event.request.AffectedSOPInstanceUID or "")
+        return self.store(sop_uid, tally, lambda: _received_file(event))
+
+    def store(self, sop_uid: str, tally: Tally, received: Callable[[], Path]) -> int:
+        """Save one received instance: ``received()`` gives its complete temporary
+        file (or raises why there is none). Returns the C-STORE status."""
         path: Path | None = None
         with self._lock:
             self._busy += 1
         try:
-            path = _received_file(event)
+            path = received()
             self.sink(path, sop_uid, tally)
         except DICOMTrolleyError as error:
             error.uids = tuple(uid for uid in error.uids if uid)

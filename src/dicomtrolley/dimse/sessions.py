@@ -14,6 +14,7 @@ import itertools
 import threading
 from collections.abc import Callable, Iterator
 from types import TracebackType
+from typing import Protocol
 
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
@@ -167,17 +168,27 @@ class RetrieveSession:
             assoc.abort()
 
 
+class Session(Protocol):
+    """What a SessionPool needs of a session (RetrieveSession, GetSession)."""
+
+    report: DownloadReport
+
+    def retrieve(self, unit: RetrieveUnit) -> Tally: ...
+
+    def close(self) -> None: ...
+
+
 class SessionPool:
     """A session per worker thread, made by factory when first needed."""
 
-    def __init__(self, factory: Callable[[], RetrieveSession]) -> None:
+    def __init__(self, factory: Callable[[], Session]) -> None:
         self.factory = factory
         self._local = threading.local()
-        self._sessions: list[RetrieveSession] = []
+        self._sessions: list[Session] = []
         self._lock = threading.Lock()
 
-    def session(self) -> RetrieveSession:
-        session: RetrieveSession | None = getattr(self._local, "session", None)
+    def session(self) -> Session:
+        session: Session | None = getattr(self._local, "session", None)
         if session is None:
             session = self.factory()
             self._local.session = session
