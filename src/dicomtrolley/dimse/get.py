@@ -238,6 +238,7 @@ class GetSession:
         deadline = (
             time.monotonic() + self.timeouts.total if self.timeouts.total else None
         )
+        logger.debug("%s of %s (message %d)", self.operation, unit, msg_id)
         try:
             link.send(int(context.context_id or 0), command, identifier)
             final, found = _Exchange(self, link, tally, msg_id).run(deadline)
@@ -365,6 +366,7 @@ class _Exchange:
         self.incoming = None
         receiver = self.session.receiver
         status = receiver.store(incoming.sop_uid, self.tally, incoming.finish)
+        logger.debug("C-STORE of %s: status 0x%04X", incoming.sop_uid, status)
         response = dul.encode_command(
             {
                 dul.AFFECTED_SOP_CLASS_UID: dul.command_str(

@@ -146,6 +146,13 @@ class Link:
                 sock.sendall(dul.abort())
             sock.close()
             raise
+        logger.debug(
+            "association with %s accepted: %d of %d contexts, peer's maximum PDU %d",
+            peer,
+            len(accepted),
+            len(proposed),
+            peer_max,
+        )
         return cls(sock, peer, timeouts, accepted, peer_max, operation)
 
     # -- using -----------------------------------------------------------------

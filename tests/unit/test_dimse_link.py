@@ -1,0 +1,479 @@
+"""C-GET over dicomtrolley's own association (dicomtrolley.dimse.link / dimse.get)
+against a scripted peer on loopback that can misbehave in ways a real PACS
+rarely shows: truncated instances, garbage, aborts, releases, endless pending.
+
+Real peers (Orthanc, DCMTK, the emulator) are in tests/orthanc and tests/emulator.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+)
+from pynetdicom.presentation import PresentationContext
+
+from dicomtrolley.core import StudyReference
+from dicomtrolley.dicom_qr import DICOMQRGet
+from dicomtrolley.dimse.errors import (
+    AssociationAbortedError,
+    DIMSETimeoutError,
+    SubOperationError,
+)
+from dicomtrolley.dimse.settings import DIMSETimeouts
+from dicomtrolley.exceptions import DownloadIncompleteError
+from dicomtrolley.formats import dul
+from dicomtrolley.storage import TemplateStorage
+
+STUDY = "1.2.826.0.1.3680043.8.498.77"
+GET_MODEL = "1.2.840.10008.5.1.4.1.2.2.3"
+
+
+def instance(sop_uid: str) -> bytes:
+    """A small CT data set in Explicit VR Little Endian."""
+    dataset = Dataset()
+    dataset.SOPClassUID = CTImageStorage
+    dataset.SOPInstanceUID = sop_uid
+    dataset.StudyInstanceUID = STUDY
+    dataset.SeriesInstanceUID = STUDY + ".1"
+    dataset.PatientName = "Link^Test"
+    dataset.BitsAllocated = 8
+    dataset.PixelData = bytes(range(256)) * 4
+    encoded = encode(dataset, False, True)
+    assert encoded is not None
+    return encoded
+
+
+class Peer:
+    """One scripted association: accepts it, then hands the socket to script."""
+
+    def __init__(self, script: Callable[[Peer], None], max_pdu: int = 16384) -> None:
+        self.script = script
+        self.max_pdu = max_pdu
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self.reader = dul.PDUReader()
+        self.pending: list[dul.Event] = []
+        self.seen: list[dul.Event] = []
+        self.contexts: dict[str, int] = {}  # abstract syntax -> context id
+        self.error: BaseException | None = None
+        self.conn: socket.socket | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.server.settimeout(10)
+            conn, _ = self.server.accept()
+            conn.settimeout(10)
+            self.conn = conn
+            [rq] = self.next(1)
+            assert isinstance(rq, dul.PDU) and rq.type == dul.A_ASSOCIATE_RQ
+            conn.sendall(self._accept(rq.raw))
+            self.script(self)
+        except BaseException as error:  # reported by the test
+            self.error = error
+        finally:
+            if self.conn is not None:
+                self.conn.close()
+            self.server.close()
+
+    def _accept(self, raw: bytes) -> bytes:
+        request = A_ASSOCIATE_RQ()
+        request.decode(raw)
+        asked = request.to_primitive()
+        answer = A_ASSOCIATE()
+        answer.application_context_name = asked.application_context_name
+        answer.calling_ae_title = asked.calling_ae_title
+        answer.called_ae_title = asked.called_ae_title
+        answer.result = 0
+        results = []
+        for proposed in asked.presentation_context_definition_list:
+            context = PresentationContext()
+            context.context_id = proposed.context_id
+            context.abstract_syntax = proposed.abstract_syntax
+            context.transfer_syntax = [proposed.transfer_syntax[0]]
+            context.result = 0
+            results.append(context)
+            self.contexts.setdefault(str(proposed.abstract_syntax), proposed.context_id)
+        maximum = MaximumLengthNotification()
+        maximum.maximum_length_received = self.max_pdu
+        implementation = ImplementationClassUIDNotification()
+        implementation.implementation_class_uid = "1.2.3.4"
+        roles = []
+        for item in asked.user_information:
+            if isinstance(item, SCP_SCU_RoleSelectionNegotiation):
+                role = SCP_SCU_RoleSelectionNegotiation()
+                role.sop_class_uid = item.sop_class_uid
+                role.scu_role = False
+                role.scp_role = True
+                roles.append(role)
+        answer.user_information = [maximum, implementation, *roles]
+        answer.presentation_context_definition_results_list = results
+        pdu = A_ASSOCIATE_AC()
+        pdu.from_primitive(answer)
+        return bytes(pdu.encode())
+
+    def next(self, count: int) -> list[dul.Event]:
+        """The next count events from the requestor."""
+        assert self.conn is not None
+        while len(self.pending) < count:
+            data = self.conn.recv(65536)
+            if not data:
+                raise ConnectionError("requestor closed the connection")
+            self.pending += self.reader.feed(data)
+        events, self.pending = self.pending[:count], self.pending[count:]
+        self.seen += events
+        return events
+
+    def message(self) -> tuple[dict[int, dul.CommandValue], bytes | None]:
+        """The next DIMSE message: command set and data set (if any)."""
+        command = b""
+        while True:
+            [event] = self.next(1)
+            assert isinstance(event, dul.Fragment) and event.command
+            command += bytes(event.data)
+            if event.last:
+                break
+        decoded = dul.decode_command(command)
+        if not dul.has_dataset(decoded):
+            return decoded, None
+        data = b""
+        while True:
+            [event] = self.next(1)
+            assert isinstance(event, dul.Fragment) and not event.command
+            data += bytes(event.data)
+            if event.last:
+                return decoded, data
+
+    def send(self, raw: bytes) -> None:
+        assert self.conn is not None
+        self.conn.sendall(raw)
+
+    def send_message(
+        self,
+        abstract_syntax: str,
+        command: dict[int, dul.CommandValue],
+        data: bytes = b"",
+    ) -> None:
+        context_id = self.contexts[abstract_syntax]
+        if data:
+            command = {**command, dul.COMMAND_DATA_SET_TYPE: 0x0000}
+        else:
+            command = {**command, dul.COMMAND_DATA_SET_TYPE: dul.NO_DATASET}
+        raw = b"".join(
+            dul.p_data(
+                context_id, dul.encode_command(command), command=True, max_length=0
+            )
+        )
+        if data:
+            raw += b"".join(dul.p_data(context_id, data, command=False, max_length=64))
+        self.send(raw)
+
+    def store(self, sop_uid: str, data: bytes, message_id: int = 9) -> None:
+        self.send_message(
+            CTImageStorage,
+            {
+                dul.AFFECTED_SOP_CLASS_UID: CTImageStorage,
+                dul.COMMAND_FIELD: dul.C_STORE_RQ,
+                dul.MESSAGE_ID: message_id,
+                dul.PRIORITY: 0,
+                dul.AFFECTED_SOP_INSTANCE_UID: sop_uid,
+            },
+            data,
+        )
+
+    def get_response(self, request_id: int, status: int, **counts: int) -> None:
+        command: dict[int, dul.CommandValue] = {
+            dul.AFFECTED_SOP_CLASS_UID: GET_MODEL,
+            dul.COMMAND_FIELD: dul.C_GET_RSP,
+            dul.MESSAGE_ID_BEING_RESPONDED_TO: request_id,
+            dul.STATUS: status,
+        }
+        names = {
+            "remaining": dul.REMAINING,
+            "completed": dul.COMPLETED,
+            "failed": dul.FAILED,
+            "warning": dul.WARNING,
+        }
+        for name, value in counts.items():
+            command[names[name]] = value
+        self.send_message(GET_MODEL, command)
+
+    def finish_release(self) -> None:
+        """Answer the requestor's A-RELEASE-RQ."""
+        [event] = self.next(1)
+        assert isinstance(event, dul.PDU) and event.type == dul.A_RELEASE_RQ
+        self.send(dul.release_rp())
+
+    def join(self) -> None:
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        if self.error is not None:
+            raise self.error
+
+
+def downloader(port: int, **timeouts: float) -> DICOMQRGet:
+    return DICOMQRGet(
+        "127.0.0.1",
+        port,
+        aec="SCRIPTED",
+        timeout=DIMSETimeouts(**timeouts) if timeouts else None,
+    )
+
+
+def save(peer: Peer, out: Path, **timeouts: float) -> object:
+    storage = TemplateStorage(out, "{SOPInstanceUID}.dcm")
+    report = downloader(peer.port, **timeouts).save_all(
+        [StudyReference(STUDY)], storage, out
+    )
+    peer.join()
+    return report
+
+
+def files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+# -- the good path, byte by byte ----------------------------------------------------
+
+
+def test_a_whole_exchange(tmp_path: Path) -> None:
+    sops = [generate_uid() for _ in range(2)]
+    answers: list[dict[int, dul.CommandValue]] = []
+    asked: list[Dataset] = []
+
+    def script(peer: Peer) -> None:
+        request, identifier = peer.message()
+        assert request[dul.COMMAND_FIELD] == dul.C_GET_RQ
+        assert request[dul.AFFECTED_SOP_CLASS_UID] == GET_MODEL
+        assert identifier is not None
+        asked.append(decode(io.BytesIO(identifier), False, True))
+        msg_id = dul.command_int(request, dul.MESSAGE_ID)
+        for number, sop in enumerate(sops):
+            peer.store(sop, instance(sop), message_id=100 + number)
+            answers.append(peer.message()[0])
+            peer.get_response(
+                msg_id, 0xFF00, remaining=1 - number, completed=number + 1
+            )
+        peer.get_response(msg_id, 0x0000, completed=2, remaining=0, failed=0)
+        peer.finish_release()
+
+    peer = Peer(script)
+    report = save(peer, tmp_path)
+    assert [p.name for p in files(tmp_path)] == sorted(f"{s}.dcm" for s in sops)
+    assert not report.failures  # type: ignore[attr-defined]
+    assert asked[0].QueryRetrieveLevel == "STUDY"
+    assert asked[0].StudyInstanceUID == STUDY
+    for number, (answer, sop) in enumerate(zip(answers, sops, strict=True)):
+        assert answer[dul.COMMAND_FIELD] == dul.C_STORE_RSP
+        assert answer[dul.STATUS] == 0
+        assert answer[dul.MESSAGE_ID_BEING_RESPONDED_TO] == 100 + number
+        assert answer[dul.AFFECTED_SOP_INSTANCE_UID] == sop
+        assert answer[dul.AFFECTED_SOP_CLASS_UID] == CTImageStorage
+    saved = (tmp_path / f"{sops[0]}.dcm").read_bytes()
+    assert saved[128:132] == b"DICM" and saved.endswith(instance(sops[0]))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on the garbage
+def test_an_instance_that_is_not_dicom_is_refused_and_reported(
+    tmp_path: Path,
+) -> None:
+    sop = generate_uid()
+    answers: list[dict[int, dul.CommandValue]] = []
+
+    def script(peer: Peer) -> None:
+        request, _ = peer.message()
+        msg_id = dul.command_int(request, dul.MESSAGE_ID)
+        peer.store(sop, b"\x08\x00\x18\x00\xff\xff\xff\x00garbage")
+        answers.append(peer.message()[0])
+        peer.get_response(msg_id, 0xA702, failed=1, completed=0)
+        peer.finish_release()
+
+    report = save(Peer(script), tmp_path)
+    assert answers[0][dul.STATUS] == 0xC000  # cannot understand
+    assert files(tmp_path) == []
+    failures = report.failures  # type: ignore[attr-defined]
+    assert any(sop in failure.uids for failure in failures)
+
+
+# -- peers that break off -----------------------------------------------------------
+
+
+def break_off_after_half_an_instance(peer: Peer) -> None:
+    peer.message()
+    sop = generate_uid()
+    data = instance(sop)
+    context_id = peer.contexts[CTImageStorage]
+    command = {
+        dul.AFFECTED_SOP_CLASS_UID: CTImageStorage,
+        dul.COMMAND_FIELD: dul.C_STORE_RQ,
+        dul.MESSAGE_ID: 1,
+        dul.PRIORITY: 0,
+        dul.COMMAND_DATA_SET_TYPE: 0,
+        dul.AFFECTED_SOP_INSTANCE_UID: sop,
+    }
+    peer.send(
+        b"".join(
+            dul.p_data(
+                context_id, dul.encode_command(command), command=True, max_length=0
+            )
+        )
+    )
+    first = next(dul.p_data(context_id, data, command=False, max_length=200))
+    peer.send(first)
+    time.sleep(0.2)
+
+
+def test_a_connection_closed_mid_instance_leaves_no_file(tmp_path: Path) -> None:
+    report = save(Peer(break_off_after_half_an_instance), tmp_path)
+    [failure] = report.failures  # type: ignore[attr-defined]
+    assert isinstance(failure.error, AssociationAbortedError)
+    assert "closed the connection" in str(failure.error)
+    assert STUDY in failure.uids
+    assert files(tmp_path) == []  # not even the partial temporary file
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        (dul.abort(2, 6), "the peer aborted the association (source 2, reason 6)"),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", "protocol error: unknown PDU type 0x48"),
+        (dul.release_rq(), "released the association mid-operation"),
+        (dul.release_rp(), "protocol error: unexpected PDU type 0x06"),
+    ],
+)
+def test_what_a_peer_may_send_instead_of_an_answer(
+    answer: bytes, expected: str, tmp_path: Path
+) -> None:
+    def script(peer: Peer) -> None:
+        peer.message()
+        peer.send(answer)
+        time.sleep(0.2)
+
+    report = save(Peer(script), tmp_path)
+    [failure] = report.failures  # type: ignore[attr-defined]
+    assert isinstance(failure.error, AssociationAbortedError)
+    assert expected in str(failure.error)
+    assert "SCRIPTED at 127.0.0.1" in str(failure.error)
+
+
+def test_a_response_to_another_request_is_a_protocol_error(tmp_path: Path) -> None:
+    def script(peer: Peer) -> None:
+        request, _ = peer.message()
+        peer.get_response(dul.command_int(request, dul.MESSAGE_ID) + 1, 0x0000)
+        time.sleep(0.2)
+
+    report = save(Peer(script), tmp_path)
+    [failure] = report.failures  # type: ignore[attr-defined]
+    assert "a C-GET response to a request we did not send" in str(failure.error)
+
+
+def test_total_timeout_while_the_peer_keeps_answering_pending(tmp_path: Path) -> None:
+    def script(peer: Peer) -> None:
+        request, _ = peer.message()
+        msg_id = dul.command_int(request, dul.MESSAGE_ID)
+        with pytest.raises(OSError):
+            for _ in range(100):
+                peer.get_response(msg_id, 0xFF00, remaining=5)
+                time.sleep(0.05)
+
+    started = time.monotonic()
+    report = save(Peer(script), tmp_path, idle=5, total=0.5)
+    assert time.monotonic() - started < 3
+    [failure] = report.failures  # type: ignore[attr-defined]
+    assert isinstance(failure.error, DIMSETimeoutError)
+    assert "total timeout" in str(failure.error)
+
+
+def test_missing_instances_are_counted_against_the_final_response(
+    tmp_path: Path,
+) -> None:
+    def script(peer: Peer) -> None:
+        request, _ = peer.message()
+        msg_id = dul.command_int(request, dul.MESSAGE_ID)
+        peer.get_response(msg_id, 0x0000, completed=3)
+        peer.finish_release()
+
+    report = save(Peer(script), tmp_path)
+    [failure] = report.failures  # type: ignore[attr-defined]
+    assert isinstance(failure.error, SubOperationError)
+    assert "3 instance(s) reported sent never arrived" in str(failure.error)
+
+
+# -- in memory ----------------------------------------------------------------------
+
+
+def test_stopping_early_aborts_the_association() -> None:
+    sops = [generate_uid() for _ in range(20)]
+    ended: list[str] = []
+
+    def script(peer: Peer) -> None:
+        peer.message()
+        try:
+            for sop in sops:
+                peer.store(sop, instance(sop))
+                peer.message()
+        except (ConnectionError, AssertionError, OSError):
+            ended.append("stopped")
+            kinds = [e.type for e in peer.seen if isinstance(e, dul.PDU)]
+            ended.append("abort" if dul.A_ABORT in kinds else "closed")
+
+    peer = Peer(script)
+    datasets = downloader(peer.port).datasets([StudyReference(STUDY)])
+    first = next(iter(datasets))
+    assert first.SOPInstanceUID == sops[0]
+    datasets.close()  # type: ignore[attr-defined]
+    peer.join()
+    assert ended == ["stopped", "abort"]
+
+
+@pytest.fixture
+def no_peer() -> Iterator[int]:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = int(server.getsockname()[1])
+    server.close()
+    yield port
+
+
+def test_nobody_listening(no_peer: int, tmp_path: Path) -> None:
+    storage = TemplateStorage(tmp_path, "{SOPInstanceUID}.dcm")
+    report = downloader(no_peer).save_all([StudyReference(STUDY)], storage, tmp_path)
+    [failure] = report.failures
+    assert "cannot connect" in str(failure.error)
+    with pytest.raises(DownloadIncompleteError):
+        report.raise_for_failures()
+
+
+def test_files_of_the_requested_transfer_syntax(tmp_path: Path) -> None:
+    sop = generate_uid()
+
+    def script(peer: Peer) -> None:
+        request, _ = peer.message()
+        peer.store(sop, instance(sop))
+        peer.message()
+        peer.get_response(dul.command_int(request, dul.MESSAGE_ID), 0, completed=1)
+        peer.finish_release()
+
+    save(Peer(script), tmp_path)
+    import pydicom
+
+    [path] = files(tmp_path)
+    read = pydicom.dcmread(path)
+    assert read.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert read.file_meta.SourceApplicationEntityTitle == "SCRIPTED"
+    assert read.PatientName == "Link^Test"
