@@ -400,6 +400,68 @@ def test_total_timeout_while_the_peer_keeps_answering_pending(tmp_path: Path) ->
     assert "total timeout" in str(failure.error)
 
 
+def test_a_pending_response_with_an_identifier_is_tolerated(tmp_path: Path) -> None:
+    sop = generate_uid()
+
+    def script(peer: Peer) -> None:
+        request, _ = peer.message()
+        msg_id = dul.command_int(request, dul.MESSAGE_ID)
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        raw = encode(identifier, False, True)
+        assert raw is not None
+        peer.send_message(
+            GET_MODEL,
+            {
+                dul.AFFECTED_SOP_CLASS_UID: GET_MODEL,
+                dul.COMMAND_FIELD: dul.C_GET_RSP,
+                dul.MESSAGE_ID_BEING_RESPONDED_TO: msg_id,
+                dul.STATUS: 0xFF00,
+                dul.REMAINING: 1,
+            },
+            raw,
+        )
+        peer.store(sop, instance(sop))
+        peer.message()
+        peer.get_response(msg_id, 0x0000, completed=1)
+        peer.finish_release()
+
+    report = save(Peer(script), tmp_path)
+    assert not report.failures  # type: ignore[attr-defined]
+    assert [p.name for p in files(tmp_path)] == [f"{sop}.dcm"]
+
+
+def test_failed_uids_in_the_final_identifier_are_reported(tmp_path: Path) -> None:
+    lost = generate_uid()
+
+    def script(peer: Peer) -> None:
+        request, _ = peer.message()
+        msg_id = dul.command_int(request, dul.MESSAGE_ID)
+        identifier = Dataset()
+        identifier.FailedSOPInstanceUIDList = [lost]
+        raw = encode(identifier, False, True)
+        assert raw is not None
+        peer.send_message(
+            GET_MODEL,
+            {
+                dul.AFFECTED_SOP_CLASS_UID: GET_MODEL,
+                dul.COMMAND_FIELD: dul.C_GET_RSP,
+                dul.MESSAGE_ID_BEING_RESPONDED_TO: msg_id,
+                dul.STATUS: 0xB000,
+                dul.FAILED: 1,
+                dul.COMPLETED: 0,
+            },
+            raw,
+        )
+        peer.finish_release()
+
+    report = save(Peer(script), tmp_path)
+    [failure] = report.failures  # type: ignore[attr-defined]
+    assert isinstance(failure.error, SubOperationError)
+    assert lost in failure.uids
+    assert f"the PACS failed to send instance {lost}" in str(failure.error)
+
+
 def test_missing_instances_are_counted_against_the_final_response(
     tmp_path: Path,
 ) -> None:

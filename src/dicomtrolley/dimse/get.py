@@ -286,6 +286,7 @@ class _Exchange:
         self.incoming_context = 0
         self.final: dict[int, dul.CommandValue] | None = None
         self.identifier = bytearray()
+        self.skipping = False  # the data set of a pending response (not expected)
         self.done = False
 
     def run(
@@ -316,7 +317,7 @@ class _Exchange:
         return self.final, found
 
     def _command_fragment(self, event: dul.Fragment) -> None:
-        if self.incoming is not None or (self.final is not None):
+        if self.incoming is not None or self.final is not None or self.skipping:
             raise self._protocol("a command arrived before the data set it follows")
         self.command += event.data
         if not event.last:
@@ -352,6 +353,9 @@ class _Exchange:
         self.incoming_context = context_id
 
     def _data_fragment(self, event: dul.Fragment) -> None:
+        if self.skipping:
+            self.skipping = not event.last
+            return
         if self.final is not None:
             self.identifier += event.data
             if event.last:
@@ -388,6 +392,8 @@ class _Exchange:
             raise self._protocol("a C-GET response to a request we did not send")
         status = dul.command_int(command, dul.STATUS)
         if status in PENDING:
+            # PS3.4 C.4.3.1.3.2: no identifier in pending responses; skip one if sent
+            self.skipping = dul.has_dataset(command)
             if not self.announced:
                 self.session.progress.add_total(
                     instances=sum(
