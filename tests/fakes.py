@@ -22,6 +22,9 @@ query string) to a Reply or such a function; unknown paths get 404.
 The helpers at the end build bodies: :func:`dicom_file` (a small valid PS3.10
 file), :func:`multipart_body` and :func:`multipart_reply` (multipart/related with
 a chosen boundary, quoted or not), :func:`json_reply` and :func:`html_reply`.
+
+:class:`RecordingProgress` is a :class:`dicomtrolley.download.Progress` that
+remembers every call, to check what a download shows.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ __all__ = [
     "FakeServer",
     "Handler",
     "Recorded",
+    "RecordingProgress",
     "Reply",
     "dicom_file",
     "html_reply",
@@ -488,3 +492,41 @@ def html_reply(status: int, title: str, text: str = "") -> Reply:
         body=page.encode("utf-8"),
         headers={"Content-Type": "text/html; charset=utf-8"},
     )
+
+
+class RecordingProgress:
+    """A thread-safe Progress that records every call as (method, value).
+
+    ``mark(label)`` adds an entry of its own, e.g. when a request goes out.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int | str]] = []
+        self._lock = threading.Lock()
+
+    def _record(self, method: str, value: int | str) -> None:
+        with self._lock:
+            self.calls.append((method, value))
+
+    def add_total(self, instances: int = 0, nbytes: int = 0) -> None:
+        if instances:
+            self._record("instances_total", instances)
+        if nbytes:
+            self._record("bytes_total", nbytes)
+
+    def advance_bytes(self, nbytes: int) -> None:
+        self._record("advance", nbytes)
+
+    def instance_done(self, nbytes: int = 0, skipped: bool = False) -> None:
+        self._record("skipped" if skipped else "done", nbytes)
+
+    def mark(self, label: str) -> None:
+        self._record("mark", label)
+
+    def values(self, method: str) -> list[int]:
+        """The values of every call to method, in order."""
+        with self._lock:
+            return [v for m, v in self.calls if m == method and isinstance(v, int)]
+
+    def total(self, method: str) -> int:
+        return sum(self.values(method))

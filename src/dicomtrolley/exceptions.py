@@ -42,13 +42,53 @@ re-exported from :mod:`dicomtrolley.core`, where dicomtrolley 4.1.0 had them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
+
+REDACTED = "***"
+"""What :func:`redact_url` shows instead of a secret parameter value."""
+
+# Parameter names (lower case, letters and digits only) whose values are secret.
+_SECRET_NAMES = frozenset(
+    {
+        "auth",
+        "authorization",
+        "key",
+        "pass",
+        "passphrase",
+        "passwd",
+        "pwd",
+        "session",
+        "sid",
+        "sig",
+    }
+)
+_SECRET_ENDINGS = (
+    "accesskey",
+    "apikey",
+    "password",
+    "privatekey",
+    "secret",
+    "secretkey",
+    "sessid",
+    "sessionid",
+    "signature",
+    "token",
+)
 
 
 def redact_url(url: str | None) -> str | None:
-    """The URL without user information (``user:password@``) and without a fragment."""
+    """The URL with its secrets hidden, fit for errors and logs.
+
+    User information (``user:password@``) and the fragment are removed. The
+    value of every query or path parameter (``;jsessionid=...``) whose name
+    says it is a secret (``password``, ``token``, ``access_token``, ``api_key``,
+    ``secret``, ``session`` ...) becomes :data:`REDACTED`. Names match in any
+    case, spelling (``api_key``, ``Api-Key``, ``apikey``) and percent encoding;
+    all names, the other values and their order stay as they were.
+    """
     if not url:
         return url
     try:
@@ -56,7 +96,28 @@ def redact_url(url: str | None) -> str | None:
     except ValueError:
         return "<unparseable URL>"
     netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+    path = "/".join(_redact_segment(segment) for segment in parts.path.split("/"))
+    query = "".join(_redact_parameter(p) for p in re.split(r"([&;])", parts.query))
+    return urlunsplit((parts.scheme, netloc, path, query, ""))
+
+
+def _redact_segment(segment: str) -> str:
+    """A path segment with its secret parameters (``;name=value``) hidden."""
+    name, *parameters = segment.split(";")
+    return ";".join([name, *(_redact_parameter(p) for p in parameters)])
+
+
+def _redact_parameter(parameter: str) -> str:
+    """``name=value``, with value hidden if name is a secret's and value is set."""
+    name, equals, value = parameter.partition("=")
+    if value and _is_secret_name(name):
+        return f"{name}{equals}{REDACTED}"
+    return parameter
+
+
+def _is_secret_name(name: str) -> bool:
+    plain = re.sub(r"[^a-z0-9]", "", unquote_plus(name).lower())
+    return plain in _SECRET_NAMES or plain.endswith(_SECRET_ENDINGS)
 
 
 class DICOMTrolleyError(Exception):

@@ -215,6 +215,45 @@ def _prefix(what: str) -> str:
     return f"{what}: " if what else ""
 
 
+class _RetriedAnswerProgress:
+    """Progress of one answer that may be fetched again: each byte shown once.
+
+    A retry receives the answer again from its first byte. A new attempt moves
+    the display only past the furthest byte an earlier attempt reached, so the
+    bar never goes back and stays live, and ends at the size of the answer that
+    was kept. A Content-Length is added to the total once, not per attempt.
+    Used by one thread at a time (one answer); the wrapped Progress is shared.
+    """
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._shown = 0  # furthest byte of the answer shown so far
+        self._received = 0  # bytes received by the current attempt
+        self._announced = 0  # largest Content-Length added to the total
+
+    def new_attempt(self) -> None:
+        """A new attempt starts receiving the answer from its first byte."""
+        self._received = 0
+
+    def announce(self, nbytes: int) -> None:
+        """An attempt's Content-Length: added to the total if it grew."""
+        if nbytes > self._announced:
+            self._progress.add_total(nbytes=nbytes - self._announced)
+            self._announced = nbytes
+
+    def add_total(self, instances: int = 0, nbytes: int = 0) -> None:
+        self._progress.add_total(instances=instances, nbytes=nbytes)
+
+    def advance_bytes(self, nbytes: int) -> None:
+        self._received += nbytes
+        if self._received > self._shown:
+            self._progress.advance_bytes(self._received - self._shown)
+            self._shown = self._received
+
+    def instance_done(self, nbytes: int = 0, skipped: bool = False) -> None:
+        self._progress.instance_done(nbytes, skipped=skipped)
+
+
 def save_answer_with_retry(
     open_response: Callable[[], requests.Response],
     retry: Retry,
@@ -233,10 +272,12 @@ def save_answer_with_retry(
 
     A body that breaks off is fetched again under retry
     (:func:`~dicomtrolley.transport.read_with_retry`); a file saved again by a
-    retry is reported once. With announce_length, the answer's Content-Length is
-    added to the progress total. An answer that holds no instance is an error.
+    retry is reported once, and the bytes of an answer received again are
+    shown once. With announce_length, the answer's Content-Length is added to
+    the progress total. An answer that holds no instance is an error.
     """
     reported: set[Path] = set()
+    shown = _RetriedAnswerProgress(progress)
 
     def on_saved(path: Path, nbytes: int) -> None:
         if path not in reported:
@@ -245,12 +286,11 @@ def save_answer_with_retry(
             progress.instance_done(nbytes)
 
     def read(response: requests.Response) -> None:
+        shown.new_attempt()
         length = response.headers.get("Content-Length", "")
         if announce_length and length.isdigit():
-            progress.add_total(nbytes=int(length))
-        events = iter_parts(
-            response, chunk_size, what=what, uids=uids, progress=progress
-        )
+            shown.announce(int(length))
+        events = iter_parts(response, chunk_size, what=what, uids=uids, progress=shown)
         if not save_parts(
             events, storage, output_dir, on_saved=on_saved, expected=expected
         ):

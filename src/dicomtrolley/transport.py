@@ -273,6 +273,8 @@ def _reason(error: BaseException) -> str:
         if found:
             return found.group(0).strip()
     text = re.sub(r"https?://\S+", "<url>", text)
+    # urllib3's "Max retries exceeded with url: /path?query" (may hold secrets)
+    text = re.sub(r"(with url: )\S+", r"\1<url>", text)
     return text[:200] or type(error).__name__
 
 

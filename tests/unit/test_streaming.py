@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import urllib3
 from requests.structures import CaseInsensitiveDict
 
 from dicomtrolley.core import InstanceReference
+from dicomtrolley.download import DownloadReport
 from dicomtrolley.exceptions import (
     DICOMParseError,
     DICOMTrolleyConnectionError,
@@ -30,11 +32,13 @@ from dicomtrolley.streaming import (
     datasets_from_parts,
     iter_body,
     iter_parts,
+    save_answer_with_retry,
     save_parts,
 )
 from dicomtrolley.transport import Retry, read_with_retry
 from tests.fakes import (
     FakeServer,
+    RecordingProgress,
     Reply,
     dicom_file,
     multipart_body,
@@ -448,3 +452,69 @@ def test_read_with_retry_leaves_opening_to_the_transport() -> None:
     with pytest.raises(ServerHTTPError):
         read_with_retry(failing_open, lambda r: None, Retry(total=3, backoff_factor=0))
     assert calls == [1]
+
+
+# --------------------------------------------------------------------------- #
+# save_answer_with_retry: what the progress display is told
+# --------------------------------------------------------------------------- #
+
+
+def advances_per_request(progress: RecordingProgress) -> list[int]:
+    """Bytes advanced while each request's answer came in, request by request."""
+    per_request: list[int] = []
+    for method, value in progress.calls:
+        if method == "mark":
+            per_request.append(0)
+        elif method == "advance":
+            assert isinstance(value, int)
+            per_request[-1] += value
+    return per_request
+
+
+@pytest.mark.parametrize(
+    "cuts",
+    [(-100,), (1500, 700), (700, 1500)],
+    ids=["near-the-end", "shorter-second-cut", "longer-second-cut"],
+)
+def test_retried_answer_shows_each_byte_once(
+    session: requests.Session, tmp_path: Path, cuts: tuple[int, ...]
+) -> None:
+    files = [part_file(1), part_file(2)]
+    good = multipart_reply(files)
+    size = len(good.body)
+    cut_at = [cut % size for cut in cuts]
+    answers = iter(
+        [multipart_reply(files, cut_after=cut, piece_size=256) for cut in cut_at]
+        + [good]
+    )
+    progress = RecordingProgress()
+    report = DownloadReport()
+    with FakeServer(lambda request: next(answers)) as fake:
+
+        def open_response() -> requests.Response:
+            progress.mark("request")
+            return session.get(fake.url + "/x", stream=True, timeout=(2, 5))
+
+        save_answer_with_retry(
+            open_response,
+            Retry(total=len(cuts), backoff_factor=0),
+            StorageDir(tmp_path),
+            tmp_path,
+            report,
+            progress,
+            chunk_size=128,
+            what=WHAT,
+            uids=UIDS,
+            announce_length=True,
+        )
+    assert len(fake.requests) == len(cuts) + 1
+    assert len(report.saved) == 2
+    # the bytes shown are those of the answer kept, announced once
+    assert progress.total("advance") == size
+    assert progress.total("bytes_total") == size
+    assert progress.values("done") == [len(content) for content in files]
+    # the bar moves while a broken answer comes in and never goes back: an
+    # answer moves it only past the furthest byte an earlier one reached
+    assert all(nbytes > 0 for nbytes in progress.values("advance"))
+    furthest = [max(cut_at[: n + 1]) for n in range(len(cut_at))] + [size]
+    assert list(accumulate(advances_per_request(progress))) == furthest

@@ -34,6 +34,7 @@ from dicomtrolley.transport import (
     Retry,
     Timeout,
     ensure_pool_size,
+    map_requests_error,
     new_session,
 )
 
@@ -568,3 +569,85 @@ def test_new_session_and_bearer_auth(server: ScriptedServer) -> None:
 )
 def test_redact_url(url: str | None, expected: str | None) -> None:
     assert redact_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "https://pacs/wado?requestType=WADO&password=s3cret&user=bob",
+            "https://pacs/wado?requestType=WADO&password=***&user=bob",
+        ),
+        ("https://pacs/rs?access_token=abc", "https://pacs/rs?access_token=***"),
+        (
+            "https://pacs/rs?token=t1&studyUID=1.2&api_key=k1&apikey=k2&key=k3",
+            "https://pacs/rs?token=***&studyUID=1.2&api_key=***&apikey=***&key=***",
+        ),
+        (
+            "http://h/w?secret=a&pass=b&pwd=c&auth=d&session=e&sessionid=f",
+            "http://h/w?secret=***&pass=***&pwd=***&auth=***&session=***&sessionid=***",
+        ),
+        # names in any case and spelling, values holding "=" and "%"
+        (
+            "http://h/w?PassWord=x%3Dy&Access-Token=a=b&X-Api-Key=z&client_secret=s",
+            "http://h/w?PassWord=***&Access-Token=***&X-Api-Key=***&client_secret=***",
+        ),
+        # percent-encoded and plus-encoded names
+        (
+            "http://h/w?%70assword=x&access%5Ftoken=y&api+key=z",
+            "http://h/w?%70assword=***&access%5Ftoken=***&api+key=***",
+        ),
+        # repeated keys: every value goes, order and neighbours stay
+        (
+            "http://h/w?token=1&objectUID=2&token=3&contentType=application%2Fdicom",
+            "http://h/w?token=***&objectUID=2&token=***"
+            "&contentType=application%2Fdicom",
+        ),
+        # keys without a value have nothing to hide
+        ("http://h/w?token&password=&debug", "http://h/w?token&password=&debug"),
+        # semicolons between parameters, as some old servers use
+        ("http://h/w?a=1;password=2", "http://h/w?a=1;password=***"),
+        # path parameters
+        (
+            "https://pacs/wado;jsessionid=ABC123?objectUID=1.2",
+            "https://pacs/wado;jsessionid=***?objectUID=1.2",
+        ),
+        (
+            "https://pacs/a;v=2/b;JSESSIONID=x;y=1/c",
+            "https://pacs/a;v=2/b;JSESSIONID=***;y=1/c",
+        ),
+        # credentials in both places, and a fragment that may hold a token too
+        (
+            "https://bob:pw@pacs/wado?password=pw&x=1#access_token=t",
+            "https://pacs/wado?password=***&x=1",
+        ),
+        # names that merely look alike are kept
+        (
+            "http://h/w?keyword=k&passage=p&tokens_left=3&studyUID=1.2",
+            "http://h/w?keyword=k&passage=p&tokens_left=3&studyUID=1.2",
+        ),
+    ],
+)
+def test_redact_url_hides_secrets_in_query_and_path(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+def test_errors_never_show_a_password_from_the_query_string() -> None:
+    error = ServerHTTPError(
+        "busy", url="https://pacs/wado?objectUID=1.2&password=s3cret", status_code=503
+    )
+    assert "s3cret" not in str(error)
+    assert error.url == "https://pacs/wado?objectUID=1.2&password=***"
+
+
+def test_connection_error_reasons_never_show_the_query_string() -> None:
+    url = "https://pacs.example/wado?objectUID=1.2&password=s3cret"
+    error = requests.exceptions.SSLError(
+        "HTTPSConnectionPool(host='pacs.example', port=443): Max retries exceeded "
+        "with url: /wado?objectUID=1.2&password=s3cret (Caused by SSLError("
+        "SSLCertVerificationError(1, 'certificate verify failed')))"
+    )
+    mapped = map_requests_error(error, "GET", url, "WADO-URI")
+    assert "s3cret" not in str(mapped)
+    assert "with url: <url>" in str(mapped)
+    assert "certificate verify failed" in str(mapped)

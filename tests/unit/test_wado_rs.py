@@ -38,6 +38,7 @@ from dicomtrolley.wado_rs import WadoRS, WadoRSMetaData
 from tests.fakes import (
     FakeServer,
     Recorded,
+    RecordingProgress,
     Reply,
     dicom_file,
     html_reply,
@@ -356,6 +357,25 @@ def test_broken_connection_then_success_on_retry(
     assert len(report.saved) == 3
     assert report.bytes_written == sum(len(content) for content in files.values())
     assert leftovers(tmp_path) == []
+
+
+def test_progress_shows_the_bytes_of_a_retried_answer_once(
+    session: requests.Session, tmp_path: Path
+) -> None:
+    files = series_files(1)
+    good = multipart_reply(list(files.values()))
+    broken = multipart_reply(list(files.values()), cut_after=len(good.body) - 100)
+    progress = RecordingProgress()
+    with FakeServer({series_path(1): first_fails(broken, good)}) as fake:
+        downloader = wado(fake, session, retry=Retry(total=2, backoff_factor=0))
+        report = downloader.save_all(
+            [series_ref(1)], StorageDir(tmp_path), tmp_path, progress=progress
+        )
+    assert report.failures == []
+    assert len(fake.requests) == 2
+    assert progress.total("advance") == len(good.body)
+    assert progress.total("bytes_total") == len(good.body)
+    assert progress.values("done") == [len(content) for content in files.values()]
 
 
 def test_always_truncated_answer_is_tried_retry_total_plus_one_times(

@@ -27,7 +27,14 @@ from dicomtrolley.exceptions import (
 from dicomtrolley.storage import StorageDir
 from dicomtrolley.transport import Retry
 from dicomtrolley.wado_uri import WadoURI
-from tests.fakes import FakeServer, Recorded, Reply, dicom_file, html_reply
+from tests.fakes import (
+    FakeServer,
+    Recorded,
+    RecordingProgress,
+    Reply,
+    dicom_file,
+    html_reply,
+)
 
 PATH = "/wado"
 STUDY = "1.2.826.0.1.3680043.8.498.300"
@@ -212,6 +219,29 @@ def test_get_dataset_retries_a_cut_answer(session: requests.Session) -> None:
         dataset = downloader.get_dataset(ref)
     assert dataset.SOPInstanceUID == ref.instance_uid
     assert len(fake.requests) == 2
+
+
+def test_save_all_progress_shows_the_bytes_of_a_retried_answer_once(
+    session: requests.Session, tmp_path: Path
+) -> None:
+    ref = instance(1)
+    body = content(ref)
+    answers = iter(
+        [
+            Reply(200, body, {"Content-Type": "application/dicom"}, cut_after=300),
+            Reply(200, body, {"Content-Type": "application/dicom"}),
+        ]
+    )
+    progress = RecordingProgress()
+    with FakeServer({PATH: lambda request: next(answers)}) as fake:
+        downloader = wado(fake, session, retry=Retry(total=1, backoff_factor=0))
+        report = downloader.save_all(
+            [ref], StorageDir(tmp_path), tmp_path, progress=progress
+        )
+    assert report.failures == []
+    assert len(fake.requests) == 2
+    assert progress.total("advance") == len(body)
+    assert progress.values("done") == [len(body)]
 
 
 def test_get_dataset_server_error_tried_retry_total_plus_one_times(
