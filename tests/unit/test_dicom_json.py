@@ -34,7 +34,7 @@ from pydicom.uid import UID
 from pydicom.valuerep import DA, IS, DSdecimal, DSfloat, ISfloat, PersonName
 
 from dicomtrolley.exceptions import ResponseFormatError
-from dicomtrolley.formats import dicom_json
+from dicomtrolley.formats import dicom_json_attributes, fast_dataset
 from dicomtrolley.formats.dicom_json import dataset_from_json_dict, parse_dicom_json
 
 # ------------------------------------------------------------------ comparison
@@ -580,17 +580,23 @@ def test_validation_mode_stored_as_by_pydicom(mode: int) -> None:
 
 def test_fallback_constructors_equivalent(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the construction shortcuts (a future pydicom) the result is the same."""
-    monkeypatch.setattr(dicom_json, "_make_element", dicom_json._element_slow)
-    monkeypatch.setattr(dicom_json, "_make_multi", dicom_json._multi_slow)
-    monkeypatch.setattr(dicom_json, "_person_name", dicom_json._person_name_slow)
-    monkeypatch.setattr(dicom_json, "_make_dataset", dicom_json._dataset_slow)
-    monkeypatch.setattr(dicom_json, "_make_uid", UID)
+    slow = {
+        "make_element": fast_dataset._element_slow,
+        "make_multi": fast_dataset._multi_slow,
+        "person_name": fast_dataset._person_name_slow,
+        "make_dataset": fast_dataset._dataset_slow,
+        "make_uid": UID,
+    }
+    # Each module that uses a builder has its own name for it.
+    for module in (fast_dataset, dicom_json_attributes):
+        for name, constructor in slow.items():
+            monkeypatch.setattr(module, name, constructor)
     assert_equivalent(all_attributes())
     assert_equivalent(qido_instance(1, 2, 3))
 
 
 def test_shortcuts_agree_with_this_pydicom() -> None:
-    assert dicom_json._shortcuts_agree() == {
+    assert dict(fast_dataset.SHORTCUTS) == {
         "element": True,
         "multi": True,
         "person_name": True,
@@ -974,3 +980,18 @@ def test_gc_pause_with_concurrent_parses() -> None:
         thread.join()
     assert not errors
     assert gc.isenabled()
+
+
+@pytest.mark.usefixtures("ds_decimal")
+def test_ds_decimal_garbage_is_a_format_error_or_kept_as_text() -> None:
+    body = json.dumps([{"00280030": {"vr": "DS", "Value": ["abc"]}}]).encode()
+    with pytest.warns(UserWarning, match="not a number"):
+        [dataset] = parse_dicom_json(body)
+    assert dataset[0x00280030].value == "abc"
+    saved = pydicom_config.settings.reading_validation_mode
+    pydicom_config.settings.reading_validation_mode = pydicom_config.RAISE
+    try:
+        with pytest.raises(ResponseFormatError, match="00280030"):
+            parse_dicom_json(body)
+    finally:
+        pydicom_config.settings.reading_validation_mode = saved

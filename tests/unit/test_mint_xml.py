@@ -758,12 +758,22 @@ def test_objects_are_pydantic_models_like_validated_ones() -> None:
 
 def test_without_construction_shortcuts(monkeypatch: pytest.MonkeyPatch) -> None:
     """pydicom's and pydantic's own constructors give the same tree."""
-    from dicomtrolley.formats import mint_xml
+    from dicomtrolley.formats import fast_dataset, mint_xml, mint_xml_values
 
     fast = parse_mint_xml(INSTANCE_LEVEL)
-    monkeypatch.setattr(mint_xml, "_make_element", mint_xml._element_slow)
+    slow = {
+        "make_element": fast_dataset._element_slow,
+        "make_multi": fast_dataset._multi_slow,
+        "person_name": fast_dataset._person_name_slow,
+        "make_dataset": fast_dataset._dataset_slow,
+        "make_uid": UID,
+    }
+    # Each module that uses a builder has its own name for it.
+    for module in (fast_dataset, mint_xml, mint_xml_values):
+        for name, constructor in slow.items():
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, constructor)
     monkeypatch.setattr(mint_xml, "_construct", mint_xml._construct_slow)
-    monkeypatch.setattr(mint_xml, "_make_uid", UID)
     slow = parse_mint_xml(INSTANCE_LEVEL)
     assert same_tree(slow, fast)
     element = slow[0].data["PatientName"]
@@ -772,7 +782,7 @@ def test_without_construction_shortcuts(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_construction_shortcuts_are_in_use() -> None:
-    from dicomtrolley.formats import mint_xml
+    from dicomtrolley.formats import fast_dataset, mint_xml
 
-    assert mint_xml._make_element is mint_xml._element_fast
+    assert all(fast_dataset.SHORTCUTS.values())
     assert mint_xml._construct is mint_xml._construct_fast

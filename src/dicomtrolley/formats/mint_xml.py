@@ -29,17 +29,17 @@ entity declarations to expand and no external entities to fetch), and with its
 guards against entity declarations and external references in place. Only the
 element handlers are replaced by this module's own, which build the objects
 directly, without an intermediate element tree and without pydicom's and
-pydantic's checking constructors (checked at import to build equal objects, else
-not used): ``benchmarks/search_parse.py`` measured a 10,000 instance search in
-about a fifth of the time dicomtrolley 4.1.0 needed (ElementTree, then a pydicom
-``DataElement`` per attribute through ``Dataset.__setitem__``).
+pydantic's checking constructors (the shortcuts of
+:mod:`dicomtrolley.formats.fast_dataset`, and one for pydantic's
+``model_construct`` here; all checked at import to build equal objects, else not
+used): ``benchmarks/search_parse.py``
+measured a 10,000 instance search in about a fifth of the time dicomtrolley
+4.1.0 needed (ElementTree, then a pydicom ``DataElement`` per attribute through
+``Dataset.__setitem__``).
 
-Values are converted for their VR as pydicom does when it is given the text:
-``UI`` → ``UID``, ``PN`` → ``PersonName``, ``IS``/``DS`` → ``IS``/``DS``,
-``US``/``UL``/``SS``/``SL``/``SV``/``UV`` → ``int``, ``FL``/``FD`` → ``float``,
-``AT`` → tag; other text VRs stay ``str`` (``DA``/``DT``/``TM`` become pydicom
-date objects when ``pydicom.config.datetime_conversion`` is on). A number that
-does not parse is kept as the text sent. Errors raise
+Values are converted for their VR as pydicom does when it is given the text
+(``UI`` → ``UID``, ``PN`` → ``PersonName``, ``IS`` → ``IS`` ...; see
+:mod:`dicomtrolley.formats.mint_xml_values`). Errors raise
 :class:`~dicomtrolley.exceptions.ResponseFormatError`: malformed XML, an HTML
 page, a root other than ``studySearchResults``, a bad ``tag``, a document type
 declaration, or a study, series or instance without its UID.
@@ -56,24 +56,30 @@ from xml.etree.ElementTree import Element
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser, ParseError
 from pydantic import BaseModel
-from pydicom import config as pydicom_config
-from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement, empty_value_for_VR
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
-from pydicom.valuerep import ALLOW_BACKSLASH, DS, IS, PersonName
 
 from dicomtrolley.core import DICOMObject, Instance, Series, Study
 from dicomtrolley.exceptions import ResponseFormatError
-from dicomtrolley.formats.dicom_json import (
-    _empty_person_name,
-    _gc_paused,
-    _make_dataset,
-    _make_multi,
-    _person_name,
+from dicomtrolley.formats.fast_dataset import (
+    gc_paused,
+    make_dataset,
+    make_element,
+    make_uid,
+    set_private_creator,
+)
+from dicomtrolley.formats.mint_xml_values import (
+    SERIES_UID_TAG,
+    SOP_UID_TAG,
+    STUDY_UID_TAG,
+    TAG_CACHE,
+    Context,
+    convert_attr,
+    parse_tag,
 )
 
 __all__ = [
@@ -92,10 +98,6 @@ MINT_NAMESPACE: Final = "http://medical.nema.org/mint"
 _NS: Final = "{" + MINT_NAMESPACE + "}"
 
 _Elements = MutableMapping[BaseTag, Any]  # a Dataset's _dict
-
-STUDY_UID_TAG: Final = BaseTag(0x0020000D)
-SERIES_UID_TAG: Final = BaseTag(0x0020000E)
-SOP_UID_TAG: Final = BaseTag(0x00080018)
 
 
 # ------------------------------------------------------------------ the model
@@ -222,269 +224,6 @@ _construct: Callable[[type[BaseModel], dict[str, Any]], Any] = (
 )
 
 
-# ------------------------------------------------------------------- elements
-
-
-def _element_slow(tag: BaseTag, vr: str, value: Any, mode: int) -> DataElement:
-    return DataElement(tag, vr, value, already_converted=True, validation_mode=mode)
-
-
-_ELEMENT_STATE: Final[dict[str, Any]] = {
-    "tag": None,
-    "VR": None,
-    "validation_mode": None,
-    "_value": None,
-    "file_tell": None,
-    "is_undefined_length": False,
-    "private_creator": None,
-}
-
-
-def _element_fast(tag: BaseTag, vr: str, value: Any, mode: int) -> DataElement:
-    # The attributes DataElement.__init__ sets, in its order, without its checks.
-    state = _ELEMENT_STATE.copy()
-    state["tag"] = tag
-    state["VR"] = vr
-    state["validation_mode"] = mode
-    state["_value"] = value
-    elem: DataElement = object.__new__(DataElement)
-    elem.__dict__ = state
-    return elem
-
-
-def _element_agrees() -> bool:
-    try:
-        tag = BaseTag(0x00100020)
-        mode = pydicom_config.settings.reading_validation_mode
-        normal = DataElement(tag, "LO", "x", validation_mode=mode)
-        fast = _element_fast(tag, "LO", "x", mode)
-        return list(vars(normal).items()) == list(vars(fast).items())
-    except Exception:
-        return False
-
-
-_make_element = _element_fast if _element_agrees() else _element_slow
-
-
-def _uid_fast(value: str) -> UID:
-    uid: UID = str.__new__(UID, value)
-    return uid
-
-
-_make_uid: Callable[[str], UID] = (
-    _uid_fast if vars(UID("1.2")) == vars(_uid_fast("1.2")) else UID
-)
-
-
-_TAG_RE: Final = re.compile(r"[0-9A-Fa-f]{8}")
-_TAG_CACHE_MAX: Final = 65536
-# The UID tags are looked up in every dataset: the same objects as keys make
-# those look-ups identity hits (BaseTag's __eq__ is Python code).
-_TAG_CACHE: dict[str, BaseTag] = {
-    f"{int(tag):08{case}}": tag
-    for tag in (STUDY_UID_TAG, SERIES_UID_TAG, SOP_UID_TAG)
-    for case in "xX"
-}
-
-
-def _parse_tag(text: str | None) -> BaseTag:
-    if text is None:
-        raise ResponseFormatError("MINT answer: an attr element has no tag")
-    stripped = text.strip()
-    if not _TAG_RE.fullmatch(stripped):
-        raise ResponseFormatError(
-            f"MINT attr tag {text[:40]!r} is not 8 hexadecimal digits"
-        )
-    tag = BaseTag(int(stripped, 16))
-    if len(_TAG_CACHE) < _TAG_CACHE_MAX:
-        _TAG_CACHE[text] = tag
-    return tag
-
-
-_TEXT_VRS: Final = frozenset(
-    {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UR", "UT"}
-)
-_DATETIME_VRS: Final = frozenset({"DA", "DT", "TM"})
-_INT_VRS: Final = frozenset({"SL", "SS", "SV", "UL", "US", "UV"})
-_FLOAT_VRS: Final = frozenset({"FD", "FL"})
-_NO_SPLIT_VRS: Final = frozenset(str(vr) for vr in ALLOW_BACKSLASH)
-
-
-class _Context:
-    """pydicom settings, read once per parse, and the value converters using them.
-
-    ``items`` converts one value (no backslash) of a VR. Converted PN, IS, DS
-    and binary number values are cached per parse in ``caches`` and shared
-    between elements: they are immutable, and answers repeat them a lot
-    (names, instance numbers, rows and columns). ``plain_vrs`` are the VRs
-    whose value is the text itself.
-    """
-
-    __slots__ = (
-        "caches",
-        "datetime_conversion",
-        "items",
-        "mode",
-        "plain_vrs",
-        "uids",
-    )
-
-    def __init__(self) -> None:
-        mode: int = pydicom_config.settings.reading_validation_mode
-        self.mode = mode
-        self.datetime_conversion: bool = bool(pydicom_config.datetime_conversion)
-        self.plain_vrs: frozenset[str] = (
-            _TEXT_VRS - _DATETIME_VRS if self.datetime_conversion else _TEXT_VRS
-        )
-
-        def person(part: str) -> PersonName:
-            return _person_name(part, mode) if part else _empty_person_name(mode)
-
-        converters: dict[str, Callable[[str], Any]] = {
-            "PN": person,
-            "IS": _number(lambda part: IS(part, mode)),
-            "DS": _number(lambda part: DS(part, False, mode)),
-            **dict.fromkeys(_INT_VRS, _number(int)),
-            **dict.fromkeys(_FLOAT_VRS, _number(float)),
-        }
-        self.caches: dict[str, dict[str, Any]] = {vr: {} for vr in converters}
-        self.items: dict[str, Callable[[str], Any]] = {
-            vr: _cached(convert, self.caches[vr]) for vr, convert in converters.items()
-        }
-        self.items["UI"] = _to_uid
-        self.items["AT"] = _to_tag
-        # text -> UID: transfer syntaxes, SOP classes, study and series UIDs
-        # repeat; a look-up is cheaper than a new UID.
-        self.uids: dict[str, UID] = {}
-
-
-def _cached(
-    convert: Callable[[str], Any], cache: dict[str, Any]
-) -> Callable[[str], Any]:
-    def item(part: str) -> Any:
-        value = cache.get(part)
-        if value is None:
-            value = convert(part)
-            cache[part] = value
-        return value
-
-    return item
-
-
-def _number(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    """A converter for one number; text that is no number is kept as it is."""
-
-    def convert(part: str) -> Any:
-        if not part.strip():
-            return part
-        try:
-            return kind(part)
-        except (ValueError, TypeError, OverflowError, ArithmeticError):
-            return part
-
-    return convert
-
-
-def _to_uid(part: str) -> UID:
-    return _make_uid(part.strip())
-
-
-def _to_tag(part: str) -> Any:
-    cleaned = part.strip().replace(",", "").strip("()")
-    if _TAG_RE.fullmatch(cleaned):
-        return BaseTag(int(cleaned, 16))
-    return part
-
-
-def _empty(tag: BaseTag, vr: str, ctx: _Context) -> DataElement:
-    """The element for an attr without a value (missing or empty ``val``)."""
-    value: Any
-    if vr == "UI":
-        value = _make_uid("")
-    elif vr == "PN":
-        value = _empty_person_name(ctx.mode)
-    elif vr == "SQ":
-        value = Sequence()
-    else:
-        try:
-            value = empty_value_for_VR(vr)
-        except (ValueError, KeyError):
-            value = None
-    return _make_element(tag, vr, value, ctx.mode)
-
-
-def _itemwise(tag: BaseTag, vr: str, text: str, ctx: _Context) -> DataElement:
-    """One converted value, or a MultiValue of them for backslash separated text."""
-    item = ctx.items[vr]
-    if "\\" not in text:
-        return _make_element(tag, vr, item(text), ctx.mode)
-    return _make_multi(tag, vr, [item(part) for part in text.split("\\")], ctx.mode)
-
-
-def _text(tag: BaseTag, vr: str, text: str, ctx: _Context) -> DataElement:
-    if vr in _NO_SPLIT_VRS or "\\" not in text:
-        return _make_element(tag, vr, text, ctx.mode)
-    return _make_multi(tag, vr, text.split("\\"), ctx.mode)
-
-
-def _datetime(tag: BaseTag, vr: str, text: str, ctx: _Context) -> DataElement:
-    if not ctx.datetime_conversion:
-        return _text(tag, vr, text, ctx)
-    try:  # pydicom DA/DT/TM objects: pydicom's job
-        return DataElement(tag, vr, text, validation_mode=ctx.mode)
-    except (ValueError, TypeError, OverflowError):
-        return _text(tag, vr, text, ctx)
-
-
-def _as_sent(tag: BaseTag, vr: str, text: str, ctx: _Context) -> DataElement:
-    """Binary, ambiguous or unknown VRs: keep the text as sent."""
-    return _make_element(tag, vr, text, ctx.mode)
-
-
-_Converter = Callable[[BaseTag, str, str, _Context], DataElement]
-_CONVERTERS: Final[dict[str, _Converter]] = {
-    **dict.fromkeys(_TEXT_VRS, _text),
-    **dict.fromkeys(_DATETIME_VRS, _datetime),
-    **dict.fromkeys(_INT_VRS | _FLOAT_VRS | {"UI", "PN", "IS", "DS", "AT"}, _itemwise),
-}
-
-
-def _dictionary_vr(tag: BaseTag) -> str:
-    """The VR for an attr without one: the dictionary's, UN if unknown."""
-    if tag & 0x10000:
-        return "UN"
-    try:
-        return str(dictionary_VR(tag))
-    except KeyError:
-        return "UN"
-
-
-def _convert(
-    tag: BaseTag, vr: str | None, text: str | None, ctx: _Context
-) -> DataElement:
-    """The DataElement for one ``attr``: value converted for its VR."""
-    if not vr:
-        vr = _dictionary_vr(tag)
-    converter = _CONVERTERS.get(vr)
-    if converter is None:
-        upper = vr.strip().upper()
-        if upper in _CONVERTERS or upper == "SQ":
-            vr = upper
-            converter = _CONVERTERS.get(vr)
-    if not text:
-        return _empty(tag, vr, ctx)
-    if converter is None:
-        return _as_sent(tag, vr, text, ctx)
-    return converter(tag, vr, text, ctx)
-
-
-def _set_private_creator(elements: _Elements, tag: BaseTag, elem: Any) -> None:
-    """As Dataset.__setitem__: name a private element's creator, if known."""
-    creator = BaseTag((tag & 0xFFFF0000) | ((tag & 0xFF00) >> 8))
-    if creator != tag and creator in elements:
-        elem.private_creator = elements[creator].value
-
-
 # ------------------------------------------------------------- the tree builder
 
 # Element kinds, by local name (any case); elements in another namespace are
@@ -499,7 +238,7 @@ _LOCAL_KINDS: Final = {
     "item": _ITEM,
 }
 _KIND_CACHE: dict[str, int] = {}
-_NOT_CONVERTED: Final = object()  # a value left to _convert
+_NOT_CONVERTED: Final = object()  # a value left to convert_attr
 _PARENT_KIND: Final = {_STUDY: _RESULTS, _SERIES: _STUDY, _INSTANCE: _SERIES}
 _KIND_NAMES: Final = {
     _RESULTS: "studySearchResults",
@@ -568,7 +307,7 @@ class _Builder:
     def __init__(
         self, top: int = _RESULTS, parent: Any = None, item: Dataset | None = None
     ) -> None:
-        self.ctx = _Context()
+        self.ctx = Context()
         self.studies: list[MintStudy] = []
         self.top = top
         self.parent = parent
@@ -587,25 +326,19 @@ class _Builder:
         ctx = self.ctx
         mode = ctx.mode
         kinds = _KIND_CACHE
-        tags = _TAG_CACHE
-        make_element = _make_element
-        make_uid = _make_uid
-        convert = _convert
+        tags = TAG_CACHE
+        new_element = make_element
+        new_uid = make_uid
+        convert = convert_attr
         plain_vrs = ctx.plain_vrs
         caches = ctx.caches
         items = ctx.items
         uids = ctx.uids
         open_frame = self._open
-        make_dataset = _make_dataset
+        new_dataset = make_dataset
         construct = _construct
         caller_parent = self.parent
         finish = self._finish
-        new_element = object.__new__
-        element_state = (
-            {**_ELEMENT_STATE, "validation_mode": mode}
-            if make_element is _element_fast
-            else None
-        )
         skip = 0  # depth inside an element whose content is ignored
         elements: _Elements | None = stack[-1][2] if stack else None
 
@@ -621,7 +354,7 @@ class _Builder:
                 if kind == _INSTANCE and stack and stack[-1][0] == _SERIES:
                     # The most common frame, inline (see _open).
                     series = stack[-1][1]
-                    data = make_dataset()
+                    data = new_dataset()
                     instance = construct(
                         MintInstance, {"uid": "", "data": data, "parent": series}
                     )
@@ -648,40 +381,34 @@ class _Builder:
                 tag_text, vr, text = _attr_fields(attrs)
             tag = tags.get(tag_text) if tag_text is not None else None
             if tag is None:
-                tag = _parse_tag(tag_text)
+                tag = parse_tag(tag_text)
             value: Any = _NOT_CONVERTED
             if not text or vr is None or "\\" in text:
-                pass  # empty, several values or no VR: _convert below
+                pass  # empty, several values or no VR: convert_attr below
             elif vr == "UI":  # one value of a common VR: converted here
                 value = uids.get(text)
                 if value is None:
-                    value = uids[text] = make_uid(text.strip())
+                    value = uids[text] = new_uid(text.strip())
             elif vr in plain_vrs:
                 value = text
             elif vr in caches:
                 value = caches[vr].get(text)
                 if value is None:
                     value = items[vr](text)
-            if value is _NOT_CONVERTED:
+            # (vr is None only where nothing was converted; the test tells mypy)
+            if value is _NOT_CONVERTED or vr is None:
                 if vr is not None and vr.strip().upper() == "SQ":
                     # Its items come as child elements.
-                    elem = make_element(tag, "SQ", Sequence(), mode)
+                    elem = new_element(tag, "SQ", Sequence(), mode)
                     elements[tag] = elem
                     stack.append((_SEQUENCE, elem.value, None))
                     elements = None
                     return
                 elem = convert(tag, vr, text, ctx)
-            elif element_state is not None:  # _element_fast, inline
-                state = element_state.copy()
-                state["tag"] = tag
-                state["VR"] = vr
-                state["_value"] = value
-                elem = new_element(DataElement)
-                elem.__dict__ = state
             else:
-                elem = make_element(tag, str(vr), value, mode)
+                elem = new_element(tag, vr, value, mode)
             if tag & 0x10000:
-                _set_private_creator(elements, tag, elem)
+                set_private_creator(elements, tag, elem)
             elements[tag] = elem
             skip = 1  # whatever is inside an attr is ignored
 
@@ -727,7 +454,7 @@ class _Builder:
             del stack[0]
             return True
         parent_kind, parent, _ = stack[-1]
-        data = _make_dataset()
+        data = make_dataset()
         if kind == _INSTANCE and parent_kind == _SERIES:
             obj = _construct(MintInstance, {"uid": "", "data": data, "parent": parent})
             if parent is not self.parent:  # the caller links its own objects
@@ -806,7 +533,7 @@ def parse_attribs(element: Element) -> Dataset:
     element may come from any ElementTree parser; its attrs may be in the MINT
     namespace or none, their names in any case. Other children are ignored.
     """
-    dataset = _make_dataset()
+    dataset = make_dataset()
     builder = _Builder(top=_ITEM, item=dataset)
     for child in element:
         _walk(builder, child)
@@ -880,7 +607,7 @@ class MintXMLParser:
             self._start += chunk[: _SNIPPET_BYTES - len(self._start)]
         if self._unparsed_head is not None:
             self._unparsed_head += chunk
-        with _gc_paused():
+        with gc_paused():
             self._run(lambda: self._parser.feed(chunk), closing=False)
 
     def close(self) -> list[MintStudy]:
@@ -890,7 +617,7 @@ class MintXMLParser:
         self._closed = True
         if not self._start:
             raise ResponseFormatError("MINT answer is empty: expected XML")
-        with _gc_paused():
+        with gc_paused():
             studies: list[MintStudy] = self._run(
                 lambda: self._parser.close(), closing=True
             )
