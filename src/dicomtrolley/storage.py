@@ -18,17 +18,19 @@ Layouts (``StorageDir`` and ``FlatStorageDir`` are the 4.1.0 names)::
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import string
+import struct
 import tempfile
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
@@ -39,6 +41,11 @@ from dicomtrolley.exceptions import (
     InvalidUIDError,
     StorageError,
     UnsafePathError,
+)
+from dicomtrolley.formats.dataset_walker import (
+    DatasetWalker,
+    character_encoding,
+    parse_file_header,
 )
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.uids import check_uid
@@ -145,14 +152,150 @@ def _inside(root: Path, target: Path) -> Path:
 def verify_dicom_file(path: Path) -> Dataset:
     """Parse the header of a DICOM file and check that no element is truncated.
 
-    Large values are not loaded (pydicom's defer_size): this reads the header and
-    seeks over pixel data, so it costs the same for 1 KB and 1 GB files.
+    Large values are not loaded (as pydicom's defer_size): this reads the header
+    and seeks over pixel data, so it costs the same for 1 KB and 1 GB files.
+    Little endian files with a file meta header are walked by
+    :class:`~dicomtrolley.formats.dataset_walker.DatasetWalker`; anything else
+    (no ``DICM`` prefix, big endian, deflated, unknown transfer syntax, a
+    structure the walker does not follow) is read with pydicom.
 
     Raises
     ------
     DICOMParseError
         When the file is not DICOM or an element runs past the end of the file.
     """
+    try:
+        dataset = _verify_with_walker(path)
+    except OSError as error:
+        raise DICOMParseError(
+            f"{path.name}: not a readable DICOM file: {error}"
+        ) from error
+    except (ValueError, struct.error) as error:  # a walker bug: pydicom decides
+        logger.debug("%s: walker failed (%r), reading with pydicom", path, error)
+        dataset = None
+    return _verify_with_pydicom(path) if dataset is None else dataset
+
+
+def verified_dataset(
+    walker: DatasetWalker,
+    file_meta: FileMetaDataset,
+    path: Path,
+    preamble: bytes | None = None,
+) -> FileDataset:
+    """The checked header of the file at path, from a walker fed its data set.
+
+    For code that walked the data set bytes itself while writing them to path
+    (``walker`` was created with ``offset`` = where the data set starts in the
+    file). Closes the walker. Deferred (large) values are read from path when
+    used, as with pydicom.
+
+    Raises
+    ------
+    DICOMParseError
+        When the data set is incomplete or holds no elements.
+    """
+    try:
+        elements = walker.elements()
+    except DICOMParseError as error:
+        raise DICOMParseError(f"{path.name}: truncated: {error}") from error
+    if elements is None:  # a long top-level sequence was not kept
+        return _verify_with_pydicom(path)
+    if not elements:
+        raise DICOMParseError(f"{path.name}: DICOM file holds no data elements")
+    implicit = walker.implicit_vr  # pydicom keeps the transfer syntax's here
+    try:
+        encoding = character_encoding(elements)
+        result = FileDataset(str(path), elements, preamble, file_meta, implicit, True)
+        result.set_original_encoding(implicit, True, encoding)
+    except Exception as error:  # pydicom decoding (0008,0005) on garbage
+        raise DICOMParseError(
+            f"{path.name}: not a readable DICOM file: {error}"
+        ) from error
+    return result
+
+
+#: The first read: the whole header of most files; big values are then seeked
+#: over. Later reads (walking items of undefined-length elements) are larger.
+_FIRST_BLOCK = 16 * 1024
+_READ_BLOCK = 64 * 1024
+
+
+def _verify_with_walker(path: Path) -> FileDataset | None:
+    """verify_dicom_file for little endian files; None: let pydicom decide."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        size = os.fstat(fd).st_size
+        first = os.read(fd, min(size, _FIRST_BLOCK))
+        header = _file_header(first, at_eof=len(first) >= size)
+        if header is None:
+            return None
+        start = header.dataset_offset
+        walker = DatasetWalker(implicit_vr=header.implicit_vr, offset=start)
+        try:
+            walker.feed(first[start:])
+            _feed_rest(walker, fd, len(first), size)
+        except DICOMParseError:
+            return None  # pydicom may still read it (implicit VR switches ...)
+    finally:
+        os.close(fd)
+    return verified_dataset(walker, header.file_meta, path, header.preamble)
+
+
+class _WalkableHeader(NamedTuple):
+    preamble: bytes
+    file_meta: FileMetaDataset
+    dataset_offset: int
+    implicit_vr: bool
+
+
+def _file_header(first: bytes, at_eof: bool) -> _WalkableHeader | None:
+    """The file header when the walker can check the data set after it."""
+    try:
+        header = parse_file_header(first, at_eof=at_eof)
+    except DICOMParseError:
+        return None
+    if header is None or header.transfer_syntax is None:
+        return None
+    implicit = _walker_syntax(header.transfer_syntax)
+    start = header.dataset_offset
+    if implicit is None or first[start : start + 2] == b"\x00\x00":
+        return None  # pydicom reads command set elements (0000,eeee) at the start
+    return _WalkableHeader(header.preamble, header.file_meta, start, implicit)
+
+
+@functools.lru_cache(maxsize=64)
+def _walker_syntax(syntax: str) -> bool | None:
+    """Implicit VR (True/False) of a transfer syntax the walker reads, else None.
+
+    Little endian, not deflated and known to pydicom: Implicit and Explicit VR
+    Little Endian and the encapsulated syntaxes.
+    """
+    uid = UID(syntax)
+    if uid.is_private or not uid.is_transfer_syntax:
+        return None
+    if not uid.is_little_endian or uid.is_deflated or "Deflate" in uid.name:
+        return None
+    return bool(uid.is_implicit_VR)
+
+
+def _feed_rest(walker: DatasetWalker, fd: int, position: int, size: int) -> None:
+    """Feed the file from position on, seeking over what the walker skips."""
+    while position < size:
+        skip = min(walker.skippable, size - position)
+        if skip:
+            walker.skip(skip)
+            position += skip
+            os.lseek(fd, position, os.SEEK_SET)
+            continue
+        block = os.read(fd, min(_READ_BLOCK, size - position))
+        if not block:
+            return
+        walker.feed(block)
+        position += len(block)
+
+
+def _verify_with_pydicom(path: Path) -> FileDataset:
+    """verify_dicom_file as done with ``pydicom.dcmread`` (any transfer syntax)."""
     try:
         size = path.stat().st_size
         dataset = pydicom.dcmread(path, defer_size=4096)
@@ -167,7 +310,7 @@ def verify_dicom_file(path: Path) -> Dataset:
     if not dataset:
         raise DICOMParseError(f"{path.name}: DICOM file holds no data elements")
     syntax = dataset.file_meta.get("TransferSyntaxUID") if dataset.file_meta else None
-    if syntax is not None and UID(syntax).is_deflated:
+    if _is_deflated(syntax):
         # positions refer to the inflated stream; zlib has checked completeness
         return dataset
     end = 0
@@ -189,6 +332,14 @@ def verify_dicom_file(path: Path) -> Dataset:
             "element"
         )
     return dataset
+
+
+def _is_deflated(syntax: Any) -> bool:
+    """Whether syntax is a deflated transfer syntax (False for garbage)."""
+    try:
+        return syntax is not None and bool(UID(syntax).is_deflated)
+    except (TypeError, ValueError):  # several values; not a transfer syntax
+        return False
 
 
 def _fsync_dir(folder: Path) -> None:
