@@ -39,6 +39,7 @@ bench: venv system-deps
 	bash scripts/loopback-only.sh $(BIN)/python benchmarks/wado_rs.py
 	bash scripts/loopback-only.sh $(BIN)/python benchmarks/rad69.py
 	bash scripts/loopback-only.sh $(BIN)/python benchmarks/dimse.py --demo
+	$(BIN)/python benchmarks/verify.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
