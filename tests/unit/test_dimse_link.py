@@ -35,7 +35,7 @@ from dicomtrolley.dimse.errors import (
     SubOperationError,
 )
 from dicomtrolley.dimse.settings import DIMSETimeouts
-from dicomtrolley.exceptions import DownloadIncompleteError
+from dicomtrolley.exceptions import DownloadIncompleteError, StorageError
 from dicomtrolley.formats import dul
 from dicomtrolley.storage import TemplateStorage
 
@@ -539,3 +539,23 @@ def test_files_of_the_requested_transfer_syntax(tmp_path: Path) -> None:
     assert read.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert read.file_meta.SourceApplicationEntityTitle == "SCRIPTED"
     assert read.PatientName == "Link^Test"
+
+
+def test_an_output_folder_that_cannot_be_made_is_a_storage_error(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"not a folder")
+    out = blocker / "below"
+
+    def script(peer: Peer) -> None:
+        peer.finish_release()
+
+    peer = Peer(script)
+    report = downloader(peer.port).save_all(
+        [StudyReference(STUDY)], TemplateStorage(out, "{SOPInstanceUID}.dcm"), out
+    )
+    peer.join()
+    [failure] = report.failures
+    assert isinstance(failure.error, StorageError)
+    assert "cannot create" in str(failure.error) and STUDY in failure.uids

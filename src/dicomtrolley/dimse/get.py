@@ -233,7 +233,12 @@ class GetSession:
                 dul.COMMAND_DATA_SET_TYPE: 0x0000,
             }
         )
-        self.spool.mkdir(parents=True, exist_ok=True)
+        try:
+            self.spool.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(
+                f"cannot create {self.spool}: {error}", uids=unit.uids()
+            ) from error
         tally = Tally(unit)
         deadline = (
             time.monotonic() + self.timeouts.total if self.timeouts.total else None
