@@ -243,10 +243,10 @@ def _context_names(contexts: Iterable[PresentationContext]) -> list[str]:
 
 
 def require_context(
-    assoc: Association, sop_class: str, peer: Peer, operation: str
+    accepted: Iterable[PresentationContext], sop_class: str, peer: Peer, operation: str
 ) -> None:
-    """Raise ServiceNotSupportedError when the peer did not accept sop_class."""
-    if not any(cx.abstract_syntax == sop_class for cx in assoc.accepted_contexts):
+    """Raise ServiceNotSupportedError when the accepted contexts lack sop_class."""
+    if not any(cx.abstract_syntax == sop_class for cx in accepted):
         name = getattr(sop_class, "name", sop_class)
         raise ServiceNotSupportedError(
             f"the peer does not support {name} ({sop_class})",

@@ -307,7 +307,7 @@ def search(
         ext_neg=ext_neg,
     )
     with ended(assoc):
-        require_context(assoc, model_uid, peer, "C-FIND")
+        require_context(assoc.accepted_contexts, model_uid, peer, "C-FIND")
         message_ids = iter(range(1, 65536))
 
         def find(identifier: Dataset) -> list[Dataset]:

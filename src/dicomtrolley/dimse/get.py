@@ -27,6 +27,7 @@ from pynetdicom import build_context
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.presentation import PresentationContext
 
+from dicomtrolley.dimse.associations import require_context
 from dicomtrolley.dimse.contexts import (
     MAX_CONTEXTS,
     UNCOMPRESSED,
@@ -185,14 +186,9 @@ class GetSession:
             roles=scp_roles(self.contexts[1:]),
         )
         try:
-            if link.context_for(self.model_uid) is None:
-                name = getattr(self.model_uid, "name", self.model_uid)
-                raise ServiceNotSupportedError(
-                    f"the peer does not support {name} ({self.model_uid})",
-                    peer=self.peer,
-                    operation=self.operation,
-                )
-            require_scp_role(list(link.contexts.values()), self.peer)
+            accepted = list(link.contexts.values())
+            require_context(accepted, self.model_uid, self.peer, self.operation)
+            require_scp_role(accepted, self.peer)
         except DIMSEError:
             link.release()
             raise

@@ -55,7 +55,9 @@ class MoveSession(RetrieveSession):
             fast_poll=False,  # the instances come over the SCP's associations
         )
         try:
-            require_context(assoc, self.model_uid, self.peer, self.operation)
+            require_context(
+                assoc.accepted_contexts, self.model_uid, self.peer, self.operation
+            )
         except ServiceNotSupportedError:
             assoc.release()
             raise
