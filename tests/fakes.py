@@ -38,6 +38,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -112,6 +113,12 @@ class Reply:
         timeout makes it time out).
     reset:
         Answer nothing: close the connection with a TCP reset.
+    answer_cut_after:
+        Send only this many bytes of the whole answer, status line and header
+        block included, then close the connection.
+    unframed:
+        Send neither Content-Length nor chunked encoding: the body ends where
+        the connection is closed (HTTP/1.0 style).
     """
 
     status: int = 200
@@ -123,6 +130,29 @@ class Reply:
     chunked: bool = False
     wait: float = 0.0
     reset: bool = False
+    answer_cut_after: int | None = None
+    unframed: bool = False
+
+    def head(self) -> bytes:
+        """Status line and header block as they go on the wire (framed as sent)."""
+        try:
+            reason = HTTPStatus(self.status).phrase
+        except ValueError:
+            reason = ""
+        lines = [f"HTTP/1.1 {self.status} {reason}".rstrip()]
+        names = {name.lower() for name in self.headers}
+        lines += [f"{name}: {value}" for name, value in self.headers.items()]
+        if self.unframed:
+            lines.append("Connection: close")
+        elif self.chunked:
+            lines.append("Transfer-Encoding: chunked")
+        elif "content-length" not in names and self.status not in (204, 304):
+            lines.append(f"Content-Length: {len(self.body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def wire(self) -> bytes:
+        """The whole answer as bytes (body not chunked: for unframed/cut answers)."""
+        return self.head() + self.body
 
     def pieces(self) -> Iterator[bytes]:
         """The body bytes to send, piece by piece, after any cut."""
@@ -206,6 +236,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
             return
         if reply.reset:
             fake._mark_reset(self.connection)
+            self.close_connection = True
+            return
+        if reply.answer_cut_after is not None or reply.unframed:
+            wire = reply.wire()
+            if reply.answer_cut_after is not None:
+                wire = wire[: reply.answer_cut_after]
+            self.wfile.write(wire)
+            self.wfile.flush()
             self.close_connection = True
             return
         self.send_response(reply.status)

@@ -48,6 +48,7 @@ from requests.cookies import RequestsCookieJar
 from requests.exceptions import UnrewindableBodyError
 from requests.utils import rewind_body
 
+from dicomtrolley.body import is_framed, unframed_error
 from dicomtrolley.exceptions import (
     DICOMTrolleyAuthError,
     DICOMTrolleyError,
@@ -264,6 +265,9 @@ class VitreaAuth(AuthBase):
             response.content  # noqa: B018  (small; frees the connection)
         except requests.RequestException as error:
             raise map_requests_error(error, "POST", self.login_url, what) from error
+        if not is_framed("POST", response.status_code, response.headers):
+            response.close()  # a cut header block may have lost its Set-Cookie
+            raise unframed_error(self.login_url, what)
         if not 200 <= response.status_code < 300:
             failure = error_for_response(response, what)
             response.close()

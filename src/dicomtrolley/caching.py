@@ -23,7 +23,7 @@ from dicomtrolley.core import (
     Study,
     StudyReference,
 )
-from dicomtrolley.exceptions import DICOMTrolleyError, PermanentError
+from dicomtrolley.exceptions import PermanentError
 from dicomtrolley.fields import StudyLevel
 from dicomtrolley.logs import get_module_logger
 
@@ -53,7 +53,7 @@ class DICOMObjectCache:
         expiry_seconds: float | None = 600,
     ) -> None:
         if initial_objects and not isinstance(initial_objects, list):
-            raise DICOMTrolleyError(
+            raise PermanentError(
                 f"Expected a list of DICOM objects but got {type(initial_objects)}. "
                 "Did you forget [brackets] around a single object?"
             )
@@ -71,7 +71,7 @@ class DICOMObjectCache:
             return (ref.study_uid, ref.series_uid)
         if isinstance(ref, StudyReference):
             return (ref.study_uid,)
-        raise DICOMTrolleyError(f"Cannot cache by {ref!r}")
+        raise PermanentError(f"Cannot cache by {ref!r}")
 
     def add(self, obj: DICOMObject) -> None:
         """Cache obj and everything below it."""
@@ -85,7 +85,7 @@ class DICOMObjectCache:
 
     def add_all(self, objects: Iterable[DICOMObject]) -> None:
         if isinstance(objects, DICOMObject):
-            raise DICOMTrolleyError("add_all() takes a list; use add() for one object")
+            raise PermanentError("add_all() takes a list; use add() for one object")
         for obj in objects:
             self.add(obj)
 

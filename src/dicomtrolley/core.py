@@ -18,7 +18,10 @@ from dicomtrolley.exceptions import (
     DICOMTrolleyError,
     NonInstanceParameterError,
     NonSeriesParameterError,
+    NoQueryResultsError,
     NoReferencesFoundError,
+    PermanentError,
+    ResponseFormatError,
 )
 from dicomtrolley.levels import DICOMObjectLevels, QueryLevels
 from dicomtrolley.logs import get_module_logger
@@ -410,7 +413,8 @@ class Searcher:
         """
         results = self.find_studies(query)
         if len(results) != 1:
-            raise DICOMTrolleyError(
+            error_class = NoQueryResultsError if not results else PermanentError
+            raise error_class(
                 f"Expected exactly one study for query '{query.to_short_string()}', "
                 f"but found {len(results) or 'none'}"
             )
@@ -432,7 +436,7 @@ class Downloader:
         """One instance as a pydicom Dataset in memory."""
         datasets = list(self.datasets([instance]))
         if len(datasets) != 1:
-            raise DICOMTrolleyError(
+            raise ResponseFormatError(
                 f"Expected one dataset for {instance}, got {len(datasets)}",
                 uids=[instance.instance_uid],
             )

@@ -27,7 +27,10 @@ from dicomtrolley.core import (
     Series,
     Study,
 )
-from dicomtrolley.exceptions import DICOMTrolleyError, PermanentError
+from dicomtrolley.exceptions import (
+    PermanentError,
+    ResponseFormatError,
+)
 from dicomtrolley.fields import SeriesLevel, SeriesLevelPromotable, StudyLevel
 
 
@@ -122,7 +125,7 @@ class DICOMParseTree:
     ) -> None:
         """Put data at the given place in the tree, creating parents as needed."""
         if instance_uid and not series_uid:
-            raise DICOMTrolleyError(
+            raise ResponseFormatError(
                 f"Cannot insert instance {instance_uid} of study {study_uid}: "
                 "no series UID",
                 uids=[study_uid, instance_uid],
@@ -133,7 +136,7 @@ class DICOMParseTree:
                 break
             node = node.children.setdefault(uid, _Node())
         if node.data and not self.allow_overwrite:
-            raise DICOMTrolleyError(
+            raise ResponseFormatError(
                 f"Error inserting dataset into {study_uid}/{series_uid}/"
                 f"{instance_uid}: a dataset is already there",
                 uids=[u for u in (study_uid, series_uid, instance_uid) if u],
@@ -144,7 +147,7 @@ class DICOMParseTree:
         """Insert a search result at the level its UIDs say."""
         study_uid = uid_of(ds, STUDY_UID_TAG)
         if not study_uid:
-            raise DICOMTrolleyError(
+            raise ResponseFormatError(
                 "A search result has no StudyInstanceUID; cannot place it"
             )
         series_uid = uid_of(ds, SERIES_UID_TAG)
@@ -159,7 +162,7 @@ class DICOMParseTree:
         elif isinstance(obj, Instance):
             self.insert(obj.data, obj.parent.parent.uid, obj.parent.uid, obj.uid)
         else:
-            raise DICOMTrolleyError(f"Unknown DICOM object {obj}")
+            raise ResponseFormatError(f"Unknown DICOM object {obj}")
 
     @staticmethod
     def _data_for(node: _Node, tags: frozenset[int]) -> Dataset:

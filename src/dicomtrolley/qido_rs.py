@@ -20,7 +20,6 @@ from pydicom.dataset import Dataset
 
 from dicomtrolley.core import Query, QueryLevels, Searcher, Study
 from dicomtrolley.exceptions import (
-    DICOMTrolleyError,
     NoQueryResultsError,
     ResponseFormatError,
     UnSupportedParameterError,
@@ -79,7 +78,9 @@ class QidoRSQueryBase(Query):
         cls, min_date: datetime | None, max_date: datetime | None
     ) -> str:
         if not min_date and not max_date:
-            raise DICOMTrolleyError("Cannot create a date range without any dates")
+            raise UnSupportedParameterError(
+                "Cannot create a date range without any dates"
+            )
         return f"{cls.date_to_str(min_date)}-{cls.date_to_str(max_date)}"
 
     def uri_base(self) -> str:
@@ -293,7 +294,7 @@ class QidoRS(Searcher):
                 break
             page_size = len(page)
         else:
-            raise DICOMTrolleyError(
+            raise ResponseFormatError(
                 f"QIDO-RS paging did not end after {self.max_pages} pages", url=url
             )
         if len(results) > len(first):

@@ -23,7 +23,7 @@ import requests
 from dicomtrolley.auth import DEFAULT_REALM, VitreaAuth, _mask
 from dicomtrolley.exceptions import (
     DICOMTrolleyAuthError,
-    DICOMTrolleyError,
+    PermanentError,
     redact_url,
 )
 from dicomtrolley.logs import get_module_logger
@@ -211,7 +211,7 @@ def _load_searcher(module: str, name: str, what: str) -> Callable[..., Searcher]
     try:
         found: Callable[..., Searcher] = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as error:
-        raise DICOMTrolleyError(
+        raise PermanentError(
             f"{what} ({module}.{name}) is not available in this installation "
             f"of dicomtrolley: {error}"
         ) from error

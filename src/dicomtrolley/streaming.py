@@ -21,6 +21,7 @@ import requests
 import urllib3.exceptions
 from pydicom.dataset import Dataset
 
+from dicomtrolley.body import GuardedBody, declared_length, has_body, is_chunked
 from dicomtrolley.core import InstanceReference
 from dicomtrolley.download import DownloadReport, Progress
 from dicomtrolley.exceptions import (
@@ -40,8 +41,11 @@ from dicomtrolley.formats.multipart import (
     boundary_from_content_type,
     parse_content_type,
 )
+from dicomtrolley.logs import get_module_logger
 from dicomtrolley.storage import DICOMDiskStorage, InstanceWriter
 from dicomtrolley.transport import Retry, read_with_retry
+
+logger = get_module_logger("streaming")
 
 SINGLE_PART_TYPES = {"application/dicom", "application/octet-stream"}
 
@@ -106,8 +110,12 @@ def iter_parts(
     if media_type.startswith("multipart/"):
         try:
             parser = MultipartParser(boundary_from_content_type(content_type))
+            received = 0
             for chunk in body:
+                received += len(chunk)
                 yield from parser.feed(chunk)
+                if parser.finished:
+                    break
             yield from parser.close()
         except ResponseFormatError as error:
             error.url = error.url or response.url
@@ -116,6 +124,10 @@ def iter_parts(
                 error.message = f"{what}: {error.message}"
                 error.args = (error.message,)
             raise
+        # The close delimiter proves the answer complete: what follows (an
+        # epilogue, a Content-Length that over-states, a connection closed
+        # early) cannot take it back.
+        _finish(response, body, received)
         return
     if media_type in SINGLE_PART_TYPES:
         yield PartStart(headers={"content-type": media_type})
@@ -137,9 +149,86 @@ def iter_parts(
             )
         yield PartEnd()
         return
+    prove_headers_complete(response, what=what, uids=uids)
     raise ResponseFormatError(
         f"{prefix}expected multipart/related or application/dicom, got "
         f"{content_type or 'no Content-Type'}",
+        url=response.url,
+        uids=uids,
+    )
+
+
+EPILOGUE_LIMIT = 65536
+
+
+def _finish(response: requests.Response, body: Iterator[bytes], received: int) -> None:
+    """Let a finished multipart answer end, without waiting on a broken server.
+
+    Reading to the answer's end lets the connection be used again. That read
+    is immediate for a Content-Length that has been reached and for the last
+    chunk of a chunked answer, which a server sends right after the close
+    delimiter. A Content-Length that over-states the body could keep it
+    waiting for a read timeout: then (and for an answer framed by the
+    connection's end) the connection is dropped instead. Errors are ignored.
+    """
+    headers = response.headers
+    identity = headers.get("Content-Encoding", "identity").strip().lower() in (
+        "",
+        "identity",
+    )
+    declared = declared_length(headers)
+    if declared is not None and not (identity and received >= declared):
+        _close(body)  # over-stated, or compressed: do not wait for more
+        return
+    if declared is None and not is_chunked(headers):
+        _close(body)
+        return
+    drained = 0
+    try:
+        for chunk in body:
+            drained += len(chunk)
+            if drained > EPILOGUE_LIMIT:
+                break
+    except DICOMTrolleyError as error:
+        logger.debug("after the close delimiter: %s", error)
+    finally:
+        _close(body)
+
+
+def _close(body: Iterator[bytes]) -> None:
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
+
+
+def prove_headers_complete(
+    response: requests.Response, *, what: str = "", uids: tuple[str, ...] = ()
+) -> None:
+    """Raise IncompleteResponseError if the header block may have been cut.
+
+    Called before a header's value is held against the server (an unexpected
+    Content-Type): a header block cut short ends the connection, so the body
+    is then empty and short of its declared length. One byte of body, or an
+    empty body that the answer declared empty, proves the headers complete.
+    """
+    raw = response.raw
+    read = getattr(raw, "read1", None) or raw.read
+    try:
+        first = read(1, decode_content=True)
+    except DICOMTrolleyError:
+        if isinstance(raw, GuardedBody):
+            raise
+        first = b""
+    except (urllib3.exceptions.HTTPError, OSError):
+        first = b""
+    if first:
+        return
+    method = response.request.method if response.request else "GET"
+    declared = declared_length(response.headers)
+    if declared == 0 or not has_body(method or "GET", response.status_code):
+        return
+    raise IncompleteResponseError(
+        f"{_prefix(what)}answer ended inside its headers or before its body",
         url=response.url,
         uids=uids,
     )

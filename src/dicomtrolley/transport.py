@@ -28,6 +28,13 @@ import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
+from dicomtrolley.body import (
+    Deadline,
+    GuardedBody,
+    declared_length,
+    is_framed,
+    unframed_error,
+)
 from dicomtrolley.exceptions import (
     ClientHTTPError,
     DICOMTrolleyAuthError,
@@ -49,24 +56,39 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Timeout:
-    """Connect and read timeouts in seconds for one request.
+    """Timeouts in seconds for one request and its answer.
 
-    ``read`` is the longest wait for the next bytes from the server, not for the
-    whole answer, so large downloads are not cut short. ``None`` disables one.
+    ``connect`` bounds making the connection. ``read`` is the longest wait for
+    the next bytes from the server, not for the whole answer. ``total`` and
+    ``min_rate`` bound the whole answer, from sending the request to its last
+    byte: ``total`` seconds plus one second per ``min_rate`` bytes of the
+    answer (its declared size, or what arrived so far when it declares none),
+    so a large study is given the time it needs while a server trickling a byte
+    at a time is given up on (:class:`~dicomtrolley.body.Deadline`). ``None``
+    disables one: ``total=None`` means no overall deadline, ``min_rate=None``
+    a fixed one of ``total`` seconds whatever the size.
     """
 
     connect: float | None = 10.0
     read: float | None = 120.0
+    total: float | None = 300.0
+    min_rate: float | None = 10_000.0
 
     def as_requests(self) -> tuple[float | None, float | None]:
         """The ``timeout=`` argument for requests."""
         return (self.connect, self.read)
 
+    def deadline(self, start: float, declared: int | None = None) -> Deadline:
+        """The deadline of an answer requested at start (``time.monotonic()``)."""
+        return Deadline(
+            start=start, total=self.total, min_rate=self.min_rate, declared=declared
+        )
+
     @classmethod
     def coerce(
         cls, value: Timeout | float | tuple[float | None, float | None] | None
     ) -> Timeout:
-        """Accept a Timeout, one number for both, or a (connect, read) pair."""
+        """Accept a Timeout, one number for connect and read, or a (connect, read) pair."""
         if value is None:
             return cls()
         if isinstance(value, Timeout):
@@ -316,37 +338,40 @@ class HttpTransport:
     ) -> requests.Response:
         """Send one request; retry transient failures; raise for error statuses.
 
-        Returns the response for any status below 400 and for ``ok_statuses``.
-        With ``stream=True`` the caller must close the response.
+        Returns the response for any status below 400 and for ``ok_statuses``,
+        once it is proven complete (:mod:`dicomtrolley.body`): without
+        ``stream`` its body has been read whole under the timeout's deadline,
+        and an answer cut anywhere (headers included) was tried again. With
+        ``stream=True`` only the framing is checked here (a multipart answer
+        may end with its close delimiter instead); the body is read through a
+        :class:`~dicomtrolley.body.GuardedBody` under the same deadline, and
+        the caller must close the response.
         """
         retry = self.retry
         method = method.upper()
         while True:
+            response: requests.Response | None = None
             try:
-                response = self.session.request(
-                    method,
-                    url,
-                    params=params,
-                    headers=dict(headers or {}),
-                    data=data,
-                    stream=stream,
-                    timeout=self.timeout.as_requests(),
-                )
-            except requests.RequestException as error:
-                mapped = map_requests_error(error, method, url, what)
-                if not isinstance(
-                    mapped, TransientError
-                ) or not retry.is_retryable_method(method):
-                    raise mapped from error
+                response = self._send(method, url, params, headers, data, what, uids)
+                status = response.status_code
+                if status < 400 or status in ok_statuses:
+                    self._complete(response, method, stream, what, uids)
+                    return response
+            except TransientError as error:
+                if response is not None:
+                    response.close()
+                if not retry.is_retryable_method(method):
+                    raise
                 retry = retry.increment(method, url, error=error)
                 if retry.exhausted:
-                    raise mapped from error
-                logger.info("retrying %s %s after %s", method, redact_url(url), mapped)
+                    raise
+                logger.info("retrying %s %s after %s", method, redact_url(url), error)
                 retry.sleep()
                 continue
-            status = response.status_code
-            if status < 400 or status in ok_statuses:
-                return response
+            except BaseException:
+                if response is not None:
+                    response.close()
+                raise
             if retry.is_retryable_status(method, status):
                 next_retry = retry.increment(method, url, status=status)
                 if not next_retry.exhausted:
@@ -360,6 +385,59 @@ class HttpTransport:
             failure = error_for_response(response, what, uids)
             response.close()
             raise failure
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, Any] | list[tuple[str, Any]] | str | None,
+        headers: Mapping[str, str] | None,
+        data: bytes | str | None,
+        what: str,
+        uids: tuple[str, ...],
+    ) -> requests.Response:
+        """One try: the answer's status and headers, its body not yet read.
+
+        The body is always streamed, through a GuardedBody on ``response.raw``.
+        """
+        start = time.monotonic()
+        try:
+            response = self.session.request(
+                method,
+                url,
+                params=params,
+                headers=dict(headers or {}),
+                data=data,
+                stream=True,
+                timeout=self.timeout.as_requests(),
+            )
+        except requests.RequestException as error:
+            raise map_requests_error(error, method, url, what) from error
+        deadline = self.timeout.deadline(start, declared_length(response.headers))
+        response.raw = GuardedBody(
+            response.raw, deadline, url=response.url, what=what, uids=uids
+        )
+        return response
+
+    @staticmethod
+    def _complete(
+        response: requests.Response,
+        method: str,
+        stream: bool,
+        what: str,
+        uids: tuple[str, ...],
+    ) -> None:
+        """Raise IncompleteResponseError unless the answer can be proven complete."""
+        if not is_framed(method, response.status_code, response.headers):
+            media_type = response.headers.get("Content-Type", "").lower().strip()
+            if not (stream and media_type.startswith("multipart/")):
+                raise unframed_error(response.url, what, uids)
+        if stream:
+            return
+        try:
+            response.content  # noqa: B018  (read whole, under the deadline)
+        except requests.RequestException as error:
+            raise map_requests_error(error, method, response.url, what) from error
 
     def get(self, url: str, **kwargs: Any) -> requests.Response:
         return self.request("GET", url, **kwargs)

@@ -36,7 +36,7 @@ from dicomtrolley.download import (
     run_transfers,
     skip_present,
 )
-from dicomtrolley.exceptions import DICOMTrolleyError, ResponseFormatError
+from dicomtrolley.exceptions import ResponseFormatError
 from dicomtrolley.formats.dicom_json import dataset_from_json_dict
 from dicomtrolley.formats.multipart import Event
 from dicomtrolley.logs import get_module_logger
@@ -193,7 +193,7 @@ class WadoRS(Downloader):
             )
         )
         if len(datasets) != 1:
-            raise DICOMTrolleyError(
+            raise ResponseFormatError(
                 f"WADO-RS: expected 1 instance for {instance}, got {len(datasets)}",
                 url=self.wado_rs_instance_uri(instance),
                 uids=_uids_of(instance),
@@ -322,7 +322,7 @@ class WadoRSMetaData(WadoRS):
     def get_dataset(self, instance: InstanceReference) -> Dataset:
         datasets = list(self.datasets([instance]))
         if len(datasets) != 1:
-            raise DICOMTrolleyError(
+            raise ResponseFormatError(
                 f"WADO-RS metadata: expected 1 instance for {instance}, got "
                 f"{len(datasets)}",
                 url=self.wado_rs_instance_uri(instance) + "/metadata",

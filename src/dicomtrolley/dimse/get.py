@@ -48,7 +48,7 @@ from dicomtrolley.dimse.retrieve import (
 from dicomtrolley.dimse.sessions import next_message_id
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
 from dicomtrolley.download import DownloadReport, Progress
-from dicomtrolley.exceptions import DICOMTrolleyError, StorageError
+from dicomtrolley.exceptions import PermanentError, StorageError
 from dicomtrolley.formats import dul
 from dicomtrolley.formats.part10 import file_header
 from dicomtrolley.logs import get_module_logger
@@ -218,7 +218,7 @@ class GetSession:
             syntax.is_little_endian,
         )
         if identifier is None:
-            raise DICOMTrolleyError(f"cannot encode the C-GET identifier for {unit}")
+            raise PermanentError(f"cannot encode the C-GET identifier for {unit}")
         msg_id = next_message_id()
         command = dul.encode_command(
             {

@@ -50,6 +50,7 @@ from dicomtrolley.download import DownloadReport, Progress
 from dicomtrolley.exceptions import (
     DICOMParseError,
     DICOMTrolleyError,
+    PermanentError,
     StorageError,
 )
 from dicomtrolley.logs import get_module_logger
@@ -187,9 +188,7 @@ def plan_units(
         else:
             ref = obj.reference()
             if not isinstance(ref, InstanceReference):
-                raise DICOMTrolleyError(
-                    f"cannot retrieve {obj}: unknown kind of object"
-                )
+                raise PermanentError(f"cannot retrieve {obj}: unknown kind of object")
             if not present(ref):
                 loose[(ref.study_uid, ref.series_uid)].append(ref)
                 patients[(ref.study_uid, ref.series_uid)] = pid

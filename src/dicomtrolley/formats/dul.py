@@ -27,7 +27,7 @@ import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from dicomtrolley.exceptions import DICOMTrolleyError
+from dicomtrolley.exceptions import PermanentError
 
 # PDU types (PS3.8 9.3.1)
 A_ASSOCIATE_RQ = 0x01
@@ -108,7 +108,7 @@ _TEXT = {  # element -> padding byte (UI: NUL, AE/LO: space)
 CommandValue = int | str | bytes
 
 
-class DULProtocolError(DICOMTrolleyError):
+class DULProtocolError(PermanentError):
     """The peer sent bytes that are not valid DICOM upper layer PDUs or commands."""
 
 
