@@ -101,7 +101,12 @@ from dicomtrolley.formats.soap import (
 )
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.storage import DICOMDiskStorage, InstanceWriter
-from dicomtrolley.streaming import iter_body, iter_parts, read_dataset
+from dicomtrolley.streaming import (
+    iter_body,
+    iter_parts,
+    prove_headers_complete,
+    read_dataset,
+)
 from dicomtrolley.transport import (
     DEFAULT_RETRY,
     HttpTransport,
@@ -369,6 +374,7 @@ class Rad69(Downloader):
             elif is_soap:
                 reader.feed_body(content_type, self._small_body(response, what, uids))
             else:
+                prove_headers_complete(response, what=what, uids=uids)
                 raise ResponseFormatError(
                     f"{what}: expected multipart/related or application/soap+xml, "
                     f"got {content_type or 'no Content-Type'}: "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -25,10 +26,11 @@ from dicomtrolley.core import (
     Searcher,
     Study,
 )
-from dicomtrolley.download import DownloadReport, Progress
-from dicomtrolley.exceptions import NoReferencesFoundError
+from dicomtrolley.download import DownloadReport, Progress, run_transfers
+from dicomtrolley.exceptions import NoReferencesFoundError, TransientError
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.storage import DICOMDiskStorage, StorageDir
+from dicomtrolley.transport import DEFAULT_RETRY, NO_RETRY, HttpTransport, Retry
 
 logger = get_module_logger("trolley")
 
@@ -46,6 +48,9 @@ class Trolley:
         Where downloads are written; default ``StorageDir`` (study/series/instance).
     query_missing:
         Ask the searcher for references the downloader needs (default True).
+    retry:
+        How often a study's search for references is tried again after a
+        transient error (see :attr:`search_retry` for the default).
     """
 
     def __init__(
@@ -54,6 +59,8 @@ class Trolley:
         searcher: Searcher,
         storage: DICOMDiskStorage | None = None,
         query_missing: bool = True,
+        *,
+        retry: Retry | None = None,
     ) -> None:
         self.downloader = downloader
         self.searcher = searcher
@@ -61,6 +68,7 @@ class Trolley:
             storage if storage is not None else StorageDir(tempfile.gettempdir())
         )
         self.query_missing = query_missing
+        self.retry = retry
 
     def find_studies(self, query: Query | None = None) -> list[Study]:
         """All studies matching query."""
@@ -88,25 +96,119 @@ class Trolley:
 
         With ``use_async=True`` up to ``max_workers`` transfers run at once (default
         4). Each file is written under a temporary name and renamed when complete.
-        Failures do not stop the other transfers; at the end a
-        DownloadIncompleteError names every instance, series or study that failed.
+        When the downloader needs deeper references than it was given, the
+        searcher is asked for them study by study, as part of that study's work:
+        a search that fails (after the retries of :attr:`search_retry`) fails
+        only its study. Failures do not stop the other studies; at the end a
+        DownloadIncompleteError names every instance, series or study that
+        failed, with the report of what did arrive.
         """
         items = [objects] if isinstance(objects, DICOMDownloadable) else list(objects)
         workers = (max_workers or 4) if use_async else 1
         logger.info("Downloading %d object(s) to '%s'", len(items), output_dir)
-        refs = self._references_for(items)
-        try:
-            report = self.downloader.save_all(
-                refs, self.storage, output_dir, max_workers=workers, progress=progress
-            )
-        except (NonInstanceParameterError, NonSeriesParameterError) as error:
-            # a downloader that only finds out while downloading (4.1.0 style)
-            refs = self._deeper_references(refs, error)
-            report = self.downloader.save_all(
-                refs, self.storage, output_dir, max_workers=workers, progress=progress
-            )
+        report = DownloadReport()
+        refs: Sequence[DICOMDownloadable]
+        refs = self._references_for_download(items, report, workers)
+        if refs:
+            try:
+                done = self.downloader.save_all(
+                    refs,
+                    self.storage,
+                    output_dir,
+                    max_workers=workers,
+                    progress=progress,
+                )
+            except (NonInstanceParameterError, NonSeriesParameterError) as error:
+                # a downloader that only finds out while downloading (4.1.0 style)
+                refs = self._search_per_study(refs, error, report, workers)
+                done = self.downloader.save_all(
+                    refs,
+                    self.storage,
+                    output_dir,
+                    max_workers=workers,
+                    progress=progress,
+                )
+            report.merge(done)
         report.raise_for_failures()
         return report
+
+    @property
+    def search_retry(self) -> Retry:
+        """How often one study's search for references is tried again.
+
+        The ``retry`` given to the Trolley, else none on top of a searcher
+        that retries its own requests (the HTTP searchers do, under their
+        transport's policy), else :data:`~dicomtrolley.transport.DEFAULT_RETRY`.
+        """
+        if self.retry is not None:
+            return self.retry
+        if isinstance(getattr(self.searcher, "transport", None), HttpTransport):
+            return NO_RETRY
+        return DEFAULT_RETRY
+
+    def _references_for_download(
+        self,
+        objects: Sequence[DICOMDownloadable],
+        report: DownloadReport,
+        workers: int,
+    ) -> Sequence[DICOMDownloadable]:
+        """objects, or their deeper references where the downloader needs them."""
+        try:
+            self.downloader.check_references(objects)
+            return list(objects)
+        except (NonInstanceParameterError, NonSeriesParameterError) as error:
+            refs = self._search_per_study(objects, error, report, workers)
+        if refs:
+            self.downloader.check_references(refs)
+        return list(refs)
+
+    def _search_per_study(
+        self,
+        objects: Sequence[DICOMDownloadable],
+        error: NonInstanceParameterError | NonSeriesParameterError,
+        report: DownloadReport,
+        workers: int,
+    ) -> list[DICOMObjectReference]:
+        """Deeper references for objects, one study at a time, workers at once.
+
+        A study whose search fails goes into report with its UIDs (the study's
+        and those of the objects asked for in it); the others go on.
+        """
+        if not self.query_missing:
+            raise error
+        level = _level_needed(error)
+        by_study: dict[str, _StudyWork] = {}
+        for obj in objects:
+            uid = obj.reference().study_uid
+            by_study.setdefault(uid, _StudyWork(uid, [])).objects.append(obj)
+        found: dict[str, list[DICOMObjectReference]] = {}
+
+        def search(work: _StudyWork) -> None:
+            found[work.study_uid] = self._obtain_with_retry(work.objects, level)
+
+        run_transfers(
+            list(by_study.values()),
+            search,
+            report,
+            workers=workers,
+            uids_of=_StudyWork.uids,
+        )
+        return [ref for uid in by_study for ref in found.get(uid, [])]
+
+    def _obtain_with_retry(
+        self, objects: Sequence[DICOMDownloadable], level: DICOMObjectLevels
+    ) -> list[DICOMObjectReference]:
+        """obtain_references, tried again on transient errors (search_retry)."""
+        retry = self.search_retry
+        while True:
+            try:
+                return self.obtain_references(objects, level)
+            except TransientError as error:
+                retry = retry.increment("SEARCH", str(self.searcher), error=error)
+                if retry.exhausted:
+                    raise
+                logger.info("searching again for %s after %s", objects[0], error)
+                retry.sleep()
 
     def _deeper_references(
         self,
@@ -115,12 +217,7 @@ class Trolley:
     ) -> list[DICOMObjectReference]:
         if not self.query_missing:
             raise error
-        level = (
-            DICOMObjectLevels.INSTANCE
-            if isinstance(error, NonInstanceParameterError)
-            else DICOMObjectLevels.SERIES
-        )
-        return self.obtain_references(objects, level)
+        return self.obtain_references(objects, _level_needed(error))
 
     def _references_for(
         self, objects: Sequence[DICOMDownloadable]
@@ -198,6 +295,32 @@ class Trolley:
                 )
             references.extend(parts)
         return references
+
+
+@dataclass
+class _StudyWork:
+    """The objects of one study whose references are searched for together."""
+
+    study_uid: str
+    objects: list[DICOMDownloadable]
+
+    def uids(self) -> tuple[str, ...]:
+        """The study's UID, then those of the objects asked for in it."""
+        uids = [self.study_uid]
+        for obj in self.objects:
+            uids.extend(uid for uid in obj.reference().uids() if uid not in uids)
+        return tuple(uids)
+
+    def __str__(self) -> str:
+        return f"search for the references of study {self.study_uid}"
+
+
+def _level_needed(
+    error: NonInstanceParameterError | NonSeriesParameterError,
+) -> DICOMObjectLevels:
+    if isinstance(error, NonInstanceParameterError):
+        return DICOMObjectLevels.INSTANCE
+    return DICOMObjectLevels.SERIES
 
 
 def _parts(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import requests
 from pydicom.dataset import Dataset
 
 from dicomtrolley.core import (
@@ -40,7 +41,9 @@ from dicomtrolley.exceptions import (
     NoReferencesFoundError,
     StorageError,
 )
+from dicomtrolley.qido_rs import QidoRS
 from dicomtrolley.storage import DICOMDiskStorage, FlatStorageDir, StorageDir
+from dicomtrolley.transport import DEFAULT_RETRY, Retry
 from dicomtrolley.trolley import Trolley
 from tests.conftest import DicomBytes, StudyFactory
 
@@ -335,9 +338,11 @@ def test_unknown_series_is_an_error_not_a_silent_skip(
     tmp_path: Path, searcher: FakeSearcher, dicom_bytes: DicomBytes
 ) -> None:
     trolley = Trolley(InstanceDownloader(dicom_bytes), searcher)
-    with pytest.raises(NoReferencesFoundError) as info:
+    with pytest.raises(DownloadIncompleteError) as info:
         trolley.download(SeriesReference("1", "1.9"), tmp_path)
-    assert info.value.uids == ("1", "1.9")
+    (failure,) = info.value.report.failures
+    assert isinstance(failure.error, NoReferencesFoundError)
+    assert failure.uids == ("1", "1.9") == info.value.uids
     assert "1.9" in str(info.value)
 
 
@@ -618,3 +623,98 @@ def test_run_transfers_lets_bugs_through() -> None:
         run_transfers(
             [1, 2], transfer, DownloadReport(), workers=2, uids_of=lambda i: ()
         )
+
+
+# --------------------------------------------------------------------------- #
+# a study's search for references is part of that study's work (issue 9)
+# --------------------------------------------------------------------------- #
+
+
+class FlakySearcher(FakeSearcher):
+    """find_study_by_id fails for the studies in `failing`, `times` times each."""
+
+    def __init__(
+        self,
+        make_study: StudyFactory,
+        failing: dict[str, int],
+        error: type[DICOMTrolleyError] = DICOMTrolleyConnectionError,
+    ) -> None:
+        super().__init__(make_study, LAYOUT)
+        self.failing = dict(failing)
+        self.error = error
+        self.lock = threading.Lock()
+
+    def find_study_by_id(
+        self, study_uid: str, query_level: QueryLevels = QueryLevels.STUDY
+    ) -> Study:
+        with self.lock:
+            left = self.failing.get(study_uid, 0)
+            if left:
+                self.failing[study_uid] = left - 1
+        if left:
+            self.by_id.append((study_uid, QueryLevels(query_level)))
+            raise self.error(f"search for {study_uid} broke")
+        return super().find_study_by_id(study_uid, query_level)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_failed_study_search_fails_only_its_study(
+    tmp_path: Path, make_study: StudyFactory, dicom_bytes: DicomBytes, workers: int
+) -> None:
+    searcher = FlakySearcher(make_study, {"1": 99})
+    trolley = Trolley(
+        InstanceDownloader(dicom_bytes),
+        searcher,
+        retry=Retry(total=2, backoff_factor=0, backoff_jitter=0),
+    )
+    with pytest.raises(DownloadIncompleteError) as info:
+        trolley.download(
+            [StudyReference("1"), StudyReference("2")],
+            tmp_path,
+            use_async=workers > 1,
+            max_workers=workers,
+        )
+    assert saved_sops(tmp_path) == ["2.1.1"]  # the other study was fetched
+    (failure,) = info.value.report.failures
+    assert failure.uids == ("1",)
+    assert isinstance(failure.error, DICOMTrolleyConnectionError)
+    assert "study 1" in str(info.value)
+    assert [uid for uid, _ in searcher.by_id].count("1") == 3  # 1 try + 2 retries
+
+
+def test_a_study_search_is_retried_after_a_transient_error(
+    tmp_path: Path, make_study: StudyFactory, dicom_bytes: DicomBytes
+) -> None:
+    searcher = FlakySearcher(make_study, {"2": 1})
+    trolley = Trolley(
+        InstanceDownloader(dicom_bytes),
+        searcher,
+        retry=Retry(total=1, backoff_factor=0, backoff_jitter=0),
+    )
+    report = trolley.download([StudyReference("1"), StudyReference("2")], tmp_path)
+    assert report.failures == []
+    assert saved_sops(tmp_path) == ALL_SOPS
+
+
+def test_a_permanent_search_error_is_not_retried(
+    tmp_path: Path, make_study: StudyFactory, dicom_bytes: DicomBytes
+) -> None:
+    searcher = FlakySearcher(make_study, {"2": 5}, error=NoReferencesFoundError)
+    trolley = Trolley(InstanceDownloader(dicom_bytes), searcher, retry=Retry(total=3))
+    with pytest.raises(DownloadIncompleteError):
+        trolley.download([StudyReference("1"), StudyReference("2")], tmp_path)
+    assert [uid for uid, _ in searcher.by_id].count("2") == 1
+    assert saved_sops(tmp_path) == ["1.1.1", "1.1.2", "1.2.1"]
+
+
+def test_search_retry_defaults(
+    make_study: StudyFactory, dicom_bytes: DicomBytes
+) -> None:
+    downloader = InstanceDownloader(dicom_bytes)
+    plain = Trolley(downloader, FakeSearcher(make_study, LAYOUT))
+    assert plain.search_retry == DEFAULT_RETRY
+    with requests.Session() as session:
+        http = Trolley(downloader, QidoRS(session, "http://127.0.0.1:9/qido"))
+        assert http.search_retry.total == 0  # the transport retries its requests
+    given = Retry(total=7)
+    assert Trolley(downloader, plain.searcher, retry=given).search_retry is given
