@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import click
 import pydicom
 import pytest
 from click.testing import CliRunner, Result
@@ -35,11 +36,13 @@ from rich.console import Console
 
 from dicomtrolley.cli import progress as progress_module
 from dicomtrolley.cli.connection import ConnectionSettings
+from dicomtrolley.cli.dimse import DIMSESettings
 from dicomtrolley.cli.download import default_wado_uri_url
-from dicomtrolley.cli.main import main, parse_date, parse_timeout
+from dicomtrolley.cli.main import connection_options, main, parse_date, parse_timeout
 from dicomtrolley.cli.progress import RichProgress, TransferCounts, seconds_remaining
 from dicomtrolley.cli.search import dataset_as_json, json_value, text_value
 from dicomtrolley.transport import Timeout
+from tests.fakes import FakeServer, Reply
 
 ROOT = "1.2.826.0.1.3680043.8.498.7777"
 S1, S2 = f"{ROOT}.1", f"{ROOT}.2"
@@ -513,6 +516,49 @@ def test_parse_timeout() -> None:
     for bad in ("0", "-1", "a", "1,2,3", "inf", "nan"):
         with pytest.raises(ValueError):
             parse_timeout(bad)
+
+
+def test_timeout_total_gives_up_on_a_trickling_server() -> None:
+    answer = json.dumps([{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}}]).encode()
+    trickle = Reply(
+        200, answer, {"Content-Type": "application/dicom+json"}, piece_size=2,
+        delay=0.05,
+    )  # fmt: skip
+    with FakeServer({"/studies": trickle}) as fake:
+        slow = run("search", "--url", fake.url, "--timeout-total", "0.2",
+                   "--retries", "0", "--csv")  # fmt: skip
+        patient = run("search", "--url", fake.url, "--retries", "0", "--csv")
+    assert slow.exit_code != 0
+    assert "total deadline" in slow.output
+    assert patient.exit_code == 0, patient.output  # the default waits long enough
+    assert "1.2.3" in patient.output
+
+
+@pytest.mark.parametrize(
+    ("given", "dimse_total", "http_total"),
+    [(None, None, 300.0), (0.0, None, None), (42.0, 42.0, 42.0)],
+)
+def test_timeout_total_reaches_http_and_dimse(
+    monkeypatch: pytest.MonkeyPatch,
+    given: float | None,
+    dimse_total: float | None,
+    http_total: float | None,
+) -> None:
+    seen: list[ConnectionSettings] = []
+
+    def fake_search(**kwargs: object) -> None:
+        seen.append(kwargs["connection"])  # type: ignore[arg-type]
+
+    wrapped = connection_options(fake_search)
+    args = {} if given is None else {"timeout_total": given}
+    with click.Context(click.Command("x")):
+        wrapped(
+            user=None, password=None, token=None, insecure=False, timeout=None,
+            retries=None, verbose=0, **{"timeout_total": None, **args},
+        )  # fmt: skip
+    (settings,) = seen
+    assert settings.timeout.total == http_total
+    assert DIMSESettings.timeouts(settings).total == dimse_total
 
 
 # -- credentials -------------------------------------------------------------------

@@ -43,6 +43,7 @@ class ConnectionSettings:
     verify: bool = True
     timeout: Timeout = DEFAULT_TIMEOUT
     retry: Retry = DEFAULT_RETRY
+    timeout_total: float | None = None  # --timeout-total as given (0: none)
 
     def auth(self) -> requests.auth.AuthBase | None:
         """Bearer auth for a token, basic auth for a user, else None."""
@@ -69,6 +70,7 @@ def resolve_settings(
     retries: int | None,
     warn: Callable[[str], None],
     ask_password: Callable[[str], str],
+    timeout_total: float | None = None,
 ) -> ConnectionSettings:
     """ConnectionSettings from parsed options; warns and prompts where needed.
 
@@ -114,4 +116,5 @@ def resolve_settings(
         verify=not insecure,
         timeout=timeout,
         retry=DEFAULT_RETRY if retries is None else Retry(total=retries),
+        timeout_total=timeout_total,
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import click
@@ -63,8 +63,14 @@ class DIMSESettings:
 
     @staticmethod
     def timeouts(connection: ConnectionSettings) -> DIMSETimeouts:
-        """--timeout CONNECT,READ as DIMSE timeouts (READ is the idle timeout)."""
-        return DIMSETimeouts.coerce(connection.timeout)
+        """--timeout CONNECT,READ as DIMSE timeouts (READ is the idle timeout).
+
+        ``--timeout-total`` bounds each DIMSE operation (0: no bound).
+        """
+        timeouts = DIMSETimeouts.coerce(connection.timeout)
+        if connection.timeout_total is not None:
+            timeouts = replace(timeouts, total=connection.timeout_total or None)
+        return timeouts
 
     def searcher(self, connection: ConnectionSettings) -> DICOMQR:
         host, port = self.require_address("c-find")

@@ -17,6 +17,7 @@ with 2 (click's convention). Tracebacks are shown only with ``-vv``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import logging
@@ -164,6 +165,13 @@ def parse_timeout(text: str) -> Timeout:
     return Timeout(connect=numbers[0], read=numbers[-1])
 
 
+def with_total(timeout: Timeout, total: float | None) -> Timeout:
+    """timeout with the overall deadline of ``--timeout-total`` (0: none)."""
+    if total is None:
+        return timeout
+    return dataclasses.replace(timeout, total=total or None)
+
+
 def _date_option(
     ctx: click.Context, param: click.Parameter, value: str | None
 ) -> datetime | None:
@@ -230,6 +238,18 @@ _CONNECTION_OPTIONS = (
         f"{DEFAULT_TIMEOUT.read:g}]",
     ),
     click.option(
+        "--timeout-total",
+        type=click.FloatRange(min=0),
+        default=None,
+        metavar="SECONDS",
+        help="Overall deadline: over HTTP, each answer must arrive within "
+        "SECONDS plus one second per "
+        f"{(DEFAULT_TIMEOUT.min_rate or 0) / 1000:g} kB of its size, so a "
+        "server trickling bytes is given up on; over DIMSE, each C-FIND, C-GET "
+        "or C-MOVE must end within SECONDS. 0 for none.  "
+        f"[default: {DEFAULT_TIMEOUT.total:g} over HTTP, none over DIMSE]",
+    ),
+    click.option(
         "--retries",
         type=click.IntRange(min=0),
         default=None,
@@ -256,6 +276,7 @@ def connection_options(func: Callable[..., R]) -> Callable[..., R]:
         token: str | None,
         insecure: bool,
         timeout: Timeout | None,
+        timeout_total: float | None,
         retries: int | None,
         verbose: int,
         **kwargs: Any,
@@ -270,7 +291,8 @@ def connection_options(func: Callable[..., R]) -> Callable[..., R]:
             token=token,
             token_source=ctx.get_parameter_source("token"),
             insecure=insecure,
-            timeout=timeout or DEFAULT_TIMEOUT,
+            timeout=with_total(timeout or DEFAULT_TIMEOUT, timeout_total),
+            timeout_total=timeout_total,
             retries=retries,
             warn=warn,
             ask_password=_ask_password,
