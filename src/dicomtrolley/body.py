@@ -16,8 +16,11 @@ ended. Two rules of dicomtrolley close that gap for every protocol:
   the other. Conversely, one byte of body proves the header block complete.
 - **Deadline.** :class:`~dicomtrolley.transport.Timeout` ``read`` bounds each
   wait for bytes; :class:`Deadline` bounds the whole answer, so a server that
-  trickles a byte at a time is given up on. The deadline is checked after each
-  read, so it is overshot by at most one ``read`` timeout.
+  trickles a byte at a time is given up on. The deadline counts from sending
+  the request and is checked after each read of the body, so it is overshot by
+  at most one ``read`` timeout. http.client reads the status line and headers
+  itself: a server trickling its header block is bounded there only by the
+  ``read`` timeout per byte and http.client's limits on header size.
 
 :class:`GuardedBody` wraps ``response.raw`` (requests reads through it too, as
 it duck-types urllib3's ``stream``), applies the deadline and turns urllib3's

@@ -11,7 +11,7 @@ credentials), the HTTP status and the DICOM UIDs involved, where known::
     │   ├── DICOMTrolleyConnectionError     refused, reset, DNS, TLS handshake
     │   │   └── DICOMTrolleyTimeoutError    connect or read timeout
     │   ├── ServerHTTPError                 HTTP 5xx, 429  (also an HTTPStatusError)
-    │   └── IncompleteResponseError         body ended early (truncated multipart ...)
+    │   └── IncompleteResponseError         answer cut (status, headers or body) or unframed
     │       └── (also a MultipartContentError, so also a PermanentError)
     ├── PermanentError
     │   ├── ClientHTTPError                 HTTP 4xx  (also an HTTPStatusError)
