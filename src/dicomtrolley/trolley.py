@@ -27,7 +27,11 @@ from dicomtrolley.core import (
     Study,
 )
 from dicomtrolley.download import DownloadReport, Progress, run_transfers
-from dicomtrolley.exceptions import NoReferencesFoundError, TransientError
+from dicomtrolley.exceptions import (
+    DICOMTrolleyError,
+    NoReferencesFoundError,
+    TransientError,
+)
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.storage import DICOMDiskStorage, StorageDir
 from dicomtrolley.transport import DEFAULT_RETRY, NO_RETRY, HttpTransport, Retry
@@ -107,6 +111,8 @@ class Trolley:
         workers = (max_workers or 4) if use_async else 1
         logger.info("Downloading %d object(s) to '%s'", len(items), output_dir)
         report = DownloadReport()
+        if self._overrides_4_1_0_path():
+            return self._download_datasets(items, output_dir, report, progress)
         refs: Sequence[DICOMDownloadable]
         refs = self._references_for_download(items, report, workers)
         if refs:
@@ -129,6 +135,35 @@ class Trolley:
                     progress=progress,
                 )
             report.merge(done)
+        report.raise_for_failures()
+        return report
+
+    def _overrides_4_1_0_path(self) -> bool:
+        """True for a subclass that overrides fetch_all_datasets (4.1.0 style).
+
+        dicomtrolley 4.1.0 downloaded by saving every dataset of
+        :meth:`fetch_all_datasets`; a subclass that changes that method expects
+        its datasets to be the ones saved.
+        """
+        return type(self).fetch_all_datasets is not Trolley.fetch_all_datasets
+
+    def _download_datasets(
+        self,
+        objects: Sequence[DICOMDownloadable],
+        output_dir: str | Path,
+        report: DownloadReport,
+        progress: Progress | None,
+    ) -> DownloadReport:
+        """The 4.1.0 way: each dataset of fetch_all_datasets through storage.save."""
+        logger.info("%s overrides fetch_all_datasets: saving its datasets", self)
+        try:
+            for dataset in self.fetch_all_datasets(objects):
+                path = self.storage.save(dataset, path=output_dir)
+                report.add_saved(path)
+                if progress is not None:
+                    progress.instance_done()
+        except DICOMTrolleyError as error:
+            report.add_failure(f"datasets of {len(objects)} object(s)", error)
         report.raise_for_failures()
         return report
 

@@ -718,3 +718,50 @@ def test_search_retry_defaults(
         assert http.search_retry.total == 0  # the transport retries its requests
     given = Retry(total=7)
     assert Trolley(downloader, plain.searcher, retry=given).search_retry is given
+
+
+# --------------------------------------------------------------------------- #
+# a 4.1.0 subclass that overrides fetch_all_datasets is honoured (issue 10)
+# --------------------------------------------------------------------------- #
+
+
+class StampingTrolley(Trolley):
+    """4.1.0 style: changes each dataset in fetch_all_datasets before saving."""
+
+    def fetch_all_datasets(
+        self, objects: Sequence[DICOMDownloadable]
+    ) -> Iterator[Dataset]:
+        for dataset in super().fetch_all_datasets(objects):
+            dataset.PatientName = "Stamped"
+            yield dataset
+
+
+def test_download_saves_what_an_overridden_fetch_all_datasets_yields(
+    tmp_path: Path, searcher: FakeSearcher, dicom_bytes: DicomBytes
+) -> None:
+    downloader = RecordingDownloader(dicom_bytes)
+    trolley = StampingTrolley(downloader, searcher, storage=StorageDir(tmp_path))
+    report = trolley.download(StudyReference("1"), tmp_path)
+    assert downloader.save_all_calls == []  # the 4.1.0 path, not save_all
+    assert saved_sops(tmp_path) == ["1.1.1", "1.1.2", "1.2.1"]
+    assert len(report.saved) == 3
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    names = {str(pydicom.dcmread(p).PatientName) for p in files}
+    assert names == {"Stamped"}
+
+
+def test_overridden_fetch_all_datasets_failure_is_reported(
+    tmp_path: Path, searcher: FakeSearcher, dicom_bytes: DicomBytes
+) -> None:
+    class Broken(Trolley):
+        def fetch_all_datasets(
+            self, objects: Sequence[DICOMDownloadable]
+        ) -> Iterator[Dataset]:
+            yield from super().fetch_all_datasets(objects[:1])
+            raise DICOMTrolleyConnectionError("cut", uids=["2"])
+
+    trolley = Broken(InstanceDownloader(dicom_bytes), searcher)
+    with pytest.raises(DownloadIncompleteError) as info:
+        trolley.download([StudyReference("1"), StudyReference("2")], tmp_path)
+    assert info.value.uids == ("2",)
+    assert len(info.value.report.saved) == 3
