@@ -1,25 +1,37 @@
 """QIDO-RS search (DICOMweb, PS3.18 section 10.6).
 
 :class:`QidoRS` turns a query into ``GET {url}/studies`` (and the series and
-instance resources), asks for ``application/dicom+json``, follows a server's
-result cap by paging with ``offset``, and builds the study tree from the answer.
-A plain :class:`~dicomtrolley.core.Query` is sent as a hierarchical query when it
-can be (``/studies/{S}/series``), else as a relational one (``/series``).
+instance resources), asks for ``application/dicom+json`` and builds the study
+tree from the answer. A plain :class:`~dicomtrolley.core.Query` is sent as a
+hierarchical query when it can be (``/studies/{S}/series``), else as a
+relational one (``/series``).
+
+Paging (PS3.18 8.3.4.4): a server may cap its answers. It then says so with
+``Warning: 299 {service}: "There are N additional results that can be
+requested"`` (8.3.4.4.1), or, on older servers, with 206 Partial Content. Only
+an answer that shows such a cap, or that holds exactly the ``server_limit`` the
+user knows the server applies, is followed by a request with ``offset``; an
+ordinary answer is one request. A server that refuses ``offset`` (any 4xx) is
+taken as one that cannot page: what it sent is kept and a warning is logged.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
 
 import requests
 from pydantic import model_validator
 from pydicom.dataset import Dataset
+from requests import Response
 
 from dicomtrolley.core import Query, QueryLevels, Searcher, Study
 from dicomtrolley.exceptions import (
+    ClientHTTPError,
+    DICOMTrolleyError,
     NoQueryResultsError,
     ResponseFormatError,
     UnSupportedParameterError,
@@ -30,10 +42,32 @@ from dicomtrolley.parsing import (
     SERIES_UID_TAG,
     SOP_UID_TAG,
     STUDY_UID_TAG,
+    DICOMParseTree,
     studies_from_datasets,
     uid_of,
 )
-from dicomtrolley.transport import HttpTransport, Retry, Timeout
+from dicomtrolley.transport import HttpTransport, Retry, Timeout, error_for_response
+
+__all__ = [
+    "STUDY_VALUE_ERROR_TEXT",
+    "DICOMParseTree",
+    "DICOMTrolleyError",
+    "Dataset",
+    "HierarchicalQuery",
+    "NoQueryResults",
+    "NoQueryResultsError",
+    "QidoRS",
+    "QidoRSQueryBase",
+    "Query",
+    "QueryLevels",
+    "RelationalQuery",
+    "Response",
+    "Searcher",
+    "Study",
+    "UnSupportedParameterError",
+    "get_module_logger",
+    "logger",
+]
 
 logger = get_module_logger("qido_rs")
 
@@ -56,7 +90,8 @@ class QidoRSQueryBase(Query):
     offset: int = 0
 
     @model_validator(mode="after")
-    def _min_max_study_date_together(self) -> QidoRSQueryBase:
+    def min_max_study_date_xor(self) -> QidoRSQueryBase:
+        """Both ends of the study date range, or neither (4.1.0 name)."""
         if bool(self.min_study_date) != bool(self.max_study_date):
             given, missing = (
                 ("min_study_date", "max_study_date")
@@ -107,12 +142,18 @@ class HierarchicalQuery(QidoRSQueryBase):
     """Study → series → instance: deeper levels need the UIDs above them."""
 
     @model_validator(mode="after")
-    def _uids_hierarchical(self) -> HierarchicalQuery:
+    def uids_should_be_hierarchical(self) -> HierarchicalQuery:
+        """A series UID needs its study UID (4.1.0 name)."""
         if self.SeriesInstanceUID and not self.StudyInstanceUID:
             raise ValueError(
                 "This query is not hierarchical: SeriesInstanceUID is given but its "
                 "parent StudyInstanceUID is not. Add it or use a RelationalQuery"
             )
+        return self
+
+    @model_validator(mode="after")
+    def uids_should_match_query_level(self) -> HierarchicalQuery:
+        """Series need a study UID; instances a study and a series UID."""
         level = QueryLevels(self.query_level)
         if level == QueryLevels.SERIES and not self.StudyInstanceUID:
             raise ValueError(
@@ -154,7 +195,8 @@ class RelationalQuery(QidoRSQueryBase):
     """Series or instances across studies: ``/series``, ``/instances``."""
 
     @model_validator(mode="after")
-    def _not_study_level(self) -> RelationalQuery:
+    def query_level_should_be_series_or_instance(self) -> RelationalQuery:
+        """Relational queries are for series and instances (4.1.0 name)."""
         if QueryLevels(self.query_level) == QueryLevels.STUDY:
             raise ValueError(STUDY_VALUE_ERROR_TEXT)
         return self
@@ -201,6 +243,22 @@ def _result_key(dataset: Dataset) -> tuple[str | None, str | None, str | None]:
     )
 
 
+class _Page(NamedTuple):
+    """One answer: its results, and how it shows that the server capped it.
+
+    ``cap`` is ``"announced"`` (a Warning or 206), ``"full"`` (exactly
+    ``server_limit`` results) or ``""`` (not capped).
+    """
+
+    datasets: list[Dataset]
+    cap: str
+
+
+# PS3.18 8.3.4.4.1: 'There are {N} additional results that can be requested'.
+# Older editions and some servers word it differently; all say "additional results".
+_MORE_RESULTS = re.compile(r"additional\s+results?", re.IGNORECASE)
+
+
 class QidoRS(Searcher):
     """Search a DICOMweb server with QIDO-RS.
 
@@ -213,9 +271,14 @@ class QidoRS(Searcher):
     timeout, retry:
         Override the defaults of :mod:`dicomtrolley.transport`.
     auto_page:
-        When a query sets no ``limit``, keep asking with ``offset`` until the
-        server has sent everything (servers cap large answers). Costs one extra
-        small request per search; turn off for servers that ignore ``offset``.
+        When a query sets no ``limit`` and the server shows that it capped its
+        answer (module docstring), ask for the rest with ``offset``.
+    max_pages:
+        Give up (ResponseFormatError) after this many pages.
+    server_limit:
+        The most results the server sends in one answer, when known (from its
+        conformance statement) but not announced in its answers: an answer of
+        exactly this size is then taken as capped too.
     """
 
     def __init__(
@@ -227,12 +290,14 @@ class QidoRS(Searcher):
         retry: Retry | None = None,
         auto_page: bool = True,
         max_pages: int = 10_000,
+        server_limit: int | None = None,
     ) -> None:
         self.session = session
         self.url = url.rstrip("/")
         self.transport = HttpTransport(session, timeout=timeout, retry=retry)
         self.auto_page = auto_page
         self.max_pages = max_pages
+        self.server_limit = server_limit
 
     def __str__(self) -> str:
         return f"QidoRS at {self.url}"
@@ -260,48 +325,53 @@ class QidoRS(Searcher):
         qido_query = self.ensure_query_type(query)
         url = self.url + qido_query.uri_base()
         params: dict[str, Any] = dict(qido_query.uri_search_params())
-        results = self._get_page(url, params)
-        if qido_query.limit or not self.auto_page or not results:
-            return results
-        return self._remaining_pages(url, params, results)
+        first = self._get_page(url, params)
+        if qido_query.limit or not self.auto_page or not first.cap:
+            return first.datasets
+        return self._remaining_pages(url, params, first)
 
     def _remaining_pages(
-        self, url: str, params: dict[str, Any], first: list[Dataset]
+        self, url: str, params: dict[str, Any], first: _Page
     ) -> list[Dataset]:
-        """Ask for more pages after `first` until the server runs out.
+        """Ask for the pages after a capped first answer until the server runs out.
 
-        The first page's length is taken as the server's cap: paging stops at an
-        empty or shorter page, or when a page repeats what came before (a server
-        that ignores offset).
+        Paging goes on while pages show a cap the way the first one did. It
+        stops at an empty page, at a page that only repeats earlier results (a
+        server that ignores offset), and at a refused offset (4xx), keeping
+        what arrived.
         """
-        results = list(first)
-        seen: set[tuple[str | None, str | None, str | None]] | None = None
-        page_size = len(first)
-        offset = int(params.get("offset", 0) or 0)
+        results = list(first.datasets)
+        seen = {_result_key(ds) for ds in results}
+        offset = int(params.get("offset", 0) or 0) + len(first.datasets)
         for _ in range(self.max_pages):
-            offset += page_size if page_size else 0
-            page = self._get_page(url, {**params, "offset": str(offset)})
-            if not page:
+            try:
+                page = self._get_page(url, {**params, "offset": str(offset)})
+            except ClientHTTPError as error:
+                logger.warning(
+                    "%s: server refused offset=%d (%s); keeping the %d results "
+                    "received",
+                    url,
+                    offset,
+                    error.status_code,
+                    len(results),
+                )
                 break
-            if seen is None:  # only now: most servers end after the first page
-                seen = {_result_key(ds) for ds in results}
-            new = [ds for ds in page if _result_key(ds) not in seen]
+            new = [ds for ds in page.datasets if _result_key(ds) not in seen]
             if not new:  # the end, or a server that ignores offset
                 break
             results.extend(new)
             seen.update(_result_key(ds) for ds in new)
-            if len(page) < page_size:
+            offset += len(page.datasets)
+            if page.cap != first.cap:
                 break
-            page_size = len(page)
         else:
             raise ResponseFormatError(
                 f"QIDO-RS paging did not end after {self.max_pages} pages", url=url
             )
-        if len(results) > len(first):
-            logger.info("%s: server paged its answer; %d results", url, len(results))
+        logger.info("%s: server paged its answer; %d results", url, len(results))
         return results
 
-    def _get_page(self, url: str, params: dict[str, Any]) -> list[Dataset]:
+    def _get_page(self, url: str, params: dict[str, Any]) -> _Page:
         response = self.transport.get(
             url,
             params=encode_params(params),
@@ -309,29 +379,75 @@ class QidoRS(Searcher):
             what="QIDO-RS search",
         )
         try:
-            return self.parse_response(response)
+            datasets = self.parse_response(response)
+            return _Page(datasets, self._cap_shown(response, len(datasets)))
         finally:
             response.close()
 
+    def _cap_shown(self, response: Any, count: int) -> str:
+        """How an answer of count results shows that more can be asked for.
+
+        ``"announced"``: a ``Warning`` saying there are additional results
+        (PS3.18 8.3.4.4.1) or 206 Partial Content. ``"full"``: exactly
+        ``server_limit`` results. ``""``: neither.
+        """
+        if not count:
+            return ""
+        headers = getattr(response, "headers", None) or {}
+        if response.status_code == 206 or _MORE_RESULTS.search(
+            headers.get("Warning", "") or ""
+        ):
+            return "announced"
+        limit = self.server_limit
+        return "full" if limit is not None and 0 < limit <= count else ""
+
     @staticmethod
-    def parse_response(response: requests.Response) -> list[Dataset]:
-        """Datasets from a QIDO-RS answer (204 and empty bodies give [])."""
-        if response.status_code == 204 or not response.content.strip():
+    def check_for_response_errors(response: Any) -> None:
+        """Raise for an answer that holds no results (4.1.0 API).
+
+        Raises
+        ------
+        NoQueryResults
+            For 204 No Content (a NoQueryResultsError).
+        DICOMTrolleyError
+            For an HTTP error status (DICOMTrolleyAuthError, ClientHTTPError,
+            ServerHTTPError).
+        """
+        status = response.status_code
+        if status == 204:
+            raise NoQueryResults("Server returned http 204 (No Content)")
+        if not 200 <= status < 300:
+            raise error_for_response(response, "QIDO-RS search")
+
+    @classmethod
+    def parse_response(cls, response: Any) -> list[Dataset]:
+        """Datasets from a QIDO-RS answer (204 and empty bodies give []).
+
+        Takes a requests.Response or any object with ``status_code`` and
+        ``content`` (or ``text``); ``headers`` and ``url`` are used when present.
+        """
+        if response.status_code == 204:
             return []
-        content_type = response.headers.get("Content-Type", "").lower()
+        cls.check_for_response_errors(response)
+        content = _content_of(response)
+        if not content.strip():
+            return []
+        headers = getattr(response, "headers", None) or {}
+        url = getattr(response, "url", None)
+        content_type = (headers.get("Content-Type", "") or "").lower()
         if "html" in content_type or "xml" in content_type:
             raise ResponseFormatError(
-                f"QIDO-RS answered {content_type or 'without a content type'} "
-                "instead of application/dicom+json",
-                url=response.url,
+                f"Could not parse QIDO-RS answer: it is {content_type} instead of "
+                "application/dicom+json",
+                url=url,
                 status_code=response.status_code,
             )
         try:
-            return parse_dicom_json(response.content)
+            return parse_dicom_json(content)
         except ResponseFormatError as error:
             raise ResponseFormatError(
-                f"QIDO-RS answer is not valid DICOM JSON: {error.message}",
-                url=response.url,
+                f"Could not parse QIDO-RS answer as DICOM JSON: {error.message}",
+                url=url,
                 status_code=response.status_code,
             ) from error
 
@@ -341,3 +457,12 @@ class QidoRS(Searcher):
         from dicomtrolley.formats.dicom_json import dataset_from_json_dict
 
         return studies_from_datasets(dataset_from_json_dict(item) for item in response)
+
+
+def _content_of(response: Any) -> bytes:
+    """The body of a response-like object: ``content``, else ``text`` as UTF-8."""
+    content = getattr(response, "content", None)
+    if isinstance(content, bytes | bytearray | memoryview):
+        return bytes(content)
+    text = getattr(response, "text", None)
+    return text.encode("utf-8") if isinstance(text, str) else b""

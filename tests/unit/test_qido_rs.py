@@ -212,22 +212,36 @@ def test_results_become_studies(session: requests.Session) -> None:
 # --------------------------------------------------------------------------- #
 
 
+MORE = '299 pacs: "There are {n} additional results that can be requested"'
+
+
 def capped_server(
     results: list[dict[str, Any]], cap: int, honour_offset: bool
 ) -> FakeServer:
-    """Answers at most cap results, from offset when honour_offset."""
+    """Answers at most cap results, from offset when honour_offset.
+
+    A capped answer says so as PS3.18 8.3.4.4.1 asks: a Warning header with the
+    number of results left.
+    """
 
     def handler(request: Recorded) -> Reply:
         offset = int(request.param("offset") or 0) if honour_offset else 0
         page = results[offset : offset + cap]
-        return json_reply(page) if page else Reply(204)
+        remaining = len(results) - offset - len(page)
+        if not page:
+            return Reply(204)
+        reply = json_reply(page)
+        if remaining > 0:
+            headers = {**reply.headers, "Warning": MORE.format(n=remaining)}
+            reply = Reply(200, reply.body, headers)
+        return reply
 
     return FakeServer({ROOT + "/studies": handler})
 
 
 @pytest.mark.parametrize(
     ("total", "offsets"),
-    [(10, [None, "3", "6", "9"]), (9, [None, "3", "6", "9"]), (3, [None, "3"])],
+    [(10, [None, "3", "6", "9"]), (9, [None, "3", "6"]), (3, [None]), (4, [None, "3"])],
 )
 def test_automatic_paging_collects_every_page(
     session: requests.Session, total: int, offsets: list[str | None]
@@ -331,13 +345,13 @@ def test_server_error_is_retried_then_raised(
 
 
 def test_server_error_then_success(session: requests.Session) -> None:
-    answers = iter([Reply(503), json_reply(many_studies(2)), Reply(204)])
+    answers = iter([Reply(503), json_reply(many_studies(2))])
     with FakeServer({ROOT + "/studies": lambda request: next(answers)}) as fake:
         studies = qido(fake, session, retry=Retry(backoff_factor=0)).find_studies(
             Query()
         )
     assert len(studies) == 2
-    assert len(fake.requests) == 3  # 503, the results, the empty second page
+    assert len(fake.requests) == 2  # 503, then the results (not capped: no paging)
 
 
 @pytest.mark.parametrize(
@@ -368,7 +382,6 @@ def test_connection_cut_mid_answer_is_retried(session: requests.Session) -> None
         [
             Reply(200, body, {"Content-Type": "application/dicom+json"}, cut_after=40),
             json_reply(many_studies(3)),
-            Reply(204),
         ]
     )
     with FakeServer({ROOT + "/studies": lambda request: next(answers)}) as fake:
@@ -376,7 +389,7 @@ def test_connection_cut_mid_answer_is_retried(session: requests.Session) -> None
             Query()
         )
     assert len(studies) == 3
-    assert len(fake.requests) == 3
+    assert len(fake.requests) == 2  # the cut answer, then the whole one
 
 
 def test_connection_refused(session: requests.Session) -> None:
