@@ -108,15 +108,15 @@ class QidoRSQueryBase(Query):
     def date_to_str(date_in: datetime | None) -> str:
         return date_in.strftime("%Y%m%d") if date_in else ""
 
-    @classmethod
-    def date_range_to_str(
-        cls, min_date: datetime | None, max_date: datetime | None
-    ) -> str:
+    @staticmethod
+    def date_range_to_str(min_date: datetime | None, max_date: datetime | None) -> str:
+        """``YYYYMMDD-YYYYMMDD`` (PS3.4 C.2.2.2.5); an open end stays empty."""
         if not min_date and not max_date:
             raise UnSupportedParameterError(
                 "Cannot create a date range without any dates"
             )
-        return f"{cls.date_to_str(min_date)}-{cls.date_to_str(max_date)}"
+        as_text = QidoRSQueryBase.date_to_str
+        return f"{as_text(min_date)}-{as_text(max_date)}"
 
     def uri_base(self) -> str:
         """The resource path, e.g. ``/studies``."""

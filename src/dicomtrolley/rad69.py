@@ -32,12 +32,18 @@ Choices, where dicomtrolley 4.1.0 or the profile leave room:
   policy here is the transport's default with POST allowed
   (:data:`RAD69_RETRY`). A ``retry=`` given is used as it is. When an answer
   breaks off, the next try asks only for the documents not yet saved.
-- ``errors_to_ignore``: exception classes (e.g. ``[XDSMissingDocumentError]``).
+- ``errors_to_ignore``: exception classes (e.g. ``[XDSMissingDocumentError]``),
+  read when an error comes, so it may be set or changed after construction.
   As in 4.1.0, a request whose error is an instance of one of them is logged
   and skipped; the other requests go on, and what the request did deliver
   (PartialSuccess) is kept. In :meth:`Rad69.save_all` other errors go into the
   download report (the Trolley raises them at the end); in
   :meth:`Rad69.datasets` they are raised after the datasets that did arrive.
+
+The 4.1.0 methods that work on an answer the caller obtained itself
+(:meth:`Rad69.check_for_response_errors`, :meth:`Rad69.parse_rad69_response`,
+:meth:`Rad69.parse_rad69_soap_error_response`) take a requests.Response or any
+object with ``status_code``, ``headers`` and ``content``.
 
 Status handling: Success gives every document. PartialSuccess saves what came
 and then raises for what did not. Failure raises
@@ -52,13 +58,14 @@ from __future__ import annotations
 import io
 import math
 import re
+import warnings
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Protocol
+from typing import Any, NoReturn, Protocol
 
 import requests
 from pydicom.dataset import Dataset
@@ -86,7 +93,12 @@ from dicomtrolley.exceptions import (
     TransientError,
     XDSMissingDocumentError,
 )
-from dicomtrolley.formats.multipart import parse_content_type
+from dicomtrolley.formats.multipart import (
+    Event,
+    MultipartParser,
+    boundary_from_content_type,
+    parse_content_type,
+)
 from dicomtrolley.formats.soap import (
     FAILURE,
     MAX_ROOT_BYTES,
@@ -95,11 +107,14 @@ from dicomtrolley.formats.soap import (
     SUCCESS,
     AttachmentSink,
     DocumentResponse,
+    RegistryError,
     XopReader,
     XopResult,
     build_request,
+    parse_response,
 )
 from dicomtrolley.logs import get_module_logger
+from dicomtrolley.parsing import DICOMParseTree
 from dicomtrolley.storage import DICOMDiskStorage, InstanceWriter
 from dicomtrolley.streaming import (
     iter_body,
@@ -121,9 +136,17 @@ __all__ = [
     "DEFAULT_REPOSITORY_UNIQUE_ID",
     "DEFAULT_TRANSFER_SYNTAXES",
     "RAD69_RETRY",
+    "DICOMDownloadable",
+    "DICOMParseTree",
+    "DICOMTrolleyError",
+    "Downloader",
+    "InstanceReference",
     "Rad69",
     "Rad69ServerError",
     "XDSMissingDocumentError",
+    "get_module_logger",
+    "logger",
+    "to_instance_refs",
 ]
 
 logger = get_module_logger("rad69")
@@ -199,7 +222,7 @@ class Rad69(Downloader):
         session: requests.Session,
         url: str,
         request_per_series: bool = True,
-        errors_to_ignore: Sequence[type[BaseException]] | None = None,
+        errors_to_ignore: Collection[type[BaseException]] | None = None,
         use_async: bool = False,
         max_workers: int = 4,
         *,
@@ -218,9 +241,11 @@ class Rad69(Downloader):
         self.session = session
         self.url = url
         self.request_per_series = request_per_series
-        self.errors_to_ignore: tuple[type[BaseException], ...] = tuple(
-            errors_to_ignore or ()
+        # kept as given, and read when an error comes: may be reassigned later
+        self.errors_to_ignore: Collection[type[BaseException]] = (
+            [] if errors_to_ignore is None else errors_to_ignore
         )
+        self.post_headers: dict[str, str] = {"Content-Type": SOAP_CONTENT_TYPE}
         self.use_async = use_async
         self.max_workers = max_workers
         self.transfer_syntax_list = tuple(
@@ -253,6 +278,14 @@ class Rad69(Downloader):
             repository_unique_id=self.repository_unique_id,
         )
 
+    def create_instances_request(self, instances: Sequence[InstanceReference]) -> str:
+        """The SOAP envelope asking for instances, as text (4.1.0 API)."""
+        return self.request_body(instances).decode("utf-8")
+
+    def create_instance_request(self, instance: InstanceReference) -> str:
+        """The SOAP envelope asking for one instance, as text (4.1.0 API)."""
+        return self.create_instances_request([instance])
+
     def request_batches(
         self, refs: Sequence[InstanceReference], workers: int = 1
     ) -> list[_Batch]:
@@ -283,7 +316,7 @@ class Rad69(Downloader):
             "POST",
             self.url,
             data=self.request_body(refs),
-            headers={"Content-Type": SOAP_CONTENT_TYPE, "Accept": ACCEPT},
+            headers={"Accept": ACCEPT, **self.post_headers},
             stream=True,
             what=what,
             uids=tuple(ref.instance_uid for ref in refs),
@@ -296,7 +329,16 @@ class Rad69(Downloader):
         return max(1, self.max_workers) if self.use_async else 1
 
     def _ignored(self, error: BaseException) -> bool:
-        return isinstance(error, self.errors_to_ignore)
+        """True when error is an instance of a class in errors_to_ignore (now)."""
+        ignore: Any = self.errors_to_ignore or ()
+        classes = (ignore,) if isinstance(ignore, type) else tuple(ignore)
+        return isinstance(error, classes)
+
+    def handle_response_error(self, error: BaseException) -> None:
+        """Log an ignored error and return; raise any other (4.1.0 API)."""
+        if not self._ignored(error):
+            raise error
+        logger.warning("Ignoring error: %s", error)
 
     # -- one request, tried again when its answer breaks off ----------------
 
@@ -376,8 +418,8 @@ class Rad69(Downloader):
             else:
                 prove_headers_complete(response, what=what, uids=uids)
                 raise ResponseFormatError(
-                    f"{what}: expected multipart/related or application/soap+xml, "
-                    f"got {content_type or 'no Content-Type'}: "
+                    f"{what}: Expected multipart response (multipart/related) or "
+                    f"application/soap+xml, got {content_type or 'no Content-Type'}: "
                     f"{_peek(response)!r}",
                     url=response.url,
                     status_code=response.status_code,
@@ -447,15 +489,32 @@ class Rad69(Downloader):
     def datasets(self, objects: Sequence[DICOMDownloadable]) -> Iterator[Dataset]:
         """Every instance in objects as a Dataset in memory.
 
-        With use_async, up to max_workers requests run at once, at most
-        ``2 * max_workers`` ahead of the one being yielded; datasets come in
-        request order.
+        With use_async, up to max_workers requests run at once (see
+        :meth:`datasets_async`); else one at a time.
         """
         items = [objects] if isinstance(objects, DICOMDownloadable) else objects
-        refs = to_instance_refs(items)
-        workers = self._workers()
-        batches = self.request_batches(refs, workers)
-        if workers <= 1 or len(batches) <= 1:
+        if self.use_async:
+            return self.datasets_async(items, self.max_workers)
+        return self.datasets_single_thread(items)
+
+    def datasets_single_thread(
+        self, objects: Sequence[DICOMDownloadable]
+    ) -> Iterator[Dataset]:
+        """Every instance in objects, one request at a time (4.1.0 API)."""
+        for batch in self.request_batches(to_instance_refs(objects)):
+            yield from self._yield_batch(self._batch_datasets(batch))
+
+    def datasets_async(
+        self, objects: Sequence[DICOMDownloadable], max_workers: int | None = None
+    ) -> Iterator[Dataset]:
+        """Every instance in objects, max_workers requests at a time (4.1.0 API).
+
+        Requests run at most ``2 * max_workers`` ahead of the one being
+        yielded; datasets come in request order. max_workers None means one.
+        """
+        workers = max(1, max_workers or 1)
+        batches = self.request_batches(to_instance_refs(objects), workers)
+        if workers == 1 or len(batches) <= 1:
             for batch in batches:
                 yield from self._yield_batch(self._batch_datasets(batch))
             return
@@ -475,15 +534,37 @@ class Rad69(Downloader):
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
+    def download_iterator(
+        self, instances: Sequence[InstanceReference]
+    ) -> Iterator[Dataset]:
+        """The instances, asked for in one request (4.1.0 API)."""
+        refs = tuple(dict.fromkeys(instances))
+        if refs:
+            yield from self._yield_batch(self._batch_datasets(_Batch(refs, "request")))
+
+    def series_download_iterator(
+        self, instances: Sequence[InstanceReference], index: int = 0
+    ) -> Iterator[Dataset]:
+        """:meth:`download_iterator` for the instances of one series (4.1.0 API)."""
+        if instances:
+            logger.debug("Downloading series %d: %s", index, instances[0].series_uid)
+        return self.download_iterator(instances)
+
+    @staticmethod
+    def split_instances(
+        instances: Sequence[InstanceReference], num_bins: int
+    ) -> Iterator[Sequence[InstanceReference]]:
+        """instances in num_bins slices of (nearly) equal size (4.1.0 API)."""
+        if instances:
+            yield from _chunks(instances, math.ceil(len(instances) / max(1, num_bins)))
+
     def _yield_batch(
         self, outcome: tuple[list[Dataset], DICOMTrolleyError | None]
     ) -> Iterator[Dataset]:
         datasets, error = outcome
         yield from datasets
         if error is not None:
-            if not self._ignored(error):
-                raise error
-            logger.warning("Ignoring error: %s", error)
+            self.handle_response_error(error)
 
     def _batch_datasets(
         self, batch: _Batch
@@ -500,6 +581,149 @@ class Rad69(Downloader):
         return [
             datasets[r.instance_uid] for r in batch.refs if r.instance_uid in datasets
         ], error
+
+    # -- 4.1.0 API on answers the caller obtained itself ---------------------
+
+    @staticmethod
+    def check_for_response_errors(response: Any) -> None:
+        """Raise unless response is a multipart RAD-69 answer (4.1.0 API).
+
+        Takes a requests.Response or any object with ``status_code``,
+        ``headers`` and ``content`` (or ``text``).
+
+        Raises
+        ------
+        DICOMTrolleyError
+            A SOAP answer (no multipart): what
+            :meth:`parse_rad69_soap_error_response` raises. Another HTTP error
+            status: the transport's error for it. No Content-Type:
+            ResponseFormatError.
+        """
+        status = response.status_code
+        headers = getattr(response, "headers", None) or {}
+        content_type = headers.get("Content-Type", "") or ""
+        media_type, _ = parse_content_type(content_type) if content_type else ("", {})
+        if media_type in _SOAP_TYPES and (
+            200 <= status < 300 or status in SOAP_ERROR_STATUSES
+        ):
+            Rad69.parse_rad69_soap_error_response(response)
+        if not 200 <= status < 300:
+            raise error_for_response(response, "RAD-69")
+        if not media_type.startswith("multipart/"):
+            raise ResponseFormatError(
+                "RAD-69: Expected multipart response, but got "
+                f"{content_type or 'no content type'}",
+                url=getattr(response, "url", None),
+                status_code=status,
+            )
+
+    @staticmethod
+    def parse_rad69_soap_error_response(response: Any) -> NoReturn:
+        """Raise the error a plain SOAP answer reports (4.1.0 API).
+
+        Raises
+        ------
+        XDSMissingDocumentError
+            When every RegistryError is ``XDSMissingDocument``.
+        Rad69ServerError
+            For other RegistryErrors and SOAP Faults.
+        ResponseFormatError
+            When the answer is not SOAP, or reports no error.
+        """
+        url = getattr(response, "url", None)
+        status = response.status_code
+        try:
+            answer = parse_response(_content_of(response))
+        except ResponseFormatError as error:
+            error.url, error.status_code = error.url or url, status
+            raise
+        if answer.fault is not None:
+            raise Rad69ServerError(
+                f"RAD-69: SOAP Fault {answer.fault}", url=url, status_code=status
+            )
+        if not answer.errors:
+            raise ResponseFormatError(
+                "RAD-69: Could not find any rad69 soap errors in the answer "
+                f"(status {answer.outcome or 'none'})",
+                url=url,
+                status_code=status,
+            )
+        raise _registry_error(
+            f"RAD-69: {_errors_text(answer.outcome, answer.errors)}",
+            answer.errors,
+            [e.location for e in answer.errors if e.location],
+            url=url,
+            status_code=status,
+        )
+
+    def parse_rad69_response(self, response: Any) -> Iterator[Dataset]:
+        """The datasets in a RAD-69 answer, while it arrives (4.1.0 API).
+
+        Takes a requests.Response (read while it arrives when it was asked for
+        with ``stream=True``) or any object with ``status_code``, ``headers``
+        and ``content``. Errors, from :meth:`check_for_response_errors` or
+        reported in the answer, go through :meth:`handle_response_error`: they
+        are raised unless they are in errors_to_ignore.
+        """
+        try:
+            self.check_for_response_errors(response)
+        except DICOMTrolleyError as error:
+            _close(response)
+            self.handle_response_error(error)
+            return
+        what = "RAD-69"
+        ready: list[Dataset] = []
+        done: set[str] = set()
+        headers = getattr(response, "headers", None) or {}
+        reader = XopReader.for_content_type(
+            headers.get("Content-Type", ""),
+            lambda cid: _AnyDocumentSink(what, ready, done),
+        )
+        try:
+            for event in self._answer_events(response, what):
+                reader.feed(event)
+                yield from ready
+                ready.clear()
+            result = reader.close()
+            yield from ready
+        except BaseException:
+            reader.abort()
+            raise
+        finally:
+            _close(response)
+        listed = [doc.document_unique_id for doc in result.response.documents]
+        failure = _outcome_error(result, listed, done, what)
+        if failure is not None:
+            failure.url = getattr(response, "url", None)
+            failure.status_code = response.status_code
+            self.handle_response_error(failure)
+
+    def _answer_events(self, response: Any, what: str) -> Iterator[Event]:
+        """Part events of a multipart answer: streamed, or from its content."""
+        if (
+            isinstance(response, requests.Response)
+            and not getattr(response, "_content_consumed", True)
+            and response.raw is not None
+        ):
+            yield from iter_parts(response, self.http_chunk_size, what=what)
+            return
+        headers = getattr(response, "headers", None) or {}
+        parser = MultipartParser(boundary_from_content_type(headers["Content-Type"]))
+        yield from parser.feed(_content_of(response))
+        yield from parser.close()
+
+    def verify_response(self, response: Any) -> None:
+        """Did nothing in 4.1.0 and does nothing here; deprecated.
+
+        Use :meth:`check_for_response_errors` (or :meth:`parse_rad69_response`,
+        which checks every answer).
+        """
+        warnings.warn(
+            "Rad69.verify_response does nothing; use "
+            "Rad69.check_for_response_errors instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
 
     def save_all(
         self,
@@ -541,10 +765,7 @@ class Rad69(Downloader):
             try:
                 self._fetch(batch, new_sink, done, progress)
             except DICOMTrolleyError as error:
-                if self._ignored(error):
-                    logger.warning("Ignoring error: %s", error)
-                    return
-                raise
+                self.handle_response_error(error)  # raises unless ignored
 
         run_transfers(batches, fetch, report, workers=workers, uids_of=_Batch.uids)
         return report
@@ -623,6 +844,30 @@ class _MemorySink:
         self.buffer = None
 
 
+class _AnyDocumentSink:
+    """An AttachmentSink that parses whichever document its part turns out to be."""
+
+    def __init__(self, what: str, ready: list[Dataset], done: set[str]) -> None:
+        self.what = what
+        self.ready = ready
+        self.done = done
+        self.buffer: io.BytesIO | None = io.BytesIO()
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.buffer is not None:
+            self.buffer.write(data)
+
+    def complete(self, document: DocumentResponse) -> None:
+        buffer, self.buffer = self.buffer or io.BytesIO(), None
+        buffer.seek(0)
+        uid = document.document_unique_id
+        self.ready.append(read_dataset(buffer, self.what, (uid,)))
+        self.done.add(uid)
+
+    def discard(self) -> None:
+        self.buffer = None
+
+
 class _Dispatch:
     """The AttachmentSink for one part: its bytes go to a sink of the caller's.
 
@@ -677,7 +922,7 @@ class _Dispatch:
 
 def _outcome_error(
     result: XopResult,
-    wanted: dict[str, InstanceReference],
+    wanted: Collection[str],
     done: set[str],
     what: str,
 ) -> DICOMTrolleyError | None:
@@ -706,16 +951,7 @@ def _outcome_error(
     locations = [e.location for e in errors if e.location]
     uids = list(dict.fromkeys([*locations, *missing]))
     if errors:
-        listing = _listing(str(e) for e in errors)
-        if all(e.error_code == "XDSMissingDocument" for e in errors):
-            return XDSMissingDocumentError(
-                f"{what}: server answered {outcome}; missing document(s): {listing}",
-                uids=uids,
-            )
-        return Rad69ServerError(
-            f"{what}: server answered {outcome} with {len(errors)} error(s): {listing}",
-            uids=uids,
-        )
+        return _registry_error(f"{what}: {_errors_text(outcome, errors)}", errors, uids)
     never_came = {doc.document_unique_id for doc in result.missing_parts}
     if never_came & set(missing):
         lost = [uid for uid in missing if uid in never_came]
@@ -734,6 +970,46 @@ def _outcome_error(
         f"document(s): {_listing(missing)}",
         uids=missing,
     )
+
+
+def _errors_text(outcome: str, errors: Sequence[RegistryError]) -> str:
+    """What a server reported; "Server returns N errors" is 4.1.0's wording."""
+    listing = _listing(str(e) for e in errors)
+    if all(e.error_code == "XDSMissingDocument" for e in errors):
+        listing = f"missing document(s): {listing}"
+    return (
+        f"server answered {outcome or 'without a status'}. Server returns "
+        f"{len(errors)} errors: {listing}"
+    )
+
+
+def _registry_error(
+    message: str,
+    errors: Sequence[RegistryError],
+    uids: Sequence[str],
+    *,
+    url: str | None = None,
+    status_code: int | None = None,
+) -> Rad69ServerError:
+    """XDSMissingDocumentError when every error is XDSMissingDocument."""
+    missing = all(e.error_code == "XDSMissingDocument" for e in errors)
+    cls = XDSMissingDocumentError if missing else Rad69ServerError
+    return cls(message, url=url, status_code=status_code, uids=uids)
+
+
+def _content_of(response: Any) -> bytes:
+    """The body of a response-like object: ``content``, else ``text`` as UTF-8."""
+    content = getattr(response, "content", None)
+    if isinstance(content, bytes | bytearray | memoryview):
+        return bytes(content)
+    text = getattr(response, "text", None)
+    return text.encode("utf-8") if isinstance(text, str) else b""
+
+
+def _close(response: Any) -> None:
+    close = getattr(response, "close", None)
+    if callable(close):
+        close()
 
 
 def _chunks(

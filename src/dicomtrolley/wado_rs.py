@@ -7,13 +7,20 @@ come in the transfer syntax they are stored in (``transfer-syntax=*``). When
 saving to disk, each part is written to its file while it arrives, so memory
 stays bounded by ``http_chunk_size`` whatever the size of the instances, and
 several series are fetched at once over a bounded thread pool.
+
+The 4.1.0 methods :meth:`WadoRS.download_iterator` (one request) and
+:meth:`WadoRS.parse` (an answer the caller obtained itself: a requests.Response,
+streamed, or any object with ``status_code``, ``headers`` and ``content``) go
+through the same multipart parser.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from itertools import chain
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import requests
@@ -27,6 +34,7 @@ from dicomtrolley.core import (
     Downloader,
     InstanceReference,
     SeriesReference,
+    StudyReference,
     to_series_level_refs,
 )
 from dicomtrolley.download import (
@@ -36,17 +44,47 @@ from dicomtrolley.download import (
     run_transfers,
     skip_present,
 )
-from dicomtrolley.exceptions import ResponseFormatError
+from dicomtrolley.exceptions import (
+    DICOMTrolleyError,
+    NoQueryResultsError,
+    ResponseFormatError,
+)
 from dicomtrolley.formats.dicom_json import dataset_from_json_dict
-from dicomtrolley.formats.multipart import Event
+from dicomtrolley.formats.multipart import (
+    Event,
+    MultipartParser,
+    PartData,
+    PartEnd,
+    PartStart,
+    boundary_from_content_type,
+    parse_content_type,
+)
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.storage import DICOMDiskStorage
 from dicomtrolley.streaming import (
+    SINGLE_PART_TYPES,
     datasets_from_parts,
     iter_parts,
     save_answer_with_retry,
 )
-from dicomtrolley.transport import HttpTransport, Retry, Timeout
+from dicomtrolley.transport import HttpTransport, Retry, Timeout, error_for_response
+
+__all__ = [
+    "DICOMDownloadable",
+    "DICOMObjectReference",
+    "DICOMTrolleyError",
+    "Dataset",
+    "Downloader",
+    "InstanceReference",
+    "NoQueryResultsError",
+    "SeriesReference",
+    "StudyReference",
+    "WadoRS",
+    "WadoRSMetaData",
+    "get_module_logger",
+    "logger",
+    "to_series_level_refs",
+]
 
 logger = get_module_logger("wado_rs")
 
@@ -168,20 +206,65 @@ class WadoRS(Downloader):
     def datasets(self, objects: Sequence[DICOMDownloadable]) -> Iterator[Dataset]:
         """Every instance in objects as a Dataset in memory, one request at a time."""
         items = [objects] if isinstance(objects, DICOMDownloadable) else objects
-        for ref in self.request_references(items):
-            response = self._open(ref)
-            try:
-                events = iter_parts(
-                    response,
-                    self.http_chunk_size,
-                    what=f"WADO-RS {ref}",
-                    uids=_uids_of(ref),
-                )
-                yield from datasets_from_parts(
-                    events, what=f"WADO-RS {ref}", uids=_uids_of(ref)
-                )
-            finally:
-                response.close()
+        refs = self.request_references(items)
+        return chain.from_iterable(self.download_iterator(ref) for ref in refs)
+
+    def download_iterator(self, downloadable: DICOMDownloadable) -> Iterator[Dataset]:
+        """The instances of one study, series or instance: one request (4.1.0 API)."""
+        ref = downloadable.reference()
+        response = self._open(ref)
+        try:
+            yield from self._datasets_in(response, f"WADO-RS {ref}", _uids_of(ref))
+        finally:
+            response.close()
+
+    def parse(self, response: Any) -> Iterator[Dataset]:
+        """The datasets in a WADO-RS answer (4.1.0 API).
+
+        Takes a requests.Response (read while it arrives when it was asked for
+        with ``stream=True``) or any object with ``status_code``, ``headers``
+        and ``content``. Raises as :meth:`check_for_response_errors` does, and
+        for a body that is not multipart/related or application/dicom.
+        """
+        self.check_for_response_errors(response)
+        try:
+            yield from self._datasets_in(response, "WADO-RS")
+        finally:
+            close = getattr(response, "close", None)
+            if callable(close):
+                close()
+
+    @staticmethod
+    def check_for_response_errors(response: Any) -> None:
+        """Raise for an HTTP error status or an answer without Content-Type (4.1.0).
+
+        Raises
+        ------
+        DICOMTrolleyError
+            The transport's error for the status (DICOMTrolleyAuthError,
+            ClientHTTPError, ServerHTTPError), or ResponseFormatError.
+        """
+        if not 200 <= response.status_code < 300:
+            raise error_for_response(response, "WADO-RS")
+        headers = getattr(response, "headers", None) or {}
+        if not headers.get("Content-Type"):
+            raise ResponseFormatError(
+                "WADO-RS: Expected multipart response, but got no content type",
+                url=getattr(response, "url", None),
+                status_code=response.status_code,
+            )
+
+    def _datasets_in(
+        self, response: Any, what: str, uids: tuple[str, ...] = ()
+    ) -> Iterator[Dataset]:
+        """Datasets from an answer: streamed when it can be, else from content."""
+        if _is_unread(response):
+            events: Iterator[Event] = iter_parts(
+                response, self.http_chunk_size, what=what, uids=uids
+            )
+        else:
+            events = _events_in_content(response, what, uids)
+        yield from datasets_from_parts(events, what=what, uids=uids)
 
     def get_dataset(self, instance: InstanceReference) -> Dataset:
         """One instance as a Dataset."""
@@ -292,32 +375,67 @@ class WadoRSMetaData(WadoRS):
     def check_references(self, objects: Sequence[DICOMDownloadable]) -> None:
         return None
 
+    def wado_rs_instance_uri(self, reference: DICOMObjectReference) -> str:
+        """The ``/metadata`` URL for a study, series or instance reference."""
+        return super().wado_rs_instance_uri(reference) + "/metadata"
+
     def datasets(self, objects: Sequence[DICOMDownloadable]) -> Iterator[Dataset]:
         items = [objects] if isinstance(objects, DICOMDownloadable) else objects
-        for ref in self.request_references(items):
-            url = self.wado_rs_instance_uri(ref) + "/metadata"
-            response = self.transport.get(
-                url,
-                headers={"Accept": "application/dicom+json"},
-                what=f"WADO-RS metadata {ref}",
+        refs = self.request_references(items)
+        return chain.from_iterable(self.download_iterator(ref) for ref in refs)
+
+    def download_iterator(self, downloadable: DICOMDownloadable) -> Iterator[Dataset]:
+        """The metadata of one study, series or instance: one request (4.1.0 API).
+
+        204 No Content gives no datasets.
+        """
+        ref = downloadable.reference()
+        what = f"WADO-RS metadata {ref}"
+        response = self.transport.get(
+            self.wado_rs_instance_uri(ref),
+            headers={"Accept": "application/dicom+json"},
+            what=what,
+            uids=_uids_of(ref),
+        )
+        if response.status_code == 204:
+            return
+        try:
+            items_json = json.loads(response.content)
+        except ValueError as error:
+            raise ResponseFormatError(
+                f"{what}: Could not parse the answer as JSON: {error}",
+                url=response.url,
+                uids=_uids_of(ref),
+            ) from error
+        if not isinstance(items_json, list):
+            raise ResponseFormatError(
+                f"{what}: expected a JSON array",
+                url=response.url,
                 uids=_uids_of(ref),
             )
-            try:
-                items_json = json.loads(response.content)
-            except ValueError as error:
-                raise ResponseFormatError(
-                    f"WADO-RS metadata {ref}: answer is not JSON: {error}",
-                    url=response.url,
-                    uids=_uids_of(ref),
-                ) from error
-            if not isinstance(items_json, list):
-                raise ResponseFormatError(
-                    f"WADO-RS metadata {ref}: expected a JSON array",
-                    url=response.url,
-                    uids=_uids_of(ref),
-                )
-            for item in items_json:
-                yield make_writable(dataset_from_json_dict(item))
+        for item in items_json:
+            yield make_writable(dataset_from_json_dict(item))
+
+    @staticmethod
+    def check_for_response_errors(response: Any) -> None:
+        """Raise for 204 No Content or an HTTP error status (4.1.0 API).
+
+        Raises
+        ------
+        NoQueryResultsError
+            For 204.
+        DICOMTrolleyError
+            The transport's error for an error status.
+        """
+        if response.status_code == 204:
+            raise NoQueryResultsError("Server returned http 204 (No Content)")
+        if not 200 <= response.status_code < 300:
+            raise error_for_response(response, "WADO-RS metadata")
+
+    @classmethod
+    def bulk_data_reader(cls, tag: Any, vr: str, bulk_data_uri: str) -> None:
+        """A pydicom ``bulk_data_uri_handler`` that fetches nothing (4.1.0 API)."""
+        logger.debug("Metadata only: not fetching bulk data at %s", bulk_data_uri)
 
     def get_dataset(self, instance: InstanceReference) -> Dataset:
         datasets = list(self.datasets([instance]))
@@ -325,7 +443,7 @@ class WadoRSMetaData(WadoRS):
             raise ResponseFormatError(
                 f"WADO-RS metadata: expected 1 instance for {instance}, got "
                 f"{len(datasets)}",
-                url=self.wado_rs_instance_uri(instance) + "/metadata",
+                url=self.wado_rs_instance_uri(instance),
                 uids=_uids_of(instance),
             )
         return datasets[0]
@@ -346,6 +464,40 @@ class WadoRSMetaData(WadoRS):
             output_dir,
             max_workers=max_workers,
             progress=progress,
+        )
+
+
+def _is_unread(response: Any) -> bool:
+    """True for a requests.Response whose body is still on the connection."""
+    return (
+        isinstance(response, requests.Response)
+        and not getattr(response, "_content_consumed", True)
+        and response.raw is not None
+    )
+
+
+def _events_in_content(
+    response: Any, what: str, uids: tuple[str, ...]
+) -> Iterator[Event]:
+    """Part events of an answer whose body is already in memory (``content``)."""
+    headers = getattr(response, "headers", None) or {}
+    content_type = headers.get("Content-Type", "") or ""
+    content = bytes(getattr(response, "content", None) or b"")
+    media_type, _ = parse_content_type(content_type) if content_type else ("", {})
+    if media_type.startswith("multipart/"):
+        parser = MultipartParser(boundary_from_content_type(content_type))
+        yield from parser.feed(content)
+        yield from parser.close()
+    elif media_type in SINGLE_PART_TYPES:
+        yield PartStart(headers={"content-type": media_type})
+        yield PartData(content)
+        yield PartEnd()
+    else:
+        raise ResponseFormatError(
+            f"{what}: Expected multipart response, got "
+            f"{content_type or 'no content type'}",
+            url=getattr(response, "url", None),
+            uids=uids,
         )
 
 

@@ -6,19 +6,24 @@ percent-encoded form that dicomtrolley 4.1.0 sends. WADO-URI needs instance
 references: studies and series raise NonInstanceParameterError, and the Trolley
 searches for their instances (4.1.0 crashed here with ``use_async=True``).
 Instances already on disk and intact are skipped when saving.
+:meth:`WadoURI.parse_wado_response` (4.1.0) reads an answer the caller obtained
+itself: a requests.Response or any object with ``status_code`` and ``content``.
 """
 
 from __future__ import annotations
 
+import io
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import requests
 from pydicom.dataset import Dataset
+from requests import Response
 
 from dicomtrolley.core import (
     DICOMDownloadable,
@@ -33,15 +38,33 @@ from dicomtrolley.download import (
     run_transfers,
     skip_present,
 )
-from dicomtrolley.exceptions import ResponseFormatError
+from dicomtrolley.exceptions import DICOMTrolleyError, ResponseFormatError
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.storage import DICOMDiskStorage
 from dicomtrolley.streaming import (
     datasets_from_parts,
     iter_parts,
+    read_dataset,
     save_answer_with_retry,
 )
-from dicomtrolley.transport import HttpTransport, Retry, Timeout, read_with_retry
+from dicomtrolley.transport import (
+    HttpTransport,
+    Retry,
+    Timeout,
+    error_for_response,
+    read_with_retry,
+)
+
+__all__ = [
+    "DICOMDownloadable",
+    "DICOMTrolleyError",
+    "Dataset",
+    "Downloader",
+    "InstanceReference",
+    "Response",
+    "WadoURI",
+    "to_instance_refs",
+]
 
 logger = get_module_logger("wado_uri")
 
@@ -120,6 +143,20 @@ class WadoURI(Downloader):
     def check_references(self, objects: Sequence[DICOMDownloadable]) -> None:
         to_instance_refs(objects)
 
+    @staticmethod
+    def parse_wado_response(response: Any) -> Dataset:
+        """The Dataset in a WADO-URI answer (4.1.0 API).
+
+        Takes a requests.Response or any object with ``status_code`` and
+        ``content``. An HTTP error status raises the transport's error for it
+        (DICOMTrolleyAuthError, ClientHTTPError, ServerHTTPError); a body that
+        is not a DICOM file raises DICOMParseError.
+        """
+        if not 200 <= response.status_code < 300:
+            raise error_for_response(response, "WADO-URI")
+        content = getattr(response, "content", None) or b""
+        return read_dataset(io.BytesIO(content), "WADO-URI")
+
     def get_dataset(self, instance: InstanceReference) -> Dataset:
         """One instance as a Dataset in memory."""
 
@@ -145,12 +182,17 @@ class WadoURI(Downloader):
     def datasets(self, objects: Sequence[DICOMDownloadable]) -> Iterator[Dataset]:
         """Every instance as a Dataset, in order. Several at once with use_async."""
         items = [objects] if isinstance(objects, DICOMDownloadable) else objects
-        refs = to_instance_refs(items)
-        if not self.use_async:
-            for ref in refs:
-                yield self.get_dataset(ref)
-            return
-        yield from self.datasets_async(refs, max_workers=self.max_workers)
+        if self.use_async:
+            yield from self.datasets_async(items, max_workers=self.max_workers)
+        else:
+            yield from self.datasets_single_thread(items)
+
+    def datasets_single_thread(
+        self, objects: Sequence[DICOMDownloadable]
+    ) -> Iterator[Dataset]:
+        """Every instance as a Dataset, one request at a time (4.1.0 API)."""
+        for ref in to_instance_refs(objects):
+            yield self.get_dataset(ref)
 
     def datasets_async(
         self, objects: Sequence[DICOMDownloadable], max_workers: int | None = None

@@ -87,41 +87,31 @@ def test_a_warning_about_something_else_does_not_start_paging(
     assert offsets(fake) == [None]
 
 
+@pytest.mark.parametrize("refusal", [400, 404, 422])
 def test_a_server_refusing_offset_still_gives_the_first_page(
-    session: requests.Session, caplog: pytest.LogCaptureFixture
+    session: requests.Session, caplog: pytest.LogCaptureFixture, refusal: int
 ) -> None:
-    """A capped first page, then 400 to any offset: the first page is the result."""
+    """A capped first page, then a 4xx to any offset: the first page is the
+    result. A 5xx there is a failure, not a refusal: it is raised."""
+    status = refusal
 
     def route(request: Recorded) -> Reply:
         if request.param("offset") is not None:
-            return html_reply(400, "Bad Request", "unknown parameter offset")
+            return html_reply(status, "Refused", "unknown parameter offset")
         return answer(range(1, 4), Warning=MORE.format(n=5))
 
     with (
         caplog.at_level(logging.WARNING, logger="trolley"),
         FakeServer({"/studies": route}) as fake,
     ):
-        studies = QidoRS(session, fake.url, retry=NO_RETRY).find_studies(Query())
-    assert uids(studies) == [f"{STUDY}.{n}" for n in (1, 2, 3)]
-    assert offsets(fake) == [None, "3"]
-    assert any("refused offset" in record.getMessage() for record in caplog.records)
-
-
-def test_a_server_error_while_paging_is_still_raised(
-    session: requests.Session,
-) -> None:
-    """Only a refused offset (4xx) ends paging quietly; a 5xx is a failure."""
-
-    def route(request: Recorded) -> Reply:
-        if request.param("offset") is not None:
-            return html_reply(503, "Unavailable")
-        return answer(range(1, 4), Warning=MORE.format(n=5))
-
-    with (
-        FakeServer({"/studies": route}) as fake,
-        pytest.raises(ServerHTTPError),
-    ):
-        QidoRS(session, fake.url, retry=NO_RETRY).find_studies(Query())
+        searcher = QidoRS(session, fake.url, retry=NO_RETRY)
+        studies = searcher.find_studies(Query())
+        assert uids(studies) == [f"{STUDY}.{n}" for n in (1, 2, 3)]
+        assert offsets(fake) == [None, "3"]
+        assert any("refused offset" in r.getMessage() for r in caplog.records)
+        status = 503
+        with pytest.raises(ServerHTTPError):
+            searcher.find_studies(Query())
 
 
 def paged_server(
@@ -152,6 +142,10 @@ def test_pages_follow_the_warning_not_the_page_size(session: requests.Session) -
         studies = QidoRS(session, fake.url, retry=NO_RETRY).find_studies(Query())
     assert uids(studies) == [f"{STUDY}.{n}" for n in range(1, 8)]
     assert offsets(fake) == [None, "3", "5"]
+    with paged_server(pages, lambda left: {"Warning": MORE.format(n=left)}) as fake:
+        searcher = QidoRS(session, fake.url, retry=NO_RETRY, auto_page=False)
+        assert len(searcher.find_studies(Query())) == 3
+    assert offsets(fake) == [None]  # auto_page=False: the first page only
 
 
 def test_206_partial_content_pages(session: requests.Session) -> None:
@@ -170,14 +164,6 @@ def test_a_known_server_limit_pages_full_answers(session: requests.Session) -> N
         studies = searcher.find_studies(Query())
     assert uids(studies) == [f"{STUDY}.{n}" for n in range(1, 8)]
     assert offsets(fake) == [None, "3", "6"]
-
-
-def test_auto_page_off_ignores_the_warning(session: requests.Session) -> None:
-    pages = [[1, 2], [3, 4]]
-    with paged_server(pages, lambda left: {"Warning": MORE.format(n=2)}) as fake:
-        searcher = QidoRS(session, fake.url, retry=NO_RETRY, auto_page=False)
-        assert len(searcher.find_studies(Query())) == 2
-    assert offsets(fake) == [None]
 
 
 # --------------------------------------------------------------------------- #

@@ -308,7 +308,7 @@ def parse_response(data: bytes | bytearray | memoryview) -> RetrieveResponse:
         root = fromstring(raw, forbid_dtd=True)
     except (ParseError, DefusedXmlException, ValueError) as error:
         raise ResponseFormatError(
-            f"RAD-69 answer is not XML ({error}): {_snippet(raw)!r}"
+            f"Could not parse RAD-69 answer as XML ({error}): {_snippet(raw)!r}"
         ) from error
     if _local(root.tag) != "Envelope":
         raise ResponseFormatError(
