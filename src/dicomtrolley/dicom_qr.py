@@ -18,10 +18,20 @@ switches on its process-wide ``STORE_RECV_CHUNKED_DATASET``) and the storage
 moves them into place. Timeouts (:class:`DIMSETimeouts`) are for connecting,
 for silence of the peer (idle) and for a whole operation (total).
 
+A retrieve broken off by a transient error (A-ABORT, a lost connection, a
+timeout, a busy peer) is resumed on a new association under the downloader's
+:class:`~dicomtrolley.transport.Retry` (``retry=``, the HTTP default unless
+given): only the instances that did not arrive are asked for again, by SOP
+Instance UID, and each file is saved and reported once
+(:mod:`dicomtrolley.dimse.resume`). A study still incomplete after the retries
+is a failure in the report, with its UID and those of the missing instances;
+the other studies go on.
+
 The work happens in :mod:`dicomtrolley.dimse`: associations and timeouts,
 presentation contexts, C-FIND level by level, C-GET, C-MOVE and its storage
-SCP. Errors are :class:`~dicomtrolley.dimse.errors.DIMSEError` subclasses that
-name host, port, both AE titles and the status.
+SCP, resuming broken retrieves. Errors are
+:class:`~dicomtrolley.dimse.errors.DIMSEError` subclasses that name host, port,
+both AE titles and the status.
 """
 
 from __future__ import annotations
@@ -66,6 +76,7 @@ from dicomtrolley.dimse.find import FindRequest, search, set_value
 from dicomtrolley.dimse.get import GetSession, get_contexts
 from dicomtrolley.dimse.memory import stream_datasets
 from dicomtrolley.dimse.move import MoveSession
+from dicomtrolley.dimse.resume import Arrivals, Resume, find_instances
 from dicomtrolley.dimse.retrieve import (
     Receiver,
     RetrieveUnit,
@@ -80,6 +91,7 @@ from dicomtrolley.download import DownloadReport, NullProgress, Progress, run_tr
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.parsing import studies_from_datasets
 from dicomtrolley.storage import DICOMDiskStorage
+from dicomtrolley.transport import DEFAULT_RETRY, Retry
 
 logger = get_module_logger("dicom_qr")
 
@@ -306,12 +318,14 @@ class _Retriever(Downloader):
         timeout: DIMSETimeouts | float | None = None,
         max_workers: int | None = None,
         debug: bool = False,
+        retry: Retry | None = None,
     ) -> None:
         self.host, self.port, self.aet, self.aec = host, port, aet, aec
         self.peer = Peer(host, port, aet, aec)
         self.model = _check_model(model)
         self.timeouts = DIMSETimeouts.coerce(timeout)
         self.max_workers = max_workers
+        self.retry = DEFAULT_RETRY if retry is None else retry
         if debug:
             debug_logger()
 
@@ -334,7 +348,9 @@ class _Retriever(Downloader):
         disk as it arrives; instances already there (when known) are skipped.
 
         With several workers, several associations run at once (one per series
-        when the search found the series, else one per study).
+        when the search found the series, else one per study). A request broken
+        off by a transient error is resumed under ``self.retry``; what still
+        fails is in the report.
         """
         items = [objects] if isinstance(objects, DICOMDownloadable) else list(objects)
         report = DownloadReport()
@@ -367,8 +383,9 @@ class _Retriever(Downloader):
         """Every instance as a Dataset in memory, in the order they arrive.
 
         The transfer runs in a background thread a few instances ahead; when the
-        caller stops early, the association is aborted. Instances that did not
-        arrive raise DownloadIncompleteError at the end.
+        caller stops early, the association is aborted. Broken requests are
+        resumed as in :meth:`save_all` (no dataset comes twice); instances that
+        did not arrive raise DownloadIncompleteError at the end.
         """
         items = [objects] if isinstance(objects, DICOMDownloadable) else list(objects)
 
@@ -398,14 +415,32 @@ class _Retriever(Downloader):
         them (the output folder, so that the sink's rename is on one file system;
         None: the system temporary folder)."""
         receive_to_files()
-        receiver = Receiver(sink, report, progress, cancelled=cancelled)
+        arrivals = Arrivals()
+        receiver = Receiver(arrivals.wrap(sink), report, progress, cancelled=cancelled)
         for unit in units:
             if unit.expected is not None:
                 progress.add_total(instances=len(unit.expected))
         with self._sessions(receiver, report, progress, sop_classes, spool) as pool:
-            run_transfers(
-                units, pool.retrieve, report, workers=workers, uids_of=RetrieveUnit.uids
+            resume = Resume(
+                pool.retrieve,
+                pool.reset,
+                arrivals,
+                self.retry,
+                operation=self.operation,
+                list_instances=self._list_instances,
+                cancelled=receiver.cancelled,
             )
+            run_transfers(
+                units,
+                resume.retrieve,
+                report,
+                workers=workers,
+                uids_of=RetrieveUnit.uids,
+            )
+
+    def _list_instances(self, unit: RetrieveUnit) -> list[InstanceReference]:
+        """The instances of a study or series, by C-FIND (to resume it)."""
+        return find_instances(self.peer, unit, model=self.model, timeouts=self.timeouts)
 
     def _sessions(
         self,
@@ -423,7 +458,10 @@ class DICOMQRGet(_Retriever):
 
     Needs no configuration on the PACS beyond allowing C-GET from our AE title.
     Parameters as for :class:`DICOMQR`, plus ``max_workers`` (associations at
-    once in :meth:`save_all` when the Trolley passes none).
+    once in :meth:`save_all` when the Trolley passes none) and ``retry``: the
+    :class:`~dicomtrolley.transport.Retry` for requests broken off by a
+    transient error (default ``transport.DEFAULT_RETRY``; ``Retry(total=0)``:
+    none), each retry asking only for the instances still missing.
     """
 
     operation = "C-GET"
@@ -462,7 +500,8 @@ class DICOMQRMove(_Retriever):
     ``aet``) at this machine's address and ``store_port``. The SCP binds
     ``store_bind`` (default: 127.0.0.1 when the PACS is on this machine, else
     every interface) and only stores what comes from the PACS's address
-    (``accept_from``: other addresses, or None for any).
+    (``accept_from``: other addresses, or None for any). ``retry`` as for
+    :class:`DICOMQRGet`.
     """
 
     operation = "C-MOVE"
@@ -482,6 +521,7 @@ class DICOMQRMove(_Retriever):
         timeout: DIMSETimeouts | float | None = None,
         max_workers: int | None = None,
         debug: bool = False,
+        retry: Retry | None = None,
     ) -> None:
         super().__init__(
             host,
@@ -492,6 +532,7 @@ class DICOMQRMove(_Retriever):
             timeout=timeout,
             max_workers=max_workers,
             debug=debug,
+            retry=retry,
         )
         self.store_aet = check_ae_title(store_aet or aet, "move destination AE title")
         self.store_port = int(store_port)

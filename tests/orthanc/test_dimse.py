@@ -9,9 +9,11 @@ stands in for a hung PACS.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -52,6 +54,7 @@ from dicomtrolley.dicom_qr import (
 )
 from dicomtrolley.exceptions import DownloadIncompleteError
 from dicomtrolley.storage import StorageDir, TemplateStorage
+from dicomtrolley.transport import NO_RETRY, Retry
 from dicomtrolley.trolley import Trolley
 from tests.orthanc.conftest import SKIP_VARIABLE
 from tests.orthanc_server import GeneratedStudies, OrthancServer, free_port
@@ -418,6 +421,88 @@ def test_c_get_of_a_missing_instance_names_it(
     assert [p.name for p in caught.value.report.saved] == [present.replace(".", "_")]
 
 
+class CuttingProxy:
+    """Relays connections to Orthanc; the first one is cut after ``cut_after``
+    bytes from Orthanc (a connection lost mid-transfer), the others pass."""
+
+    def __init__(self, orthanc: OrthancServer, cut_after: int) -> None:
+        self.upstream = (orthanc.host, orthanc.dicom_port)
+        self.cut_after = cut_after
+        self.connections = 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.server.accept()
+                upstream = socket.create_connection(self.upstream)
+                limit = self.cut_after if self.connections == 0 else None
+                self.connections += 1
+                pair = (client, upstream)
+                for args in (
+                    (client, upstream, None, pair),
+                    (upstream, client, limit, pair),
+                ):
+                    threading.Thread(target=self._relay, args=args, daemon=True).start()
+
+    @staticmethod
+    def _relay(
+        source: socket.socket,
+        target: socket.socket,
+        limit: int | None,
+        pair: tuple[socket.socket, socket.socket],
+    ) -> None:
+        sent = 0
+        with contextlib.suppress(OSError):
+            while limit is None or sent < limit:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if limit is not None:
+                    data = data[: limit - sent]
+                target.sendall(data)
+                sent += len(data)
+        for sock in pair:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_c_get_cut_mid_study_is_resumed_on_a_new_association(
+    orthanc: OrthancServer, orthanc_studies: GeneratedStudies, tmp_path: Path
+) -> None:
+    spec = spec_of(orthanc_studies, "DTR001/MR")
+    wanted = uids_in(orthanc_studies, spec)
+    size = sum(orthanc_studies.by_uid[uid].stat().st_size for uid in wanted)
+    proxy = CuttingProxy(orthanc, cut_after=size // 2)
+    try:
+        getter = DICOMQRGet(
+            "127.0.0.1",
+            proxy.port,
+            aec=orthanc.aet,
+            timeout=20,
+            retry=Retry(total=2, backoff_factor=0),
+        )
+        report = getter.save_all(
+            [StudyReference(spec.study_uid)], StorageDir(tmp_path), tmp_path
+        )
+    finally:
+        proxy.close()
+    assert not report.failures
+    ours = datasets_by_uid(tmp_path)
+    assert set(ours) == wanted
+    for uid, dataset in ours.items():
+        assert dataset == pydicom.dcmread(orthanc_studies.by_uid[uid]), uid
+    assert len(report.saved) == len(set(report.saved)) == len(wanted)
+    assert len(files_in(tmp_path)) == len(wanted)  # no temporary files left
+    assert proxy.connections == 3  # cut C-GET, C-FIND listing, C-GET of the rest
+
+
 # -- C-MOVE -------------------------------------------------------------------------
 
 
@@ -536,7 +621,11 @@ def test_a_silent_peer_hits_the_idle_timeout(hung_pacs: int, tmp_path: Path) -> 
 
     started = time.monotonic()
     downloader = DICOMQRGet(
-        "127.0.0.1", hung_pacs, aec="HUNG", timeout=DIMSETimeouts(idle=idle, total=30)
+        "127.0.0.1",
+        hung_pacs,
+        aec="HUNG",
+        timeout=DIMSETimeouts(idle=idle, total=30),
+        retry=NO_RETRY,  # one try: the time of one idle timeout
     )
     report = downloader.save_all(
         [StudyReference("1.2.3.4")], StorageDir(tmp_path), tmp_path

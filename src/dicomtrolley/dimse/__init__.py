@@ -13,6 +13,8 @@ The public face is :mod:`dicomtrolley.dicom_qr`; this package holds the parts:
 ``sessions``        associations reused for many C-GET/C-MOVE requests, per worker
 ``get``             C-GET
 ``move``            C-MOVE
+``resume``          asking again, on a new association, for what a broken
+                    C-GET or C-MOVE did not deliver (Retry policy)
 ``storage_scp``     the storage SCP that receives C-MOVE sub-operations
 ``memory``          datasets in memory from a retrieve in a background thread
 ==================  ==============================================================

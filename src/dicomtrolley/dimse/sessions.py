@@ -216,6 +216,16 @@ class SessionPool:
                 except DIMSEStatusError as error:
                     session.report.add_failure(str(single), error)
 
+    def reset(self) -> None:
+        """End this thread's association: its next request opens a new one."""
+        session: Session | None = getattr(self._local, "session", None)
+        if session is None:
+            return
+        try:
+            session.close()
+        except DIMSEError:
+            logger.debug("closing %s failed", session, exc_info=True)
+
     def close(self) -> None:
         with self._lock:
             sessions, self._sessions = self._sessions, []
