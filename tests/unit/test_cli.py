@@ -41,7 +41,7 @@ from dicomtrolley.cli.download import default_wado_uri_url
 from dicomtrolley.cli.main import connection_options, main, parse_date, parse_timeout
 from dicomtrolley.cli.progress import RichProgress, TransferCounts, seconds_remaining
 from dicomtrolley.cli.search import dataset_as_json, json_value, text_value
-from dicomtrolley.transport import Timeout
+from dicomtrolley.transport import Retry, Timeout
 from tests.fakes import FakeServer, Reply
 
 ROOT = "1.2.826.0.1.3680043.8.498.7777"
@@ -951,3 +951,11 @@ def test_download_with_progress_and_an_explicit_wado_uri_endpoint(
     assert result.exit_code == 0, result.output
     assert "1/1 files" in result.stderr
     assert [path.stem for path in _files(tmp_path)] == [I3]
+
+
+@pytest.mark.parametrize("protocol", ["c-get", "c-move"])
+def test_retries_reach_the_dimse_downloaders(protocol: str) -> None:
+    settings = DIMSESettings(host="127.0.0.1", port=11112)
+    connection = ConnectionSettings(retry=Retry(total=0))
+    downloader = settings.downloader(protocol, connection, workers=2)
+    assert downloader.retry.total == 0

@@ -93,9 +93,16 @@ class DIMSESettings:
                 store_port=self.store_port,
                 timeout=timeouts,
                 max_workers=workers,
+                retry=connection.retry,
             )
         return DICOMQRGet(
-            host, port, self.aet, self.aec, timeout=timeouts, max_workers=workers
+            host,
+            port,
+            self.aet,
+            self.aec,
+            timeout=timeouts,
+            max_workers=workers,
+            retry=connection.retry,
         )
 
 
