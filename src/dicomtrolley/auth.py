@@ -216,6 +216,17 @@ class VitreaAuth(AuthBase):
             )
         return answer
 
+    def response_hook(self, r: requests.Response, **kwargs: Any) -> requests.Response:
+        """On a 401 answer, log in and send the request again once (4.1.0 name).
+
+        Requests sent through this auth already get this treatment; call it
+        yourself only for answers to requests sent some other way. kwargs are
+        those requests passes to response hooks (timeout, verify ...).
+        """
+        with self._lock:
+            state = _State(self._generation, self._attempts)
+        return self._on_response(state, r, **kwargs)
+
     # -- logging in ----------------------------------------------------------
 
     def log_in(self, session: requests.Session) -> None:
@@ -271,8 +282,11 @@ class VitreaAuth(AuthBase):
         if not 200 <= response.status_code < 300:
             failure = error_for_response(response, what)
             response.close()
-            raise DICOMTrolleyAuthError(
-                self._without_password(failure.message),
+            raise DICOMTrolleyAuthError(  # worded as 4.1.0: "login failed. 401: ..."
+                self._without_password(
+                    f"login failed. {response.status_code}: {response.reason}. "
+                    f"{failure.message}"
+                ),
                 url=self.login_url,
                 status_code=response.status_code,
             )

@@ -23,17 +23,35 @@ from dicomtrolley.core import (
     Study,
     StudyReference,
 )
-from dicomtrolley.exceptions import PermanentError
+from dicomtrolley.datastructures import ExpiringCollection, TreeAddress, TreeNode
+from dicomtrolley.exceptions import DICOMTrolleyError, PermanentError
 from dicomtrolley.fields import StudyLevel
 from dicomtrolley.logs import get_module_logger
 
+__all__ = [
+    "CachedSearcher",
+    "DICOMObjectCache",
+    "DICOMTrolleyError",
+    "ExpiringCollection",
+    "NodeNotFound",
+    "QueryCache",
+    "TreeAddress",
+    "TreeNode",
+    "get_module_logger",
+    "holds_whole_studies",
+]
+
 logger = get_module_logger("caching")
 
-Address = tuple[str, ...]
+Address = TreeAddress
 
 
 class NodeNotFound(PermanentError):
     """Not in the cache, or expired."""
+
+
+class CacheArgumentError(PermanentError, ValueError):
+    """A cache was given the wrong kind of argument (a ValueError, as in 4.1.0)."""
 
 
 class DICOMObjectCache:
@@ -53,9 +71,9 @@ class DICOMObjectCache:
         expiry_seconds: float | None = 600,
     ) -> None:
         if initial_objects and not isinstance(initial_objects, list):
-            raise PermanentError(
-                f"Expected a list of DICOM objects but got {type(initial_objects)}. "
-                "Did you forget [brackets] around a single object?"
+            raise CacheArgumentError(
+                f"Expected list but got {type(initial_objects)}. Did you forget "
+                "[brackets] around a single object for initial_objects?"
             )
         self.expiry = expiry_seconds
         self._items: dict[Address, tuple[DICOMObject, float]] = {}
@@ -71,10 +89,31 @@ class DICOMObjectCache:
             return (ref.study_uid, ref.series_uid)
         if isinstance(ref, StudyReference):
             return (ref.study_uid,)
-        raise PermanentError(f"Cannot cache by {ref!r}")
+        raise CacheArgumentError(f"Expected DICOM object reference, but got {ref!r}")
 
-    def add(self, obj: DICOMObject) -> None:
-        """Cache obj and everything below it."""
+    @property
+    def root(self) -> TreeNode:
+        """A snapshot of what is cached, as a tree (4.1.0 kept its cache in one).
+
+        Keys are study, series and instance UIDs; a node's ``data`` is the cached
+        object, or None where only something below it is cached. Changing the
+        snapshot does not change the cache.
+        """
+        tree = TreeNode()
+        now = time.monotonic()
+        with self._lock:
+            for address, (obj, stamp) in self._items.items():
+                if not self._expired(stamp, now):
+                    tree.add(obj, address)
+        return tree
+
+    def add(self, obj: DICOMObject, prune: bool = True) -> None:
+        """Cache obj and everything below it.
+
+        With prune (the default) expired objects are dropped first.
+        """
+        if prune:
+            self.prune_expired()
         now = time.monotonic()
         with self._lock:
             stack = [obj]
@@ -84,10 +123,15 @@ class DICOMObjectCache:
                 stack.extend(item.children())
 
     def add_all(self, objects: Iterable[DICOMObject]) -> None:
+        """Cache every object in objects (expired objects are dropped first)."""
         if isinstance(objects, DICOMObject):
-            raise PermanentError("add_all() takes a list; use add() for one object")
+            raise CacheArgumentError(
+                "parameter 'objects' should be an iterable of DICOMObjects, not a "
+                "single object; use add() for one object"
+            )
+        self.prune_expired()
         for obj in objects:
-            self.add(obj)
+            self.add(obj, prune=False)
 
     def _expired(self, stamp: float, now: float) -> bool:
         return self.expiry is not None and now - stamp > self.expiry
@@ -107,11 +151,13 @@ class DICOMObjectCache:
         with self._lock:
             entry = self._items.get(address)
             if entry is None:
-                raise NodeNotFound(f"No node found in cache for {reference}")
+                raise NodeNotFound(f"No node found in cache for reference {reference}")
             obj, stamp = entry
             if self._expired(stamp, time.monotonic()):
                 del self._items[address]
-                raise NodeNotFound(f"Cache entry for {reference} expired")
+                raise NodeNotFound(
+                    f"No node found in cache for reference {reference}: it expired"
+                )
             return obj
 
 

@@ -22,6 +22,7 @@ from dicomtrolley.exceptions import (
     NoReferencesFoundError,
     PermanentError,
     ResponseFormatError,
+    UnSupportedParameterError,
 )
 from dicomtrolley.levels import DICOMObjectLevels, QueryLevels
 from dicomtrolley.logs import get_module_logger
@@ -38,10 +39,12 @@ __all__ = [
     "DICOMObject",
     "DICOMObjectLevels",
     "DICOMObjectReference",
+    "DICOMTrolleyError",
     "Downloader",
     "ExtendedQuery",
     "Instance",
     "InstanceReference",
+    "NoReferencesFoundError",
     "NonInstanceParameterError",
     "NonSeriesParameterError",
     "Query",
@@ -52,6 +55,8 @@ __all__ = [
     "SeriesReference",
     "Study",
     "StudyReference",
+    "UnSupportedParameterError",
+    "get_module_logger",
     "to_instance_refs",
     "to_references",
     "to_series_level_refs",
@@ -102,7 +107,8 @@ class DICOMObjectReference(DICOMDownloadable):
     ) -> tuple[DICOMObjectReference, ...]:
         if max_level < self.level:
             raise NoReferencesFoundError(
-                f"{self} holds no references at {max_level.name} level or deeper",
+                f"{self} does not contain references of {max_level.name} level or "
+                "lower",
                 uids=self.uids(),
             )
         return (self,)

@@ -23,8 +23,23 @@ from typing import Any
 import requests
 from pydantic import model_validator
 
-from dicomtrolley.core import ExtendedQuery, Query, QueryLevels, Searcher
-from dicomtrolley.exceptions import ResponseFormatError, UnSupportedParameterError
+# DICOMObject ... Study and DICOMTrolleyError: re-exported, as 4.1.0 had them here
+from dicomtrolley.core import DICOMObject as DICOMObject
+from dicomtrolley.core import (
+    ExtendedQuery,
+    Query,
+    QueryLevels,
+    Searcher,
+)
+from dicomtrolley.core import Instance as Instance
+from dicomtrolley.core import Series as Series
+from dicomtrolley.core import Study as Study
+from dicomtrolley.exceptions import DICOMTrolleyError as DICOMTrolleyError
+from dicomtrolley.exceptions import (
+    ResponseFormatError,
+    UnSupportedParameterError,
+    redact_url,
+)
 from dicomtrolley.fields import (
     InstanceLevel,
     SeriesLevel,
@@ -142,7 +157,8 @@ class MintQuery(ExtendedQuery):
     limit: int = 0
 
     @model_validator(mode="after")
-    def _min_max_study_date_together(self) -> MintQuery:
+    def min_max_study_date_xor(self) -> MintQuery:
+        """min_study_date and max_study_date: both or neither."""
         if bool(self.min_study_date) != bool(self.max_study_date):
             given, missing = (
                 ("min_study_date", "max_study_date")
@@ -156,7 +172,19 @@ class MintQuery(ExtendedQuery):
         return self
 
     @model_validator(mode="after")
-    def _include_fields_fit_level(self) -> MintQuery:
+    def include_fields_check(self) -> MintQuery:  # type: ignore[override]
+        """Include fields must be ones the query level returns.
+
+        Replaces (by name, as in 4.1.0) Query's check that they are DICOM
+        keywords: every field a level returns is one. Because of that name,
+        pydantic also calls it as Query's field validator, with the list of
+        fields: that call checks that they are DICOM keywords.
+        """
+        if not isinstance(self, MintQuery):  # the field validator call
+            fields: Any = self
+            for keyword in fields or []:
+                Query.validate_keyword(keyword)
+            return fields
         if not self.include_fields:
             return self
         level = MintQueryLevels.translate(self.query_level)
@@ -283,8 +311,8 @@ class Mint(Searcher):
         body = response.content
         if "html" in content_type:
             raise ResponseFormatError(
-                f"MINT search answered {content_type} instead of XML: "
-                f"{_page_title(body)}",
+                f"{_could_not_parse(response)}: MINT search answered "
+                f"{content_type} instead of XML: {_page_title(body)}",
                 url=response.url,
                 status_code=response.status_code,
             )
@@ -292,7 +320,9 @@ class Mint(Searcher):
             return parse_mint_xml(body)
         except ResponseFormatError as error:
             raise ResponseFormatError(
-                error.message, url=response.url, status_code=response.status_code
+                f"{_could_not_parse(response)}: {error.message}",
+                url=response.url,
+                status_code=response.status_code,
             ) from error
 
 
@@ -311,7 +341,20 @@ def parse_mint_studies_response(
     """
     if isinstance(response, requests.Response):
         return Mint.parse_response(response)
-    return parse_mint_xml(response)
+    try:
+        return parse_mint_xml(response)
+    except ResponseFormatError as error:
+        raise ResponseFormatError(
+            f"Could not parse server response as MINT studies: {error.message}"
+        ) from error
+
+
+def _could_not_parse(response: requests.Response) -> str:
+    """The start of a parse error message, worded as dicomtrolley 4.1.0's."""
+    return (
+        f"Could not parse server response from {redact_url(response.url)} "
+        f"({response.status_code}:{response.reason}) as MINT studies"
+    )
 
 
 def _page_title(body: bytes) -> str:

@@ -12,8 +12,8 @@ Building is linear in the number of results: dict look-ups, no rescans.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -21,17 +21,39 @@ from pydicom.tag import BaseTag, Tag
 
 from dicomtrolley.core import (
     DICOMObject,
-    DICOMObjectLevels,
     DICOMObjectReference,
     Instance,
+    InstanceReference,
     Series,
+    SeriesReference,
     Study,
+    StudyReference,
 )
+from dicomtrolley.datastructures import TreeNode
 from dicomtrolley.exceptions import (
+    DICOMTrolleyError,
     PermanentError,
     ResponseFormatError,
 )
 from dicomtrolley.fields import SeriesLevel, SeriesLevelPromotable, StudyLevel
+
+__all__ = [
+    "DICOMObject",
+    "DICOMObjectNotFound",
+    "DICOMObjectReference",
+    "DICOMObjectTree",
+    "DICOMParseTree",
+    "DICOMTrolleyError",
+    "Instance",
+    "InstanceReference",
+    "Series",
+    "SeriesReference",
+    "Study",
+    "StudyReference",
+    "TreeNode",
+    "flatten",
+    "studies_from_datasets",
+]
 
 
 class DICOMObjectNotFound(PermanentError):
@@ -78,28 +100,26 @@ def _subset(dataset: Dataset, tags: frozenset[int]) -> Dataset:
     return subset
 
 
-class _Node:
-    __slots__ = ("children", "data")
-
-    def __init__(self) -> None:
-        self.data: Dataset | None = None
-        self.children: dict[str, _Node] = {}
-
-
 class DICOMParseTree:
     """Datasets sorted into study → series → instance by UID. Insertion ordered.
+
+    ``root`` is a :class:`~dicomtrolley.datastructures.TreeNode`: its children
+    are keyed by study UID, theirs by series UID, theirs by SOP instance UID;
+    each node's ``data`` is the dataset inserted there (None if none was).
 
     Parameters
     ----------
     root:
-        Unused; accepted for compatibility with dicomtrolley 4.1.0.
+        A tree to start from (default: an empty one).
     allow_overwrite:
         When False, inserting a second non-empty dataset at the same place
         raises DICOMTrolleyError.
     """
 
-    def __init__(self, root: Any = None, allow_overwrite: bool = False) -> None:
-        self.root = _Node()
+    def __init__(
+        self, root: TreeNode | None = None, allow_overwrite: bool = False
+    ) -> None:
+        self.root = root if root else TreeNode(allow_overwrite=allow_overwrite)
         self.allow_overwrite = allow_overwrite
 
     @classmethod
@@ -130,18 +150,20 @@ class DICOMParseTree:
                 "no series UID",
                 uids=[study_uid, instance_uid],
             )
-        node = self.root.children.setdefault(study_uid, _Node())
+        node = self.root[study_uid]
         for uid in (series_uid, instance_uid):
             if not uid:
                 break
-            node = node.children.setdefault(uid, _Node())
+            node = node[uid]
         if node.data and not self.allow_overwrite:
             raise ResponseFormatError(
                 f"Error inserting dataset into {study_uid}/{series_uid}/"
                 f"{instance_uid}: a dataset is already there",
                 uids=[u for u in (study_uid, series_uid, instance_uid) if u],
             )
+        node.allow_overwrite = True  # checked above, with the UIDs in the error
         node.data = data
+        node.allow_overwrite = self.allow_overwrite
 
     def insert_dataset(self, ds: Dataset) -> None:
         """Insert a search result at the level its UIDs say."""
@@ -154,39 +176,70 @@ class DICOMParseTree:
         instance_uid = uid_of(ds, SOP_UID_TAG) if series_uid else None
         self.insert(ds, study_uid, series_uid, instance_uid)
 
-    def insert_dicom_object(self, obj: DICOMObject) -> None:
-        if isinstance(obj, Study):
-            self.insert(obj.data, obj.uid)
-        elif isinstance(obj, Series):
-            self.insert(obj.data, obj.parent.uid, obj.uid)
-        elif isinstance(obj, Instance):
-            self.insert(obj.data, obj.parent.parent.uid, obj.parent.uid, obj.uid)
+    def insert_dicom_object(
+        self,
+        dicom_object: DICOMObject | None = None,
+        *,
+        obj: DICOMObject | None = None,
+    ) -> None:
+        """Insert a study, series or instance at its place (its data only).
+
+        ``obj=`` is the name of dicom_object in dicomtrolley 5.0 development
+        versions; it still works but warns.
+        """
+        if obj is not None:
+            warnings.warn(
+                "insert_dicom_object(obj=...) is deprecated: use "
+                "insert_dicom_object(dicom_object=...) (the dicomtrolley 4.1.0 name)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            dicom_object = obj if dicom_object is None else dicom_object
+        if isinstance(dicom_object, Study):
+            self.insert(dicom_object.data, dicom_object.uid)
+        elif isinstance(dicom_object, Series):
+            self.insert(dicom_object.data, dicom_object.parent.uid, dicom_object.uid)
+        elif isinstance(dicom_object, Instance):
+            series = dicom_object.parent
+            self.insert(
+                dicom_object.data, series.parent.uid, series.uid, dicom_object.uid
+            )
         else:
-            raise ResponseFormatError(f"Unknown DICOM object {obj}")
+            raise ResponseFormatError(
+                f"Unknown DICOM object {dicom_object}. I do not know where to "
+                "insert this in the DICOM tree"
+            )
 
     @staticmethod
-    def _data_for(node: _Node, tags: frozenset[int]) -> Dataset:
+    def _data_for(node: TreeNode, tags: frozenset[int]) -> Dataset:
         if node.data is not None and len(node.data):
-            return node.data
-        for child in node.children.values():
+            return node.data  # type: ignore[no-any-return]
+        for child in node.values():
             source = child.data
             if source is None or not len(source):
-                grandchildren = iter(child.children.values())
-                first = next(grandchildren, None)
+                first = next(iter(child.values()), None)
                 source = first.data if first is not None else None
             if source is not None and len(source):
                 return _subset(source, tags)
         return Dataset()
 
-    def _as_study(self, study_uid: str, node: _Node) -> Study:
+    @staticmethod
+    def as_study(study_node_in: tuple[str, TreeNode]) -> Study:
+        """A ``(study UID, study node)`` item of :attr:`root` as a linked Study.
+
+        A study or series node without data of its own gets the study- or
+        series-level attributes of its first child with data.
+        """
+        study_uid, node = study_node_in
+        data_for = DICOMParseTree._data_for
         study = Study.model_construct(
-            uid=study_uid, data=self._data_for(node, STUDY_TAGS), series=[]
+            uid=str(study_uid), data=data_for(node, STUDY_TAGS), series=[]
         )
         series_list: list[Series] = []
-        for series_uid, series_node in node.children.items():
+        for series_uid, series_node in node.items():
             series = Series.model_construct(
                 uid=series_uid,
-                data=self._data_for(series_node, SERIES_TAGS),
+                data=data_for(series_node, SERIES_TAGS),
                 parent=study,
                 instances=[],
             )
@@ -198,7 +251,7 @@ class DICOMParseTree:
                     else Dataset(),
                     parent=series,
                 )
-                for instance_uid, instance_node in series_node.children.items()
+                for instance_uid, instance_node in series_node.items()
             ]
             series_list.append(series)
         study.series = series_list
@@ -206,7 +259,7 @@ class DICOMParseTree:
 
     def as_studies(self) -> list[Study]:
         """The tree as linked Study/Series/Instance objects."""
-        return [self._as_study(uid, node) for uid, node in self.root.children.items()]
+        return [self.as_study(item) for item in self.root.items()]
 
 
 def studies_from_datasets(datasets: Iterable[Dataset]) -> list[Study]:
@@ -253,15 +306,26 @@ class DICOMObjectTree:
         DICOMObjectNotFound
             When the tree does not hold it.
         """
+        study = self._study_dict.get(reference.study_uid)
+        if study is None:
+            raise DICOMObjectNotFound(
+                f"{reference} not found in tree: Study with uid "
+                f"{reference.study_uid} not found in tree",
+                uids=[reference.study_uid],
+            )
         try:
-            study = self[reference.study_uid]
-            if reference.level == DICOMObjectLevels.STUDY:
+            if isinstance(reference, StudyReference):
                 return study
-            series = study.get(reference.series_uid)  # type: ignore[attr-defined]
-            if reference.level == DICOMObjectLevels.SERIES:
-                return series
-            return series.get(reference.instance_uid)  # type: ignore[attr-defined]
+            if isinstance(reference, SeriesReference):
+                return study.get(reference.series_uid)
+            if isinstance(reference, InstanceReference):
+                return study.get(reference.series_uid).get(reference.instance_uid)
         except KeyError as error:
             raise DICOMObjectNotFound(
-                f"{reference} not found in tree", uids=[reference.study_uid]
+                f"{reference} not found in tree (study with uid "
+                f"{reference.study_uid} does not hold it)",
+                uids=reference.uids(),
             ) from error
+        raise PermanentError(
+            f"Unknown reference type {type(reference)}", uids=reference.uids()
+        )

@@ -11,7 +11,14 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydicom.datadict import tag_for_keyword
 
 from dicomtrolley.exceptions import UnSupportedParameterError
@@ -61,10 +68,13 @@ class Query(BaseModel):
 
     @field_validator("include_fields")
     @classmethod
-    def _keywords_exist(cls, value: list[str] | None) -> list[str] | None:
-        for keyword in value or []:
+    def include_fields_check(
+        cls, include_fields: list[str] | None, values: ValidationInfo
+    ) -> list[str] | None:
+        """Every include field must be a DICOM keyword (the 4.1.0 validator)."""
+        for keyword in include_fields or []:
             cls.validate_keyword(keyword)
-        return value
+        return include_fields
 
     @staticmethod
     def validate_keyword(keyword: str) -> None:
@@ -88,9 +98,10 @@ class Query(BaseModel):
             return cls(**params)
         except ValidationError as error:
             raise UnSupportedParameterError(
-                f"Cannot convert {query.to_short_string()} to {cls.__name__}: "
-                f"it sets parameters that {cls.__name__} does not support. Use a "
-                f"plain Query, or the searcher's own query type. Details: {error}"
+                f"Conversion from {query.to_short_string()} would ignore one or "
+                f"more parameters: it sets parameters that {cls.__name__} does not "
+                "support. Use a plain Query, or the searcher's own query type. "
+                f"Details: {error}"
             ) from error
 
     def filled_fields(self) -> dict[str, Any]:

@@ -8,7 +8,12 @@
 
 Unlike 4.1.0, the IMPAX login sends the password in the body of a form POST
 (``application/x-www-form-urlencoded``, the servlet form-login convention),
-never in a URL, and every call has a timeout.
+not in a URL, and every call has a timeout. ``IMPAXDataCenter(...,
+credentials_in_url=True)`` restores 4.1.0's GET with the credentials in the
+query string, for servers that accept nothing else.
+
+``Mint`` and ``DICOMQR`` can be imported from here, as in 4.1.0; their modules
+are loaded on first use.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ from __future__ import annotations
 import importlib
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import requests
 
 from dicomtrolley.auth import DEFAULT_REALM, VitreaAuth, _mask
 from dicomtrolley.exceptions import (
     DICOMTrolleyAuthError,
+    DICOMTrolleyError,
     PermanentError,
     redact_url,
 )
@@ -39,7 +45,7 @@ from dicomtrolley.wado_uri import WadoURI
 if TYPE_CHECKING:
     from dicomtrolley.core import Searcher
 
-__all__ = ["IMPAXDataCenter", "VitreaConnection"]
+__all__ = ["DICOMTrolleyError", "IMPAXDataCenter", "VitreaConnection"]
 
 logger = get_module_logger("servers")
 
@@ -118,11 +124,24 @@ class IMPAXDataCenter:
         Full URL of the WADO endpoint, including ``https://`` and port.
     timeout:
         Timeouts of the login calls (default: :class:`~dicomtrolley.transport.Timeout`).
+    credentials_in_url:
+        Log in as dicomtrolley 4.1.0 did: ``GET {wado_url}/j_security_check
+        ?j_username=...&j_password=...``. **Warning**: the password is then
+        part of a URL, and URLs end up in the access logs of the server and of
+        every proxy on the way (and in urllib3's debug log). Use it only for a
+        server that refuses the POST login. Default False (POST).
     """
 
-    def __init__(self, wado_url: str, *, timeout: TimeoutLike = None) -> None:
+    def __init__(
+        self,
+        wado_url: str,
+        *,
+        timeout: TimeoutLike = None,
+        credentials_in_url: bool = False,
+    ) -> None:
         self.wado_url = wado_url
         self.timeout = Timeout.coerce(timeout)
+        self.credentials_in_url = credentials_in_url
 
     def __repr__(self) -> str:
         return f"IMPAXDataCenter(wado_url={redact_url(self.wado_url)!r})"
@@ -149,19 +168,26 @@ class IMPAXDataCenter:
             # Any answer will do: this only opens the server-side session.
             session.get(self.wado_url, timeout=timeout).close()
         except requests.RequestException as error:
-            raise map_requests_error(error, "GET", self.wado_url, what) from error
+            raise self._connection_error(error, "GET", self.wado_url, what) from error
+        credentials = {"j_username": user, "j_password": password}
+        method = "GET" if self.credentials_in_url else "POST"
         try:
-            response = session.post(
-                self.login_url,
-                data={"j_username": user, "j_password": password},
-                timeout=timeout,
-            )
+            if self.credentials_in_url:
+                response = session.get(
+                    self.login_url, params=credentials, timeout=timeout
+                )
+            else:
+                response = session.post(
+                    self.login_url, data=credentials, timeout=timeout
+                )
         except requests.RequestException as error:
-            raise map_requests_error(error, "POST", self.login_url, what) from error
+            raise self._connection_error(error, method, self.login_url, what) from error
         try:
             if "Login Failed!" in response.text:
                 raise DICOMTrolleyAuthError(
-                    f"{what} failed: the server refused the user name or password",
+                    f"Logging in to {redact_url(self.wado_url)} failed. Invalid "
+                    f"Credentials? ({what}: the server refused the user name or "
+                    "password)",
                     url=self.login_url,
                     status_code=response.status_code,
                 )
@@ -175,6 +201,16 @@ class IMPAXDataCenter:
         finally:
             response.close()
         return session
+
+    def _connection_error(
+        self, error: requests.RequestException, method: str, url: str, what: str
+    ) -> DICOMTrolleyError:
+        """The mapped error, worded as 4.1.0's: "Error logging in to ...: ..."."""
+        mapped = map_requests_error(error, method, url, what)
+        return type(mapped)(
+            f"Error logging in to {redact_url(self.wado_url)}: {mapped.message}",
+            url=mapped.url,
+        )
 
     def get_dicom_qr_trolley(
         self,
@@ -195,6 +231,17 @@ class IMPAXDataCenter:
             downloader=WadoURI(session=session, url=self.wado_url),
             searcher=searcher_class(host=host, port=port, aet=aet, aec=aec),
         )
+
+
+_LAZY_SEARCHERS = {"Mint": "dicomtrolley.mint", "DICOMQR": "dicomtrolley.dicom_qr"}
+
+
+def __getattr__(name: str) -> Any:
+    """``servers.Mint`` and ``servers.DICOMQR`` (4.1.0 names), loaded when used."""
+    module = _LAZY_SEARCHERS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 def _load_mint() -> Callable[..., Searcher]:

@@ -32,7 +32,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from dicomtrolley.core import InstanceReference
 from dicomtrolley.exceptions import (
@@ -57,6 +57,8 @@ TEMP_SUFFIX = ".part"
 UID_FIELDS = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"})
 DEFAULT_TEMPLATE = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}"
 _UNSAFE_CHARS = re.compile(r"[^\w.\-^ ]", re.UNICODE)
+#: The path part for a missing value (dicomtrolley 4.1.0's name for it).
+UNKNOWN = "unknown"
 
 
 class PathTemplate:
@@ -67,9 +69,15 @@ class PathTemplate:
     instances never share a file name.
     """
 
-    def __init__(self, template: str, dots_to_underscores: bool = False) -> None:
+    def __init__(
+        self,
+        template: str,
+        dots_to_underscores: bool = False,
+        missing_as_unknown: bool = False,
+    ) -> None:
         self.template = template
         self.dots_to_underscores = dots_to_underscores
+        self.missing_as_unknown = missing_as_unknown
         self.fields: tuple[str, ...] = self._validate(template)
 
     @staticmethod
@@ -110,8 +118,18 @@ class PathTemplate:
         return set(self.fields) <= UID_FIELDS
 
     def render(self, values: dict[str, Any]) -> Path:
-        """The relative path for these attribute values (validated, sanitised)."""
-        safe = {name: safe_path_part(name, values.get(name)) for name in self.fields}
+        """The relative path for these attribute values (validated, sanitised).
+
+        A missing SOPInstanceUID is refused (files would overwrite each other),
+        unless the template was made with ``missing_as_unknown`` (the 4.1.0
+        layouts): then it becomes ``unknown``, like every other missing value.
+        """
+        safe = {
+            name: UNKNOWN
+            if self.missing_as_unknown and values.get(name) in (None, "")
+            else safe_path_part(name, values.get(name))
+            for name in self.fields
+        }
         if self.dots_to_underscores:
             safe = {name: value.replace(".", "_") for name, value in safe.items()}
         relative = Path(self.template.format(**safe))
@@ -130,7 +148,7 @@ def safe_path_part(keyword: str, value: Any) -> str:
     SOPInstanceUID is an error, since files would overwrite each other.
     """
     if value in (None, "") and keyword != "SOPInstanceUID":
-        return "unknown"
+        return UNKNOWN
     if keyword in UID_FIELDS or dictionary_VR(keyword) == "UI":
         try:
             return check_uid(value, keyword)
@@ -463,7 +481,7 @@ class DICOMDiskStorage:
     """Saves datasets to disk. Subclass and implement save(), or use a template.
 
     Subclasses that only implement ``save`` still work with streaming downloads:
-    the streamed file is read back and handed to ``save``.
+    the streamed file is verified, read back and handed to ``save``.
     """
 
     fsync: bool = False
@@ -492,8 +510,36 @@ class DICOMDiskStorage:
         return None
 
 
+def uses_4_1_0_save(storage: DICOMDiskStorage) -> bool:
+    """True when every instance must reach storage as a Dataset through save().
+
+    That is the dicomtrolley 4.1.0 contract: the downloader hands each dataset
+    to ``storage.save(dataset, path)``. It holds for a storage whose class
+    overrides ``save`` or ``generate_path`` of :class:`TemplateStorage` (or of
+    :class:`StorageDir`, :class:`FlatStorageDir`), and for any other
+    :class:`DICOMDiskStorage` that does not provide its own ``commit_file``.
+
+    The storage classes honour such overrides themselves (``commit_file``
+    reads the verified file back and calls ``save``; ``existing_file`` finds
+    nothing, since only the subclass knows where its files go). A downloader
+    can also call this to skip the temporary file and save datasets directly.
+    """
+    if isinstance(storage, TemplateStorage):
+        template_class = type(storage)
+        return (
+            template_class.save is not TemplateStorage.save
+            or template_class.generate_path is not TemplateStorage.generate_path
+        )
+    return type(storage).commit_file is DICOMDiskStorage.commit_file
+
+
 class TemplateStorage(DICOMDiskStorage):
     """Saves each instance at ``<path>/<template rendered with its attributes>``.
+
+    Subclasses may override ``save(dataset, path)`` or ``generate_path(dataset)``
+    as in dicomtrolley 4.1.0; downloads then go through them (see
+    :func:`uses_4_1_0_save`). A path from ``generate_path`` must still stay
+    inside the output folder.
 
     Parameters
     ----------
@@ -504,6 +550,8 @@ class TemplateStorage(DICOMDiskStorage):
     fsync:
         Flush each file (and its folder entry) to stable storage before reporting
         it saved. Safer on power loss, slower on many small files.
+    dots_to_underscores:
+        Write ``1_2_3`` for the value ``1.2.3`` (the 4.1.0 layouts do).
     """
 
     def __init__(
@@ -525,6 +573,7 @@ class TemplateStorage(DICOMDiskStorage):
         return self.relative_path(dataset)
 
     def relative_path(self, dataset: Dataset) -> Path:
+        """The template rendered with dataset's values (validated, sanitised)."""
         values = {name: dataset.get(name) for name in self.template.fields}
         for name, value in values.items():
             if hasattr(value, "value") and not isinstance(value, str):
@@ -532,10 +581,24 @@ class TemplateStorage(DICOMDiskStorage):
         return self.template.render(values)
 
     def target_path(self, dataset: Dataset, path: str | Path | None = None) -> Path:
+        """Where dataset goes: generate_path under path (default: self.path).
+
+        Raises
+        ------
+        UnsafePathError
+            When that place is outside the folder.
+        """
         root = Path(path) if path else self.path
-        return _inside(root, self.relative_path(dataset))
+        return _inside(root, Path(self.generate_path(dataset)))
 
     def save(self, dataset: Dataset, path: str | Path | None = None) -> Path:
+        """Write dataset to its place under path (default: self.path), atomically.
+
+        Raises
+        ------
+        StorageError
+            When the file cannot be written (UnsafePathError: not there).
+        """
         root = Path(path) if path else self.path
         target = self.target_path(dataset, root)
         uids = [str(dataset.get("SOPInstanceUID", ""))]
@@ -560,7 +623,9 @@ class TemplateStorage(DICOMDiskStorage):
         return target
 
     def commit_file(self, temp_path: Path, dataset: Dataset, root: Path) -> Path:
-        target = _inside(root, self.relative_path(dataset))
+        if type(self).save is not TemplateStorage.save:
+            return super().commit_file(temp_path, dataset, root)  # the user's save
+        target = self.target_path(dataset, root)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp_path, target)
         return target
@@ -568,7 +633,7 @@ class TemplateStorage(DICOMDiskStorage):
     def existing_file(
         self, reference: InstanceReference, path: str | Path
     ) -> Path | None:
-        if not self.template.uids_only:
+        if not self.template.uids_only or uses_4_1_0_save(self):
             return None
         values = {
             "StudyInstanceUID": reference.study_uid,
@@ -594,18 +659,77 @@ class TemplateStorage(DICOMDiskStorage):
 class StorageDir(TemplateStorage):
     """Saves to ``<path>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>``.
 
-    As in dicomtrolley 4.1.0, dots in UIDs become underscores and files get no
-    extension.
+    As in dicomtrolley 4.1.0, dots in UIDs become underscores, files get no
+    extension and a missing UID becomes ``unknown`` (a file without a
+    SOPInstanceUID is saved as ``.../unknown``). UIDs that could lead out of
+    the folder are refused (UnsafePathError), as everywhere.
     """
 
+    #: The folder layout (FlatStorageDir changes it).
+    layout = DEFAULT_TEMPLATE
+
     def __init__(self, path: str | Path, fsync: bool = False) -> None:
-        super().__init__(path, DEFAULT_TEMPLATE, fsync=fsync, dots_to_underscores=True)
+        super().__init__(path, self.layout, fsync=fsync, dots_to_underscores=True)
+        self.template.missing_as_unknown = True
+
+    @staticmethod
+    def get_value(dataset: Dataset, tag_name: str) -> str:
+        """The value of tag_name as a path part: ``unknown`` when missing, dots
+        as underscores, validated (UIDs) or reduced to safe characters.
+
+        Raises
+        ------
+        UnsafePathError
+            For a UID that breaks the UID grammar (``..``, slashes ...).
+        """
+        value = dataset.get(tag_name)
+        if hasattr(value, "value") and not isinstance(value, str):
+            value = value.value
+        if value in (None, ""):
+            return UNKNOWN
+        return safe_path_part(tag_name, value).replace(".", "_")
 
 
-class FlatStorageDir(TemplateStorage):
+class FlatStorageDir(StorageDir):
     """Saves every instance directly in ``<path>/<SOPInstanceUID>`` (dots → _)."""
 
-    def __init__(self, path: str | Path, fsync: bool = False) -> None:
-        super().__init__(
-            path, "{SOPInstanceUID}", fsync=fsync, dots_to_underscores=True
+    layout = "{SOPInstanceUID}"
+
+
+def remove_illegal_elements_for_writing(dataset: Dataset) -> Dataset:
+    """Delete the UN elements whose value is not bytes or text, in place.
+
+    Some WADO-RS metadata answers give private elements of VR UN a value that
+    is neither (a number, a list), which pydicom cannot write. Returns dataset.
+    """
+    illegal = [
+        element.tag
+        for element in dataset
+        if element.VR == "UN" and not isinstance(element.value, str | bytes)
+    ]
+    for tag in illegal:
+        logger.debug(
+            "Removing element %s: VR UN (unknown bytes) but its value is not bytes",
+            tag,
         )
+        del dataset[tag]
+    return dataset
+
+
+def make_writable(ds: Dataset) -> Dataset:
+    """Prepare a dataset without a file header (from JSON metadata) for saving.
+
+    Gives it a preamble and a file meta header (Explicit VR Little Endian, its
+    SOP class and instance), so it is saved as a PS3.10 file, and removes elements it could not write
+    (:func:`remove_illegal_elements_for_writing`). Changes ds in place and
+    returns it.
+    """
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.get("SOPClassUID", "")
+    meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID", "")
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    if getattr(ds, "preamble", None) is None:
+        ds.preamble = b"\x00" * 128  # saved as a PS3.10 file: preamble, DICM
+    ds.set_original_encoding(False, True)
+    return remove_illegal_elements_for_writing(ds)
