@@ -12,6 +12,7 @@ from dicomtrolley.core import (
     Study,
     StudyReference,
 )
+from dicomtrolley.datastructures import TreeNode
 from dicomtrolley.exceptions import DICOMTrolleyError
 from dicomtrolley.parsing import (
     DICOMObjectNotFound,
@@ -327,3 +328,23 @@ def test_object_tree_add_study_replaces(
     assert len(object_tree.studies) == 2
     with pytest.raises(KeyError):
         object_tree["9"]
+
+
+def test_insert_dicom_object_keeps_the_4_1_0_name_and_warns_on_obj() -> None:
+    study = Study(uid="1", data=Dataset(), series=[])
+    tree = DICOMParseTree()
+    tree.insert_dicom_object(dicom_object=study)
+    assert [s.uid for s in tree.as_studies()] == ["1"]
+    again = DICOMParseTree()
+    with pytest.warns(DeprecationWarning, match="dicom_object"):
+        again.insert_dicom_object(obj=study)
+    assert [s.uid for s in again.as_studies()] == ["1"]
+
+
+def test_root_is_a_tree_node_and_as_study_takes_its_items() -> None:
+    tree = DICOMParseTree()
+    tree.insert(Dataset(), "1", "1.1", "1.1.1")
+    assert isinstance(tree.root, TreeNode)
+    assert tree.root.exists(("1", "1.1", "1.1.1"))
+    study = DICOMParseTree.as_study(next(iter(tree.root.items())))
+    assert [i.uid for i in study.all_instances()] == ["1.1.1"]

@@ -26,7 +26,10 @@ from dicomtrolley.storage import (
     PathTemplate,
     StorageDir,
     TemplateStorage,
+    make_writable,
+    remove_illegal_elements_for_writing,
     safe_path_part,
+    uses_4_1_0_save,
     verify_dicom_file,
 )
 from dicomtrolley.uids import check_uid, is_path_safe_uid, is_valid_uid
@@ -543,3 +546,44 @@ def test_temporary_files_are_hidden_and_unique(tmp_path: Path) -> None:
         one.abort()
         two.abort()
     assert os.listdir(tmp_path) == []
+
+
+def test_make_writable_gives_a_json_dataset_a_file_header(tmp_path: Path) -> None:
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = SOP
+    ds.StudyInstanceUID = STUDY
+    ds.SeriesInstanceUID = SERIES
+    ds.add_new(0x00091010, "UN", 12)  # seen in WADO-RS metadata: not bytes
+    ds.add_new(0x00091011, "UN", b"\x01\x02")
+    assert make_writable(ds) is ds
+    assert 0x00091010 not in ds and 0x00091011 in ds
+    path = StorageDir(tmp_path).save(ds)
+    written = pydicom.dcmread(path)
+    assert written.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert written.file_meta.MediaStorageSOPInstanceUID == SOP
+
+
+def test_remove_illegal_elements_keeps_text_and_bytes() -> None:
+    ds = Dataset()
+    ds.add_new(0x00091010, "UN", [1, 2])
+    ds.add_new(0x00091012, "UN", "text")
+    ds.PatientID = "P"
+    remove_illegal_elements_for_writing(ds)
+    assert [int(element.tag) for element in ds] == [0x00091012, 0x00100020]
+
+
+def test_uses_4_1_0_save() -> None:
+    class OwnSave(StorageDir):
+        def save(self, dataset: Dataset, path: str | Path | None = None) -> Path:
+            return super().save(dataset, path)
+
+    class OnlySave(DICOMDiskStorage):
+        def save(self, dataset: Dataset, path: str | Path | None = None) -> None:
+            pass
+
+    assert not uses_4_1_0_save(StorageDir("x"))
+    assert not uses_4_1_0_save(FlatStorageDir("x"))
+    assert not uses_4_1_0_save(TemplateStorage("x", "{SOPInstanceUID}.dcm"))
+    assert uses_4_1_0_save(OwnSave("x"))
+    assert uses_4_1_0_save(OnlySave())
