@@ -567,3 +567,19 @@ def test_session_with_auth_can_be_pickled(vitrea: FakeVitrea) -> None:
 def test_auth_error_importable_from_auth_module() -> None:
     # dicomtrolley 4.1.0 defined DICOMTrolleyAuthError in dicomtrolley.auth
     assert auth_module.DICOMTrolleyAuthError is DICOMTrolleyAuthError
+
+
+def test_response_hook_logs_in_for_an_answer_sent_without_the_auth(
+    vitrea: FakeVitrea,
+) -> None:
+    """4.1.0's public response_hook: a 401 answer in, the answer after login out."""
+    auth = VitreaAuth(vitrea.login_url, USER, PASSWORD, REALM)
+    with requests.Session() as plain:
+        refused = plain.get(f"{vitrea.url}/data")
+        assert refused.status_code == 401
+        answer = auth.response_hook(refused)
+    assert answer.status_code == 200
+    assert answer.content == b"the data"
+    assert len(vitrea.logins) == 1
+    assert answer.history[-1].url == vitrea.login_url
+    assert auth.response_hook(answer) is answer  # anything but 401 passes through
