@@ -113,6 +113,7 @@ from dicomtrolley.formats.soap import (
     build_request,
     parse_response,
 )
+from dicomtrolley.http import HTTPMultiPartStream
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.parsing import DICOMParseTree
 from dicomtrolley.storage import DICOMDiskStorage, InstanceWriter
@@ -131,15 +132,22 @@ from dicomtrolley.transport import (
     read_with_retry,
 )
 from dicomtrolley.uids import check_uid
+from dicomtrolley.xml_templates import (
+    RAD69_SOAP_REQUEST_TEMPLATE,
+    RAD69_SOAP_RESPONSE_ERROR_XPATH,
+)
 
 __all__ = [
     "DEFAULT_REPOSITORY_UNIQUE_ID",
     "DEFAULT_TRANSFER_SYNTAXES",
     "RAD69_RETRY",
+    "RAD69_SOAP_REQUEST_TEMPLATE",
+    "RAD69_SOAP_RESPONSE_ERROR_XPATH",
     "DICOMDownloadable",
     "DICOMParseTree",
     "DICOMTrolleyError",
     "Downloader",
+    "HTTPMultiPartStream",
     "InstanceReference",
     "Rad69",
     "Rad69ServerError",
@@ -246,6 +254,7 @@ class Rad69(Downloader):
             [] if errors_to_ignore is None else errors_to_ignore
         )
         self.post_headers: dict[str, str] = {"Content-Type": SOAP_CONTENT_TYPE}
+        self._template = RAD69_SOAP_REQUEST_TEMPLATE
         self.use_async = use_async
         self.max_workers = max_workers
         self.transfer_syntax_list = tuple(
@@ -263,6 +272,22 @@ class Rad69(Downloader):
 
     def __str__(self) -> str:
         return f"Rad69 at {self.url}"
+
+    @property
+    def template(self) -> str:
+        """4.1.0's Jinja2 request template; requests no longer use it."""
+        return self._template
+
+    @template.setter
+    def template(self, value: str) -> None:
+        warnings.warn(
+            "Rad69.template is not used: requests are built by "
+            "dicomtrolley.formats.soap.build_request; set transfer_syntax_list, "
+            "repository_unique_id or to_address instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self._template = value
 
     # -- requests ------------------------------------------------------------
 

@@ -59,6 +59,7 @@ from dicomtrolley.formats.multipart import (
     boundary_from_content_type,
     parse_content_type,
 )
+from dicomtrolley.http import HTTPMultiPartStream
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.storage import DICOMDiskStorage
 from dicomtrolley.streaming import (
@@ -75,6 +76,7 @@ __all__ = [
     "DICOMTrolleyError",
     "Dataset",
     "Downloader",
+    "HTTPMultiPartStream",
     "InstanceReference",
     "NoQueryResultsError",
     "SeriesReference",

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from dicomtrolley import rad69
+from dicomtrolley import http, rad69, xml_templates
 from dicomtrolley.core import InstanceReference, to_instance_refs
 from dicomtrolley.emulator import Emulator
 from dicomtrolley.exceptions import (
@@ -155,6 +155,23 @@ def test_module_names() -> None:
     assert rad69.DICOMTrolleyError is DICOMTrolleyError
     assert rad69.to_instance_refs is to_instance_refs
     assert rad69.Rad69ServerError is Rad69ServerError
+    assert rad69.HTTPMultiPartStream is http.HTTPMultiPartStream
+    assert (
+        rad69.RAD69_SOAP_REQUEST_TEMPLATE is xml_templates.RAD69_SOAP_REQUEST_TEMPLATE
+    )
+    assert (
+        rad69.RAD69_SOAP_RESPONSE_ERROR_XPATH
+        is xml_templates.RAD69_SOAP_RESPONSE_ERROR_XPATH
+    )
+
+
+def test_template_is_kept_but_setting_it_warns(rad: Rad69) -> None:
+    """4.1.0 rendered requests from Rad69.template; build_request does now."""
+    assert rad.template == xml_templates.RAD69_SOAP_REQUEST_TEMPLATE
+    with pytest.warns(DeprecationWarning, match="build_request"):
+        rad.template = "{{ custom }}"
+    assert rad.template == "{{ custom }}"
+    assert sops(rad.download_iterator(ALL[:1])) == sops_of(ALL[:1])
 
 
 # --------------------------------------------------------------------------- #

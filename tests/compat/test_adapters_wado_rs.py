@@ -12,7 +12,7 @@ import pytest
 import requests
 from pydicom.dataset import Dataset
 
-from dicomtrolley import core, wado_rs
+from dicomtrolley import core, http, wado_rs
 from dicomtrolley.core import InstanceReference, SeriesReference, StudyReference
 from dicomtrolley.emulator import Emulator
 from dicomtrolley.exceptions import (
@@ -169,6 +169,7 @@ def test_module_names() -> None:
     assert wado_rs.StudyReference is core.StudyReference
     assert wado_rs.DICOMTrolleyError is DICOMTrolleyError
     assert wado_rs.NoQueryResultsError is NoQueryResultsError
+    assert wado_rs.HTTPMultiPartStream is http.HTTPMultiPartStream
 
 
 @pytest.mark.xfail(
