@@ -88,7 +88,11 @@ from dicomtrolley.dimse.sessions import SessionPool
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer, check_ae_title
 from dicomtrolley.dimse.storage_scp import StoreSCP
 from dicomtrolley.download import DownloadReport, NullProgress, Progress, run_transfers
+
+# DICOMTrolleyError and DICOMParseTree: re-exported, as 4.1.0 had them here
+from dicomtrolley.exceptions import DICOMTrolleyError as DICOMTrolleyError
 from dicomtrolley.logs import get_module_logger
+from dicomtrolley.parsing import DICOMParseTree as DICOMParseTree
 from dicomtrolley.parsing import studies_from_datasets
 from dicomtrolley.storage import DICOMDiskStorage
 from dicomtrolley.transport import DEFAULT_RETRY, Retry
@@ -126,20 +130,20 @@ class QueryRetrieveLevels:
 
     ALL = frozenset({STUDY, SERIES, IMAGE})
 
-    @staticmethod
-    def translate(level: QueryLevels | str) -> str:
+    @classmethod
+    def translate(cls, value: QueryLevels | str) -> str:
         """The Query/Retrieve Level for a query level (INSTANCE -> IMAGE).
 
         Raises ValueError for anything that is not a level.
         """
-        value = str(getattr(level, "value", level)).upper()
-        if value in ("INSTANCE", QueryRetrieveLevels.IMAGE):
-            return QueryRetrieveLevels.IMAGE
-        if value not in QueryRetrieveLevels.ALL:
+        text = str(getattr(value, "value", value)).upper()
+        if text in ("INSTANCE", cls.IMAGE):
+            return cls.IMAGE
+        if text not in cls.ALL:
             raise ValueError(
-                f"unknown query level {level!r}: use STUDY, SERIES or INSTANCE"
+                f"unknown query level {value!r}: use STUDY, SERIES or INSTANCE"
             )
-        return value
+        return text
 
 
 class DICOMQuery(ExtendedQuery):
@@ -155,11 +159,9 @@ class DICOMQuery(ExtendedQuery):
     StudyID: str = ""
 
     @staticmethod
-    def get_default_include_fields(
-        query_retrieve_level: QueryLevels | str,
-    ) -> list[str]:
+    def get_default_include_fields(query_level: QueryLevels | str) -> list[str]:
         """The UIDs every result at this level should carry."""
-        level = QueryRetrieveLevels.translate(query_retrieve_level)
+        level = QueryRetrieveLevels.translate(query_level)
         fields = ["StudyInstanceUID"]
         if level in (QueryRetrieveLevels.SERIES, QueryRetrieveLevels.IMAGE):
             fields.append("SeriesInstanceUID")
@@ -168,9 +170,9 @@ class DICOMQuery(ExtendedQuery):
         return fields
 
     @staticmethod
-    def parse_date(value: date | datetime | None) -> str:
+    def parse_date(date: date | datetime | None) -> str:
         """``YYYYMMDD`` (DICOM DA), or '' for None."""
-        return value.strftime("%Y%m%d") if value else ""
+        return date.strftime("%Y%m%d") if date else ""
 
     @classmethod
     def get_study_date(
