@@ -151,7 +151,8 @@ def iter_parts(
         return
     prove_headers_complete(response, what=what, uids=uids)
     raise ResponseFormatError(
-        f"{prefix}expected multipart/related or application/dicom, got "
+        f"{prefix}Expected multipart response (multipart/related or "
+        "application/dicom), got "
         f"{content_type or 'no Content-Type'}",
         url=response.url,
         uids=uids,

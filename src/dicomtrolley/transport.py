@@ -16,6 +16,7 @@ plugin (NTLM, Kerberos, OAuth, Vitrea login) keeps working.
 from __future__ import annotations
 
 import email.utils
+import http
 import random
 import re
 import time
@@ -214,8 +215,9 @@ def _snippet(response: requests.Response, limit: int = 300) -> str:
     """A short, single-line excerpt of an error body (HTML reduced to its text)."""
     raw = b""
     try:
-        if getattr(response, "_content_consumed", False) or response.raw is None:
-            raw = (response.content or b"")[:4096]
+        stream = getattr(response, "raw", None)
+        if getattr(response, "_content_consumed", False) or stream is None:
+            raw = (getattr(response, "content", None) or b"")[:4096]
         else:
             raw = response.raw.read(4096, decode_content=True) or b""
     except Exception:  # the body of an error answer is a courtesy, never required
@@ -230,16 +232,23 @@ def _snippet(response: requests.Response, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "unknown status"
+
+
 def error_for_response(
     response: requests.Response, what: str = "", uids: tuple[str, ...] = ()
 ) -> DICOMTrolleyError:
     """The DICOMTrolleyError for an HTTP error answer (status >= 400)."""
     status = response.status_code
-    url = redact_url(response.url) or ""
-    reason = response.reason or ""
+    url = redact_url(getattr(response, "url", None)) or "the server"
+    reason = getattr(response, "reason", None) or _phrase(status)
     detail = _snippet(response)
     prefix = f"{what}: " if what else ""
-    message = f"{prefix}server answered HTTP {status} {reason}".rstrip()
+    message = f"{prefix}Calling {url} failed ({status} - {reason})"
     if detail:
         message += f": {detail}"
     cls: type[HTTPStatusError] | type[DICOMTrolleyAuthError]

@@ -231,10 +231,6 @@ def test_unparseable_answer_says_could_not_parse(session: requests.Session) -> N
     assert caught.value.url == f"{fake.url}/studies"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the 4.1.0 wording in transport.error_for_response (see issue 10)",
-)
 def test_http_errors_keep_the_4_1_0_wording(session: requests.Session) -> None:
     """4.1.0: 'Calling <url> failed (401 - Unauthorized)'."""
     with (

@@ -245,10 +245,6 @@ def test_an_unparseable_soap_answer_says_could_not_parse() -> None:
         Rad69.check_for_response_errors(like)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the 4.1.0 wording in transport.error_for_response (see issue 10)",
-)
 def test_http_errors_keep_the_4_1_0_wording(emulator: Emulator) -> None:
     """4.1.0: 'Calling <url> failed (401 - Unauthorized)'."""
     with requests.Session() as stranger:

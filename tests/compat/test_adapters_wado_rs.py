@@ -172,10 +172,6 @@ def test_module_names() -> None:
     assert wado_rs.HTTPMultiPartStream is http.HTTPMultiPartStream
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the 4.1.0 wording in streaming.iter_parts (see issue 10)",
-)
 def test_an_html_answer_says_expected_multipart(session: requests.Session) -> None:
     """4.1.0 users match 'Expected multipart response' on such answers."""
     page = html_reply(200, "Login", "please log in")
@@ -186,10 +182,6 @@ def test_an_html_answer_says_expected_multipart(session: requests.Session) -> No
     assert "Expected multipart response" in str(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the 4.1.0 wording in transport.error_for_response (see issue 10)",
-)
 def test_http_errors_keep_the_4_1_0_wording(emulator: Emulator) -> None:
     """4.1.0: 'Calling <url> failed (401 - Unauthorized)'."""
     with requests.Session() as stranger:

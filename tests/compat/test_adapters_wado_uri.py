@@ -102,10 +102,6 @@ def test_module_names() -> None:
     assert wado_uri.Response is requests.Response
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the 4.1.0 wording in transport.error_for_response (see issue 10)",
-)
 def test_http_errors_keep_the_4_1_0_wording(emulator: Emulator) -> None:
     """4.1.0: 'Calling <url> failed (401 - Unauthorized)'."""
     with requests.Session() as stranger:

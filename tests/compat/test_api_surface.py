@@ -38,21 +38,10 @@ VARIADIC = ("VAR_POSITIONAL", "VAR_KEYWORD")
 # ---------------------------------------------------------------- the entries
 
 
-#: Modules whose 4.1.0 surface is being restored separately (issue 10 part B).
-#: Their entries may fail until then; remove this when part B has landed.
-PENDING = frozenset(
-    f"dicomtrolley.{name}"
-    for name in ("qido_rs", "wado_rs", "wado_uri", "rad69", "dicom_qr")
-)
-_PENDING_MARK = pytest.mark.xfail(
-    reason="protocol adapter surface: issue 10 part B", strict=False
-)
-
-
 def _entries() -> Iterator[Any]:
     """One pytest param per module, name, class member, field and attribute."""
     for module, spec in SURFACE["modules"].items():
-        param = functools.partial(_param, module, module in PENDING)
+        param = functools.partial(_param, module)
         yield param("module", None, None, module)
         for name, entry in spec["names"].items():
             prefix = f"{module}:{name}"
@@ -67,11 +56,8 @@ def _entries() -> Iterator[Any]:
                 yield param("attribute", (name, attribute), {}, f"{prefix}.{attribute}")
 
 
-def _param(
-    module: str, pending: bool, what: str, name: Any, entry: Any, id: str
-) -> Any:
-    marks = [_PENDING_MARK] if pending else []
-    return pytest.param(what, module, name, entry, id=id, marks=marks)
+def _param(module: str, what: str, name: Any, entry: Any, id: str) -> Any:
+    return pytest.param(what, module, name, entry, id=id)
 
 
 @pytest.mark.parametrize(("what", "module", "name", "entry"), list(_entries()))

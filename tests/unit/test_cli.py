@@ -656,7 +656,7 @@ def test_server_error_is_one_red_line_and_exit_1(pacs: FakePacs) -> None:
     result = run("search", "--url", f"{pacs.base}/broken/dicom-web")
     assert result.exit_code == 1
     assert "Error:" in result.stderr
-    assert "HTTP 500" in result.stderr
+    assert "500 - Internal Server Error" in result.stderr
     assert "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) <= 3
 
@@ -665,7 +665,7 @@ def test_traceback_only_with_two_v(pacs: FakePacs) -> None:
     result = run("search", "--url", f"{pacs.base}/broken/dicom-web", "-vv")
     assert result.exit_code == 1
     assert "Traceback" in result.stderr
-    assert "HTTP 500" in result.stderr
+    assert "500 - Internal Server Error" in result.stderr
 
 
 def test_auth_error_gives_a_hint(pacs: FakePacs) -> None:
