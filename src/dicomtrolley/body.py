@@ -78,6 +78,19 @@ def is_framed(method: str, status: int, headers: Mapping[str, str]) -> bool:
     )
 
 
+def content_of(response: Any) -> bytes:
+    """The body of a response-like object: ``content``, else ``text`` as UTF-8.
+
+    Parsers of whole answers take any object with ``content`` or ``text`` (and
+    ``status_code``), as dicomtrolley 4.1.0's did, not only requests' Response.
+    """
+    content = getattr(response, "content", None)
+    if isinstance(content, bytes | bytearray | memoryview):
+        return bytes(content)
+    text = getattr(response, "text", None)
+    return text.encode("utf-8") if isinstance(text, str) else b""
+
+
 def unframed_error(
     url: str | None, what: str = "", uids: tuple[str, ...] = ()
 ) -> IncompleteResponseError:

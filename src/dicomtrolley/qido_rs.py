@@ -28,6 +28,7 @@ from pydantic import model_validator
 from pydicom.dataset import Dataset
 from requests import Response
 
+from dicomtrolley.body import content_of
 from dicomtrolley.core import Query, QueryLevels, Searcher, Study
 from dicomtrolley.exceptions import (
     ClientHTTPError,
@@ -429,7 +430,7 @@ class QidoRS(Searcher):
         if response.status_code == 204:
             return []
         cls.check_for_response_errors(response)
-        content = _content_of(response)
+        content = content_of(response)
         if not content.strip():
             return []
         headers = getattr(response, "headers", None) or {}
@@ -457,12 +458,3 @@ class QidoRS(Searcher):
         from dicomtrolley.formats.dicom_json import dataset_from_json_dict
 
         return studies_from_datasets(dataset_from_json_dict(item) for item in response)
-
-
-def _content_of(response: Any) -> bytes:
-    """The body of a response-like object: ``content``, else ``text`` as UTF-8."""
-    content = getattr(response, "content", None)
-    if isinstance(content, bytes | bytearray | memoryview):
-        return bytes(content)
-    text = getattr(response, "text", None)
-    return text.encode("utf-8") if isinstance(text, str) else b""

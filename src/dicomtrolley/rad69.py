@@ -70,6 +70,7 @@ from typing import Any, NoReturn, Protocol
 import requests
 from pydicom.dataset import Dataset
 
+from dicomtrolley.body import content_of
 from dicomtrolley.core import (
     DICOMDownloadable,
     Downloader,
@@ -658,7 +659,7 @@ class Rad69(Downloader):
         url = getattr(response, "url", None)
         status = response.status_code
         try:
-            answer = parse_response(_content_of(response))
+            answer = parse_response(content_of(response))
         except ResponseFormatError as error:
             error.url, error.status_code = error.url or url, status
             raise
@@ -734,7 +735,7 @@ class Rad69(Downloader):
             return
         headers = getattr(response, "headers", None) or {}
         parser = MultipartParser(boundary_from_content_type(headers["Content-Type"]))
-        yield from parser.feed(_content_of(response))
+        yield from parser.feed(content_of(response))
         yield from parser.close()
 
     def verify_response(self, response: Any) -> None:
@@ -1020,15 +1021,6 @@ def _registry_error(
     missing = all(e.error_code == "XDSMissingDocument" for e in errors)
     cls = XDSMissingDocumentError if missing else Rad69ServerError
     return cls(message, url=url, status_code=status_code, uids=uids)
-
-
-def _content_of(response: Any) -> bytes:
-    """The body of a response-like object: ``content``, else ``text`` as UTF-8."""
-    content = getattr(response, "content", None)
-    if isinstance(content, bytes | bytearray | memoryview):
-        return bytes(content)
-    text = getattr(response, "text", None)
-    return text.encode("utf-8") if isinstance(text, str) else b""
 
 
 def _close(response: Any) -> None:

@@ -113,27 +113,19 @@ class Trolley:
         report = DownloadReport()
         if self._overrides_4_1_0_path():
             return self._download_datasets(items, output_dir, report, progress)
-        refs: Sequence[DICOMDownloadable]
+
+        def save_all(refs: Sequence[DICOMDownloadable]) -> DownloadReport:
+            return self.downloader.save_all(
+                refs, self.storage, output_dir, max_workers=workers, progress=progress
+            )
+
         refs = self._references_for_download(items, report, workers)
         if refs:
             try:
-                done = self.downloader.save_all(
-                    refs,
-                    self.storage,
-                    output_dir,
-                    max_workers=workers,
-                    progress=progress,
-                )
+                done = save_all(refs)
             except (NonInstanceParameterError, NonSeriesParameterError) as error:
                 # a downloader that only finds out while downloading (4.1.0 style)
-                refs = self._search_per_study(refs, error, report, workers)
-                done = self.downloader.save_all(
-                    refs,
-                    self.storage,
-                    output_dir,
-                    max_workers=workers,
-                    progress=progress,
-                )
+                done = save_all(self._search_per_study(refs, error, report, workers))
             report.merge(done)
         report.raise_for_failures()
         return report
