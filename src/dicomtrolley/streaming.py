@@ -109,7 +109,14 @@ def iter_parts(
     body = iter_body(response, chunk_size, what=what, uids=uids, progress=progress)
     if media_type.startswith("multipart/"):
         try:
-            parser = MultipartParser(boundary_from_content_type(content_type))
+            try:
+                boundary = boundary_from_content_type(content_type)
+            except ResponseFormatError:
+                # A header block cut inside Content-Type looks like a bad
+                # header; only a body that arrives proves the cut is not ours
+                prove_headers_complete(response, what=what, uids=uids)
+                raise
+            parser = MultipartParser(boundary)
             received = 0
             for chunk in body:
                 received += len(chunk)

@@ -43,7 +43,7 @@ EMULATOR_PAIRS = {
 ORTHANC_PAIRS = {"Orthanc QIDO-RS + WADO-RS": 30, "Orthanc C-FIND + C-GET": 30}
 MIN_TOTAL_FAULTS = 200
 #: Seconds one pair may take; past it the campaign stops short of its faults.
-BUDGET = 40.0
+BUDGET = 60.0
 
 
 def check(result: Result, target: int) -> None:

@@ -255,20 +255,33 @@ def require_context(
         )
 
 
+def release(assoc: Association) -> None:
+    """Release assoc, or abort it when the peer does not answer the release.
+
+    The wait for the A-RELEASE-RP is pynetdicom's (its ACSE timeout, our
+    ``connect``). Its network (idle) timeout is switched off first: when both
+    run out, the association's reactor and the release each send an A-ABORT,
+    and the second one kills pynetdicom's DUL thread with an InvalidEventError
+    (Evt15 in Sta13) that leaves the connection open.
+    """
+    if not assoc.is_established:
+        return
+    assoc.network_timeout = None
+    try:
+        assoc.release()
+    except Exception:  # a peer that does not answer the release
+        logger.debug("release failed; aborting", exc_info=True)
+    if assoc.is_established:
+        assoc.abort()
+
+
 @contextlib.contextmanager
 def ended(assoc: Association) -> Iterator[Association]:
     """Release assoc on the way out, or abort it when that is not possible."""
     try:
         yield assoc
     finally:
-        if assoc.is_established:
-            try:
-                assoc.release()
-            except Exception:  # a peer that does not answer the release
-                logger.debug("release failed; aborting", exc_info=True)
-                assoc.abort()
-        if assoc.is_established:
-            assoc.abort()
+        release(assoc)
 
 
 class Watchdog:

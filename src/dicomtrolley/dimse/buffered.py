@@ -15,8 +15,16 @@ machine's events and the received PDUs), both only ever used with ``put`` and
 ``queue.SimpleQueue``, which does the same without Python-level locking (about
 a sixth of the reader thread's time before).
 
-What callers see does not change: ``recv(n)`` returns n bytes, or fewer when
-the peer closed the connection, and raises what the socket raises. TLS sockets
+A peer that stops in the middle of a PDU: pynetdicom's socket blocks in
+``recv`` until the connection ends, and with it the DUL thread, so neither
+its timeouts nor an abort (which waits for that thread) can end the wait.
+Here a wait for more bytes of a PDU is bounded by the association's network
+(idle) timeout; past it ``recv`` raises :class:`TimeoutError`, which the DUL
+takes as the connection closed (Evt17). Waits between PDUs are not affected
+(the DUL only reads when ``select`` says there is something to read).
+
+What callers see does not change otherwise: ``recv(n)`` returns n bytes, or
+fewer when the peer closed the connection, and raises what the socket raises. TLS sockets
 are left to pynetdicom (an ``SSLSocket`` buffers on its own), and so is every
 pynetdicom version this was not checked against (see :func:`supported`).
 """
@@ -59,6 +67,7 @@ class BufferedAssociationSocket(AssociationSocket):
         self._view = memoryview(self._block)
         self._start = 0  # unread data: self._block[self._start:self._end]
         self._end = 0
+        self._bounded = False  # reads bounded by the network timeout yet
 
     def _plain(self) -> socket.socket | None:
         """The socket when it is a plain (not TLS) one, else None."""
@@ -85,6 +94,9 @@ class BufferedAssociationSocket(AssociationSocket):
             return super().recv(nr_bytes)
         data = self._block[start:end]
         self._start = self._end = 0
+        if sock is not None and not self._bounded:
+            sock.settimeout(self.assoc.network_timeout)
+            self._bounded = True
         while len(data) < nr_bytes:
             if sock is None:  # TLS since the data was buffered (not expected)
                 return data + super().recv(nr_bytes - len(data))

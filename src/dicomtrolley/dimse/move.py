@@ -13,7 +13,11 @@ from typing import Any
 from pynetdicom import build_context
 from pynetdicom.association import Association
 
-from dicomtrolley.dimse.associations import open_association, require_context
+from dicomtrolley.dimse.associations import (
+    open_association,
+    release,
+    require_context,
+)
 from dicomtrolley.dimse.contexts import UNCOMPRESSED, qr_model
 from dicomtrolley.dimse.errors import MOVE_DESTINATION_UNKNOWN, ServiceNotSupportedError
 from dicomtrolley.dimse.retrieve import RetrieveUnit
@@ -59,7 +63,7 @@ class MoveSession(RetrieveSession):
                 assoc.accepted_contexts, self.model_uid, self.peer, self.operation
             )
         except ServiceNotSupportedError:
-            assoc.release()
+            release(assoc)
             raise
         return assoc
 

@@ -19,7 +19,7 @@ from typing import Protocol
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 
-from dicomtrolley.dimse.associations import Watchdog
+from dicomtrolley.dimse.associations import Watchdog, release
 from dicomtrolley.dimse.errors import DIMSEError, DIMSEStatusError
 from dicomtrolley.dimse.find import PENDING
 from dicomtrolley.dimse.retrieve import Receiver, RetrieveUnit, Tally, check_outcome
@@ -158,14 +158,8 @@ class RetrieveSession:
     def close(self) -> None:
         """Release the association (abort it when the peer does not answer)."""
         assoc, self.assoc = self.assoc, None
-        if assoc is None or not assoc.is_established:
-            return
-        try:
-            assoc.release()
-        except Exception:
-            logger.debug("release failed; aborting", exc_info=True)
-        if assoc.is_established:
-            assoc.abort()
+        if assoc is not None:
+            release(assoc)
 
 
 class Session(Protocol):
