@@ -40,6 +40,7 @@ bench: venv system-deps
 	bash scripts/loopback-only.sh $(BIN)/python benchmarks/rad69.py
 	bash scripts/loopback-only.sh $(BIN)/python benchmarks/dimse.py --demo
 	$(BIN)/python benchmarks/verify.py
+	bash scripts/loopback-only.sh $(BIN)/python benchmarks/faults.py --orthanc
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -25,7 +24,7 @@ from dicomtrolley.exceptions import (
 from dicomtrolley.parsing import DICOMParseTree
 from dicomtrolley.rad69 import Rad69
 from dicomtrolley.transport import Retry
-from tests.fakes import dicom_file
+from tests.compat.serving import emulator_serving
 
 STUDY = "1.2.826.0.1.3680043.8.498.600"
 SERIES = {1: f"{STUDY}.1", 2: f"{STUDY}.2"}
@@ -43,19 +42,8 @@ MISSING = ref(1, 99)  # in a series the server has, but not on the server
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    root: Path = tmp_path_factory.mktemp("rad69-compat")
-    for item in ALL:
-        path = root / f"{item.instance_uid}.dcm"
-        path.write_bytes(dicom_file(item.study_uid, item.series_uid, item.instance_uid))
-    with Emulator(root) as running:
+    with emulator_serving(tmp_path_factory, "rad69-compat", ALL) as running:
         yield running
-
-
-@pytest.fixture
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.auth = ("trolley", "trolley")
-        yield session
 
 
 @pytest.fixture

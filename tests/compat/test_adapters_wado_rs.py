@@ -5,7 +5,6 @@ methods, the module's 4.1.0 names and error wording."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -23,6 +22,7 @@ from dicomtrolley.exceptions import (
 )
 from dicomtrolley.transport import Retry
 from dicomtrolley.wado_rs import WadoRS, WadoRSMetaData
+from tests.compat.serving import emulator_serving
 from tests.fakes import (
     FakeServer,
     Reply,
@@ -41,19 +41,8 @@ MULTIPART = 'multipart/related; type="application/dicom"'
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    root: Path = tmp_path_factory.mktemp("wado-rs-compat")
-    for item in REFS:
-        path = root / f"{item.instance_uid}.dcm"
-        path.write_bytes(dicom_file(STUDY, SERIES, item.instance_uid))
-    with Emulator(root) as running:
+    with emulator_serving(tmp_path_factory, "wado-rs-compat", REFS) as running:
         yield running
-
-
-@pytest.fixture
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.auth = ("trolley", "trolley")
-        yield session
 
 
 def sops(datasets: Iterable[Dataset]) -> list[str]:

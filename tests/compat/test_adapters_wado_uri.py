@@ -4,7 +4,6 @@ any response-like object, the 4.1.0 module names and error wording."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -25,6 +24,7 @@ from dicomtrolley.exceptions import (
 )
 from dicomtrolley.transport import Retry
 from dicomtrolley.wado_uri import WadoURI
+from tests.compat.serving import emulator_serving
 from tests.fakes import dicom_file
 
 STUDY = "1.2.826.0.1.3680043.8.498.700"
@@ -35,19 +35,8 @@ NO_RETRY = Retry(total=0, backoff_factor=0, backoff_jitter=0)
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    root: Path = tmp_path_factory.mktemp("wado-uri-compat")
-    for item in REFS:
-        path = root / f"{item.instance_uid}.dcm"
-        path.write_bytes(dicom_file(STUDY, SERIES, item.instance_uid))
-    with Emulator(root) as running:
+    with emulator_serving(tmp_path_factory, "wado-uri-compat", REFS) as running:
         yield running
-
-
-@pytest.fixture
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.auth = ("trolley", "trolley")
-        yield session
 
 
 def test_datasets_single_thread(emulator: Emulator, session: requests.Session) -> None:
