@@ -284,6 +284,24 @@ def ended(assoc: Association) -> Iterator[Association]:
         release(assoc)
 
 
+@contextlib.contextmanager
+def ended_before_sending(assoc: Association) -> Iterator[None]:
+    """Let a request on an association that has just ended end without an answer.
+
+    An association can end between the check that it is established and the
+    request (the peer aborts, the Watchdog of the previous request fires a
+    moment late): pynetdicom's ``send_c_*`` then raise RuntimeError. Inside
+    this block that is the same as no final response, which the caller turns
+    into an AssociationAbortedError (transient) with its UIDs.
+    """
+    try:
+        yield
+    except RuntimeError:
+        if assoc.is_established:
+            raise
+        logger.debug("the association ended before the request", exc_info=True)
+
+
 class Watchdog:
     """Aborts an association when the peer is idle too long or time runs out.
 

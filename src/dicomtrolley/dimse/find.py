@@ -26,6 +26,7 @@ from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 from dicomtrolley.dimse.associations import (
     Watchdog,
     ended,
+    ended_before_sending,
     open_association,
     require_context,
 )
@@ -128,7 +129,7 @@ def c_find(
     """
     matches: list[Dataset] = []
     final: Dataset | None = None
-    with Watchdog(assoc, timeouts) as watchdog:
+    with Watchdog(assoc, timeouts) as watchdog, ended_before_sending(assoc):
         for status, match in assoc.send_c_find(identifier, model_uid, msg_id=msg_id):
             code = status.get("Status")
             if code is None:

@@ -19,7 +19,11 @@ from typing import Protocol
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 
-from dicomtrolley.dimse.associations import Watchdog, release
+from dicomtrolley.dimse.associations import (
+    Watchdog,
+    ended_before_sending,
+    release,
+)
 from dicomtrolley.dimse.errors import DIMSEError, DIMSEStatusError
 from dicomtrolley.dimse.find import PENDING
 from dicomtrolley.dimse.retrieve import Receiver, RetrieveUnit, Tally, check_outcome
@@ -119,12 +123,15 @@ class RetrieveSession:
         identifier: Dataset | None = None
         announced = unit.expected is not None
         try:
-            with Watchdog(
-                assoc,
-                self.timeouts,
-                alive=self.alive(),
-                cancelled=self.receiver.cancelled,
-            ) as watchdog:
+            with (
+                Watchdog(
+                    assoc,
+                    self.timeouts,
+                    alive=self.alive(),
+                    cancelled=self.receiver.cancelled,
+                ) as watchdog,
+                ended_before_sending(assoc),
+            ):
                 for status, match in self.send(assoc, unit, msg_id):
                     code = status.get("Status")
                     if code is None:
