@@ -27,13 +27,18 @@ answers the DICOM JSON of the headers, without bulk data (binary values over
 
 JSON answers go out as ``application/dicom+json`` (or ``application/json``, if
 that is what the client accepts); other Accept values get 406. Unknown UIDs: 404.
+
+``refused_studies``: Study Instance UIDs whose WADO-RS retrieve (study, series or
+instance) is answered 404, as a PACS does that holds a study but will not serve
+it over WADO-RS; QIDO-RS still finds them, and other protocols still serve them.
+For testing a client's fallback to another protocol.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,8 +238,11 @@ class DicomWebService(Service):
 
     name = "dicomweb"
 
-    def __init__(self, max_results: int = 0) -> None:
+    def __init__(
+        self, max_results: int = 0, refused_studies: Iterable[str] = ()
+    ) -> None:
         self.max_results = max_results
+        self.refused_studies = frozenset(refused_studies)
 
     def routes(self) -> Sequence[Route]:
         study = f"{DICOMWEB_ROOT}/studies/{{study}}"
@@ -313,6 +321,10 @@ class DicomWebService(Service):
         return found
 
     def retrieve(self, request: Request) -> Response:
+        if request.params["study"] in self.refused_studies:
+            raise HTTPError(
+                404, f"WADO-RS is not offered for study {request.params['study']}"
+            )
         instances = self._instances(request)
         multipart = dicom_media_type(
             request.header("Accept"),
