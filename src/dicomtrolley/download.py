@@ -8,12 +8,14 @@ and every failure with its UIDs. Failures never pass silently: the Trolley calls
 
 from __future__ import annotations
 
+import contextvars
+import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from dicomtrolley.exceptions import DICOMTrolleyError, DownloadIncompleteError
 from dicomtrolley.logs import get_module_logger
@@ -58,21 +60,85 @@ class Failure:
     error: DICOMTrolleyError
 
     def __str__(self) -> str:
-        text = f"{self.what}: {self.error}"
-        missing = [uid for uid in self.uids if uid not in text]
-        if missing:
-            text += f" (UIDs: {', '.join(missing)})"
-        return text
+        return one_line(self.what, self.error, self.uids)
+
+
+_UID_TOKEN = re.compile(r"(?<![\d.])\d+(?:\.\d+){2,}(?![\d.])")
+_MAX_LINE = 400
+
+
+def one_line(what: str, error: BaseException, uids: Sequence[str] = ()) -> str:
+    """``what: error`` on one line, naming each UID once.
+
+    Error texts repeat themselves (the object in the message, again in the URL,
+    again in the server's error page): segments already said are dropped, a UID
+    already named becomes ``…``, and UIDs of the failure not named yet are
+    added at the end. At most about 400 characters.
+    """
+    body = " ".join(str(error).split())
+    if what:
+        body = body.replace(what, "")
+    kept: list[str] = []
+    for segment in (part.strip(" :") for part in body.split(": ")):
+        if not segment or any(segment in k or segment.startswith(k) for k in kept):
+            continue
+        kept.append(segment)
+    text = ": ".join([what, *kept]) if what else ": ".join(kept)
+    seen: set[str] = set()
+
+    def once(match: re.Match[str]) -> str:
+        uid = match.group()
+        if uid in seen:
+            return "…"
+        seen.add(uid)
+        return uid
+
+    text = _UID_TOKEN.sub(once, text)
+    if len(text) > _MAX_LINE:
+        text = text[: _MAX_LINE - 1] + "…"
+    missing = [uid for uid in dict.fromkeys(uids) if uid not in seen]
+    if missing:
+        text += f" (UIDs: {', '.join(missing)})"
+    return text
+
+
+class OutcomeListener(Protocol):
+    """Told about each outcome as it happens (e.g. a manifest). Thread-safe."""
+
+    def saved(self, path: Path | None, nbytes: int = 0) -> None: ...
+
+    def skipped(self, path: Path) -> None: ...
+
+    def failed(self, what: str, error: DICOMTrolleyError) -> None: ...
+
+
+#: The listener of the download running in this context (set by the Trolley).
+#: A DownloadReport made while one is set tells it every outcome.
+current_listener: contextvars.ContextVar[OutcomeListener | None] = (
+    contextvars.ContextVar("dicomtrolley_outcome_listener", default=None)
+)
+
+
+def _current_listener() -> Any:
+    return current_listener.get()
 
 
 @dataclass
 class DownloadReport:
-    """Files saved and skipped, bytes written, and failures of one download."""
+    """Files saved and skipped, bytes written, and failures of one download.
+
+    ``listener`` (default: the one of the download running in this context,
+    see :data:`current_listener`) is told each outcome when it happens, from
+    the thread where it happens; merging reports tells it nothing again.
+    """
 
     saved: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     bytes_written: int = 0
+    listener: OutcomeListener | None = field(
+        default_factory=_current_listener, repr=False, compare=False
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add_saved(self, path: Path | None, nbytes: int = 0) -> None:
@@ -80,14 +146,20 @@ class DownloadReport:
             if path is not None:
                 self.saved.append(path)
             self.bytes_written += nbytes
+        if self.listener is not None:
+            self.listener.saved(path, nbytes)
 
     def add_skipped(self, path: Path) -> None:
         with self._lock:
             self.skipped.append(path)
+        if self.listener is not None:
+            self.listener.skipped(path)
 
     def add_failure(self, what: str, error: DICOMTrolleyError) -> None:
         with self._lock:
             self.failures.append(Failure(what=what, uids=error.uids, error=error))
+        if self.listener is not None:
+            self.listener.failed(what, error)
 
     def merge(self, other: DownloadReport) -> None:
         with self._lock:
@@ -157,7 +229,7 @@ def run_transfers(
         try:
             transfer(item)
         except DICOMTrolleyError as error:
-            logger.error("%s failed: %s", item, error)
+            logger.error("%s", one_line(f"{item} failed", error, error.uids))
             if not error.uids:
                 error.uids = uids_of(item)
             report.add_failure(str(item), error)
