@@ -15,6 +15,11 @@ folder with ``dicomtrolley demo-data DIR``.
 C-MOVE) on port N (0: a free one) with AE title ``--dimse-aet``; C-MOVE
 destinations are declared with ``--move-destination AET=HOST:PORT``. In a script:
 ``Emulator(data, services=[*default_services(), DimseService(port, aet)])``.
+
+``--oauth2 CLIENT:SECRET`` serves an OAuth2 token endpoint (client credentials)
+at ``/oauth2/token``, issuing bearer tokens valid ``--token-lifetime`` seconds;
+every other endpoint then accepts only those tokens. In a script:
+``Emulator(data, oauth2_clients={"client": "secret"}, token_lifetime=60)``.
 """
 
 from __future__ import annotations
@@ -102,7 +107,14 @@ def banner(emulator: Emulator, users: dict[str, str]) -> list[str]:
         f"  WADO-URI  {emulator.wado_uri_url}",
         f"  DICOMweb  {emulator.dicomweb_url}",
         *_dimse_lines(emulator),
-        f"  {who}; HTTP basic auth works too",
+        *(
+            [
+                f"  OAuth2    {emulator.token_url}  (client credentials; tokens "
+                f"valid {emulator.tokens.lifetime:g} s, needed by every endpoint)"
+            ]
+            if emulator.tokens is not None
+            else [f"  {who}; HTTP basic auth works too"]
+        ),
         "Press Ctrl-C to stop.",
     ]
 
@@ -183,6 +195,23 @@ def _dimse_lines(emulator: Emulator) -> list[str]:
     help="A C-MOVE destination the DIMSE service knows; repeatable.",
 )
 @click.option(
+    "--oauth2",
+    "oauth2_clients",
+    multiple=True,
+    callback=_users,
+    metavar="CLIENT:SECRET",
+    help="Serve an OAuth2 token endpoint for this client (repeatable); every "
+    "other endpoint then needs its bearer tokens.",
+)
+@click.option(
+    "--token-lifetime",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long an OAuth2 token is valid.",
+)
+@click.option(
     "-v", "--verbose", count=True, help="Log requests to stderr; twice for debug."
 )
 def serve(
@@ -194,6 +223,8 @@ def serve(
     dimse_port: int | None,
     dimse_aet: str,
     move_destinations: dict[str, tuple[str, int]],
+    oauth2_clients: dict[str, str],
+    token_lifetime: float,
     verbose: int,
 ) -> None:
     """Serve a folder of DICOM files as a PACS: MINT, WADO-URI, DICOMweb (and
@@ -204,6 +235,7 @@ def serve(
       dicomtrolley demo-data data && dicomtrolley serve --data data
       dicomtrolley serve --data data --port 0 --user alice:secret
       dicomtrolley serve --data data --dimse-port 11112 --dimse-aet PACS
+      dicomtrolley serve --data data --oauth2 app:secret --token-lifetime 60
     """
     if not data_dir.is_dir():
         raise click.UsageError(
@@ -234,6 +266,8 @@ def serve(
         session_timeout=session_timeout,
         realm=DEFAULT_REALM,
         services=services,
+        oauth2_clients=oauth2_clients or None,
+        token_lifetime=token_lifetime,
     )
     try:
         emulator.start()

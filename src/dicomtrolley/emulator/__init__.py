@@ -30,6 +30,8 @@ Layout, one module per concern:
   :mod:`~dicomtrolley.emulator.dicomweb` (QIDO-RS, WADO-RS) with
   :mod:`~dicomtrolley.emulator.media` (Accept headers),
   :mod:`~dicomtrolley.emulator.rad69` (IHE RAD-69 SOAP/MTOM at ``/rad69``),
+  :mod:`~dicomtrolley.emulator.oauth2` (an OAuth2 token endpoint, when
+  ``oauth2_clients`` are given: then every endpoint needs its bearer tokens),
   :mod:`~dicomtrolley.emulator.dimse` (C-ECHO, C-FIND, C-GET, C-MOVE on a port
   of its own; not started unless asked for, see below).
 
@@ -63,6 +65,7 @@ from dicomtrolley.emulator.index import (
 )
 from dicomtrolley.emulator.login import LOGIN_PATH, LoginService, SessionStore
 from dicomtrolley.emulator.mint import MINT_ROOT, MintService
+from dicomtrolley.emulator.oauth2 import OAUTH2_TOKEN_PATH, OAuth2Service, TokenStore
 from dicomtrolley.emulator.rad69 import RAD69_PATH, Rad69Service
 from dicomtrolley.emulator.server import (
     FilePart,
@@ -81,6 +84,7 @@ __all__ = [
     "DICOMWEB_ROOT",
     "LOGIN_PATH",
     "MINT_ROOT",
+    "OAUTH2_TOKEN_PATH",
     "RAD69_PATH",
     "WADO_URI_PATH",
     "DicomIndex",
@@ -93,6 +97,7 @@ __all__ = [
     "InstanceRecord",
     "LoginService",
     "MintService",
+    "OAuth2Service",
     "Rad69Service",
     "Request",
     "Response",
@@ -102,6 +107,7 @@ __all__ = [
     "Service",
     "SessionStore",
     "StudyRecord",
+    "TokenStore",
     "WadoURIService",
     "default_services",
 ]

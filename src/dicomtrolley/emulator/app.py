@@ -13,6 +13,12 @@ from dicomtrolley.emulator.dimse import DimseService
 from dicomtrolley.emulator.index import DicomIndex
 from dicomtrolley.emulator.login import LOGIN_PATH, LoginService, SessionStore
 from dicomtrolley.emulator.mint import MINT_ROOT, MintService
+from dicomtrolley.emulator.oauth2 import (
+    DEFAULT_TOKEN_LIFETIME,
+    OAUTH2_TOKEN_PATH,
+    OAuth2Service,
+    TokenStore,
+)
 from dicomtrolley.emulator.rad69 import RAD69_PATH, Rad69Service
 from dicomtrolley.emulator.server import (
     DEFAULT_IDLE_TIMEOUT,
@@ -80,6 +86,12 @@ class Emulator:
     max_body, idle_timeout:
         Largest request body accepted (bytes); seconds a silent connection is
         kept open.
+    oauth2_clients:
+        client id -> secret: serve an OAuth2 token endpoint at
+        :attr:`token_url` and accept only its bearer tokens everywhere else
+        (see :mod:`~dicomtrolley.emulator.oauth2`; :attr:`tokens` counts).
+    token_lifetime:
+        Seconds an OAuth2 token is valid.
     """
 
     def __init__(
@@ -95,6 +107,8 @@ class Emulator:
         rescan_interval: float | None = 1.0,
         max_body: int = DEFAULT_MAX_BODY,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        oauth2_clients: Mapping[str, str] | None = None,
+        token_lifetime: float = DEFAULT_TOKEN_LIFETIME,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -105,6 +119,10 @@ class Emulator:
             DEFAULT_USERS if users is None else users, session_timeout
         )
         self.services = default_services() if services is None else list(services)
+        self.tokens: TokenStore | None = None
+        if oauth2_clients:
+            self.tokens = TokenStore(oauth2_clients, token_lifetime)
+            self.services.append(OAuth2Service(self.tokens))
         self.max_body = max_body
         self.idle_timeout = idle_timeout
         self._server: HTTPServer | None = None
@@ -120,9 +138,12 @@ class Emulator:
         self.index.refresh(force=True)
         router = Router(
             [],
-            self.sessions.authenticate,
+            self.sessions.authenticate
+            if self.tokens is None
+            else self.tokens.authenticate,
             realm=self.realm,
             before_request=self.index.refresh,
+            bearer_challenge=self.tokens is not None,
         )
         self._server = HTTPServer(
             self.host,
@@ -234,6 +255,11 @@ class Emulator:
     @property
     def rad69_url(self) -> str:
         return self.base_url + RAD69_PATH
+
+    @property
+    def token_url(self) -> str:
+        """The OAuth2 token endpoint (served with ``oauth2_clients`` only)."""
+        return self.base_url + OAUTH2_TOKEN_PATH
 
     @property
     def dimse(self) -> DimseService:

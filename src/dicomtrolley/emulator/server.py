@@ -185,8 +185,10 @@ class Router:
         *,
         realm: str = "dicomtrolley",
         before_request: Callable[[], Any] | None = None,
+        bearer_challenge: bool = False,
     ) -> None:
         self.routes = list(routes)
+        self.bearer_challenge = bearer_challenge  # 401s ask for an OAuth2 token
         self.authenticate = authenticate
         self.realm = realm
         self.before_request = before_request
@@ -222,7 +224,9 @@ class Router:
             request.user = self.authenticate(request)
             if request.user is None:
                 challenge = (
-                    [("WWW-Authenticate", f'Basic realm="{self.realm}"')]
+                    [("WWW-Authenticate", 'Bearer error="invalid_token"')]
+                    if self.bearer_challenge
+                    else [("WWW-Authenticate", f'Basic realm="{self.realm}"')]
                     if route.basic_challenge
                     else []
                 )
