@@ -483,8 +483,8 @@ def test_qido_url_overrides_url(pacs: FakePacs) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--min-date", "2020-01-01"], "--min-date needs --max-date"),
-        (["--max-date", "2020-01-01"], "--max-date needs --min-date"),
+        (["--study-uid", "1.2.x"], "not a DICOM UID"),
+        (["--quiet", "-v"], "exclude each other"),
         (["--min-date", "2021-01-01", "--max-date", "2020-01-01"], "after"),
         (["--min-date", "01/02/2020", "--max-date", "2020-01-01"], "YYYY-MM-DD"),
         (["--min-date", "2020-02-30", "--max-date", "2020-03-01"], "2020-02-30"),

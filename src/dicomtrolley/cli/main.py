@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import itertools
 import logging
 import re
 import traceback
@@ -49,6 +50,7 @@ from dicomtrolley.levels import QueryLevels
 from dicomtrolley.logs import ROOT_LOGGER_NAME
 from dicomtrolley.query import Query
 from dicomtrolley.transport import DEFAULT_RETRY, DEFAULT_TIMEOUT, Timeout
+from dicomtrolley.uids import is_valid_uid
 
 R = TypeVar("R")
 
@@ -77,8 +79,16 @@ def stderr_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def quiet() -> bool:
+    """True inside a command run with ``--quiet``."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and int(ctx.meta.get(VERBOSITY_KEY, 0)) < 0
+
+
 def warn(message: str) -> None:
-    """A yellow warning line on stderr."""
+    """A yellow warning line on stderr (none with ``--quiet``)."""
+    if quiet():
+        return
     stderr_console().print(Text(f"Warning: {message}", style="yellow"))
 
 
@@ -102,14 +112,17 @@ def _not_transfer_failures(record: logging.LogRecord) -> bool:
 
 
 def configure_logging(verbosity: int) -> Callable[[], None]:
-    """Send the ``trolley`` loggers to stderr: warnings, INFO at -v, DEBUG at -vv.
+    """Send the ``trolley`` loggers to stderr: warnings, INFO at -v, DEBUG at -vv,
+    only errors at -1 (``--quiet``).
 
     Returns a function that puts the logger back as it was, so that a command run
     inside another program (or a test) leaves no handler behind.
     """
     logger = logging.getLogger(ROOT_LOGGER_NAME)
     previous_level = logger.level
-    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(
+        verbosity, logging.DEBUG
+    )
     handler = RichHandler(
         console=stderr_console(),
         level=level,
@@ -118,7 +131,7 @@ def configure_logging(verbosity: int) -> Callable[[], None]:
         markup=False,
         rich_tracebacks=False,
     )
-    if verbosity == 0:  # failed transfers are listed at the end anyway
+    if verbosity <= 0:  # failed transfers are listed at the end anyway
         handler.addFilter(_not_transfer_failures)
     logger.addHandler(handler)
     logger.setLevel(level)
@@ -262,6 +275,12 @@ _CONNECTION_OPTIONS = (
         count=True,
         help="Log progress to stderr; twice for debug logs and tracebacks.",
     ),
+    click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        help="Only errors on stderr: no progress bar, notes or warnings.",
+    ),
 )
 
 
@@ -279,9 +298,13 @@ def connection_options(func: Callable[..., R]) -> Callable[..., R]:
         timeout_total: float | None,
         retries: int | None,
         verbose: int,
+        quiet: bool = False,
         **kwargs: Any,
     ) -> R:
         ctx = click.get_current_context()
+        if quiet and verbose:
+            raise click.UsageError("--quiet and --verbose exclude each other", ctx)
+        verbose = -1 if quiet else verbose
         ctx.meta[VERBOSITY_KEY] = verbose
         ctx.call_on_close(configure_logging(verbose))
         settings = resolve_settings(
@@ -307,13 +330,22 @@ def _ask_password(prompt: str) -> str:
     return text
 
 
+#: The ends of an open date range (``--min-date`` or ``--max-date`` alone).
+EARLIEST = datetime(1800, 1, 1)
+LATEST = datetime(9999, 12, 31)
+
+
 @dataclass(frozen=True)
 class QueryOptions:
-    """What the query options asked for, ready to become library queries."""
+    """What the query options asked for, ready to become library queries.
 
-    patient_id: str = ""
+    A query option given several times means any of its values: one query per
+    value (per combination, when several such options are repeated).
+    """
+
+    patient_ids: tuple[str, ...] = ()
     patient_name: str = ""
-    accession_number: str = ""
+    accession_numbers: tuple[str, ...] = ()
     study_uids: tuple[str, ...] = ()
     series_uid: str = ""
     modalities: tuple[str, ...] = ()
@@ -327,9 +359,9 @@ class QueryOptions:
     def has_filters(self) -> bool:
         """True when at least one option narrows the search."""
         return bool(
-            self.patient_id
+            self.patient_ids
             or self.patient_name
-            or self.accession_number
+            or self.accession_numbers
             or self.study_uids
             or self.series_uid
             or self.modalities
@@ -337,23 +369,43 @@ class QueryOptions:
             or self.max_date
         )
 
+    @property
+    def repeated(self) -> bool:
+        """True when a query option was given more than one value."""
+        return any(
+            len(values) > 1
+            for values in (self.patient_ids, self.accession_numbers, self.study_uids)
+        )
+
     def queries(self, include_fields: Sequence[str] = ()) -> list[Query]:
-        """One Query per study UID (or one without), with extra include_fields."""
+        """One Query per value (combination) of the repeated options.
+
+        One date alone is an open range (``--min-date``: from that day on);
+        since QIDO-RS and MINT queries take both ends, the other end is filled
+        with :data:`EARLIEST` or :data:`LATEST`.
+        """
         fields = list(dict.fromkeys([*self.include_fields, *include_fields]))
+        min_date, max_date = self.min_date, self.max_date
+        if min_date or max_date:
+            min_date, max_date = min_date or EARLIEST, max_date or LATEST
         return [
             Query(
                 StudyInstanceUID=study_uid,
-                PatientID=self.patient_id,
+                PatientID=patient_id,
                 PatientName=self.patient_name,
-                AccessionNumber=self.accession_number,
+                AccessionNumber=accession_number,
                 SeriesInstanceUID=self.series_uid,
                 ModalitiesInStudy="\\".join(self.modalities),
-                min_study_date=self.min_date,
-                max_study_date=self.max_date,
+                min_study_date=min_date,
+                max_study_date=max_date,
                 query_level=self.level,
                 include_fields=fields,
             )
-            for study_uid in (self.study_uids or ("",))
+            for study_uid, patient_id, accession_number in itertools.product(
+                self.study_uids or ("",),
+                self.patient_ids or ("",),
+                self.accession_numbers or ("",),
+            )
         ]
 
 
@@ -366,6 +418,25 @@ def _modalities(
         if part and not re.fullmatch(r"[A-Z0-9_]{1,16}", part):
             raise click.BadParameter(f"{part!r} is not a DICOM modality code")
     return tuple(dict.fromkeys(part for part in parts if part))
+
+
+def _values(values: Sequence[str]) -> tuple[str, ...]:
+    """Stripped, non-empty, each once, in the order given."""
+    return tuple(dict.fromkeys(v.strip() for v in values if v.strip()))
+
+
+def _uids(
+    ctx: click.Context, param: click.Parameter, value: str | tuple[str, ...]
+) -> str | tuple[str, ...]:
+    """Each value must be a DICOM UID (digits and dots, at most 64 characters)."""
+    values = (value,) if isinstance(value, str) else value
+    bad = [v.strip() for v in values if v.strip() and not is_valid_uid(v.strip())]
+    if bad:
+        raise click.BadParameter(
+            f"not a DICOM UID (digits and dots, at most 64 characters): "
+            f"{', '.join(repr(v) for v in bad)}"
+        )
+    return value
 
 
 def _keywords(
@@ -382,17 +453,34 @@ def _keywords(
 
 
 _QUERY_OPTIONS = (
-    click.option("--patient-id", default="", help="PatientID (wildcards * ?)."),
+    click.option(
+        "--patient-id",
+        "patient_ids",
+        multiple=True,
+        help="PatientID (wildcards * ?); repeat for any of several.",
+    ),
     click.option("--patient-name", default="", help="PatientName, e.g. 'Doe^J*'."),
-    click.option("--accession-number", default="", help="AccessionNumber."),
+    click.option(
+        "--accession-number",
+        "accession_numbers",
+        multiple=True,
+        help="AccessionNumber; repeat for any of several.",
+    ),
     click.option(
         "--study-uid",
         "study_uids",
         multiple=True,
+        callback=_uids,
         metavar="UID",
         help="StudyInstanceUID; repeat for several studies.",
     ),
-    click.option("--series-uid", default="", metavar="UID", help="SeriesInstanceUID."),
+    click.option(
+        "--series-uid",
+        default="",
+        callback=_uids,
+        metavar="UID",
+        help="SeriesInstanceUID.",
+    ),
     click.option(
         "--modalities",
         callback=_modalities,
@@ -404,13 +492,13 @@ _QUERY_OPTIONS = (
         "--min-date",
         callback=_date_option,
         metavar="DATE",
-        help="Earliest StudyDate (needs --max-date).",
+        help="Earliest StudyDate (alone: from this day on).",
     ),
     click.option(
         "--max-date",
         callback=_date_option,
         metavar="DATE",
-        help="Latest StudyDate (needs --min-date).",
+        help="Latest StudyDate (alone: up to this day).",
     ),
     click.option(
         "--level",
@@ -442,9 +530,9 @@ def query_options(func: Callable[..., R]) -> Callable[..., R]:
     @functools.wraps(func)
     def wrapper(
         *args: Any,
-        patient_id: str,
+        patient_ids: tuple[str, ...],
         patient_name: str,
-        accession_number: str,
+        accession_numbers: tuple[str, ...],
         study_uids: tuple[str, ...],
         series_uid: str,
         modalities: tuple[str, ...],
@@ -455,23 +543,13 @@ def query_options(func: Callable[..., R]) -> Callable[..., R]:
         limit: int,
         **kwargs: Any,
     ) -> R:
-        if (min_date is None) != (max_date is None):
-            given, missing = (
-                ("--min-date", "--max-date")
-                if min_date
-                else ("--max-date", "--min-date")
-            )
-            raise click.UsageError(
-                f"{given} needs {missing}: give both dates or neither "
-                "(the same date twice for a single day)"
-            )
         if min_date and max_date and min_date > max_date:
             raise click.UsageError("--min-date is after --max-date")
         query = QueryOptions(
-            patient_id=patient_id.strip(),
+            patient_ids=_values(patient_ids),
             patient_name=patient_name.strip(),
-            accession_number=accession_number.strip(),
-            study_uids=tuple(dict.fromkeys(uid.strip() for uid in study_uids)),
+            accession_numbers=_values(accession_numbers),
+            study_uids=_values(study_uids),
             series_uid=series_uid.strip(),
             modalities=modalities,
             min_date=min_date,

@@ -9,13 +9,14 @@ Results are listed one row per study, series or instance (``--level``). Each row
 holds the attributes of its own level and of the levels above it: a series row
 also names its patient and study.
 
-``--json`` prints a list with one object per row, DICOM keyword -> value. Every
+``--format json`` (or ``--json``) prints a list with one object per row, DICOM keyword -> value. Every
 object has the level's standard columns and the ``--include-field`` attributes
 (``null`` when the server did not send them), followed by whatever else the
 server sent. Attributes that may hold several values (``ModalitiesInStudy``) are
 always lists; numbers are numbers; names and dates are DICOM strings
 (``Doe^John``, ``20240229``). ``--csv`` prints the standard columns and the
-included fields, several values joined by ``\\``. Columns that a server does
+included fields, several values joined by ``\\`` (``--format csv``). Only
+the results go to stdout; notes, warnings and errors go to stderr. Columns that a server does
 not return by default are asked for with ``includefield``.
 
 ``--protocol c-find`` searches with DICOM C-FIND instead (``--host``, ``--port``,
@@ -32,13 +33,14 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import io
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import requests
@@ -73,6 +75,8 @@ from dicomtrolley.qido_rs import (
     QidoRSQueryBase,
     RelationalQuery,
 )
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -458,6 +462,61 @@ def _table(
 
 # -- the command --------------------------------------------------------------------
 
+FORMATS = ("table", "json", "csv")
+
+
+def format_options(func: Callable[..., R]) -> Callable[..., R]:
+    """``--format table|json|csv`` (and the short ``--json``, ``--csv``,
+    ``--table``); the command receives ``output_format=``. Two different
+    formats are a usage error."""
+
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any,
+        output_format: str | None,
+        json_flag: bool,
+        csv_flag: bool,
+        table_flag: bool,
+        **kwargs: Any,
+    ) -> R:
+        chosen = {
+            name
+            for name, given in (
+                (output_format, output_format is not None),
+                ("json", json_flag),
+                ("csv", csv_flag),
+                ("table", table_flag),
+            )
+            if given and name
+        }
+        if len(chosen) > 1:
+            raise click.UsageError(
+                "choose one output format: " + " and ".join(sorted(chosen)) + " given"
+            )
+        return func(*args, output_format=chosen.pop() if chosen else "table", **kwargs)
+
+    options = (
+        click.option(
+            "--format",
+            "output_format",
+            type=click.Choice(FORMATS, case_sensitive=False),
+            default=None,
+            help="Print a table (default), JSON (a list of objects) or CSV to "
+            "stdout; notes and errors go to stderr.",
+        ),
+        click.option(
+            "--json", "json_flag", is_flag=True, help="Same as --format json."
+        ),
+        click.option("--csv", "csv_flag", is_flag=True, help="Same as --format csv."),
+        click.option(
+            "--table", "table_flag", is_flag=True, help="Same as --format table."
+        ),
+    )
+    decorated: Callable[..., R] = wrapper
+    for option in reversed(options):
+        decorated = option(decorated)
+    return decorated
+
 
 @click.command("search")
 @optional_url_option
@@ -475,17 +534,7 @@ def _table(
 )
 @dimse_options()
 @query_options
-@click.option(
-    "--table",
-    "output_format",
-    flag_value="table",
-    default=True,
-    help="Print a table (default).",
-)
-@click.option(
-    "--json", "output_format", flag_value="json", help="Print JSON: one object per row."
-)
-@click.option("--csv", "output_format", flag_value="csv", help="Print CSV.")
+@format_options
 @connection_options
 def search(
     url: str | None,
