@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -407,6 +408,12 @@ class FakeServer:
                 self._resets.discard(connection)
                 return True
         return False
+
+
+def tree(folder: Path) -> list[Path]:
+    """Every path below folder, except dicomtrolley's own ``.dicomtrolley``
+    folder (the index of what was saved): what a download put there."""
+    return [p for p in folder.rglob("*") if ".dicomtrolley" not in p.parts]
 
 
 def unused_url() -> str:

@@ -7,6 +7,7 @@ from this module and keep working.
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING
@@ -482,6 +483,7 @@ class Downloader:
         the others are still saved.
         """
         from dicomtrolley.download import DownloadReport, NullProgress
+        from dicomtrolley.storage import record_saved
 
         self.check_references(objects)
         report = DownloadReport()
@@ -495,6 +497,13 @@ class Downloader:
                     error.uids = (*error.uids, uid)
                 report.add_failure(f"instance {uid or '(no SOPInstanceUID)'}", error)
                 continue
+            if path is not None:
+                record_saved(
+                    output_dir,
+                    pathlib.Path(path),
+                    dataset,
+                    layout=storage.layout_key(),
+                )
             nbytes = _file_size(path)
             report.add_saved(path, nbytes)
             progress.instance_done(nbytes)

@@ -238,7 +238,10 @@ def run_transfers(
         for item in items:
             one(item)
         return
-    with ThreadPoolExecutor(
-        max_workers=workers, thread_name_prefix="dicomtrolley"
-    ) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dicomtrolley")
+    try:
         list(pool.map(one, items))
+    except BaseException:  # Ctrl-C: the transfers under way end, no new ones start
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)

@@ -24,6 +24,9 @@ import re
 import string
 import struct
 import tempfile
+import threading
+import time
+import zlib
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -34,6 +37,7 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from dicomtrolley.catalog import Catalog, crc32_text
 from dicomtrolley.core import InstanceReference
 from dicomtrolley.exceptions import (
     DICOMParseError,
@@ -54,6 +58,8 @@ logger = get_module_logger("storage")
 
 TEMP_PREFIX = ".dicomtrolley-"
 TEMP_SUFFIX = ".part"
+#: A temporary file without a process ID in its name is stale after this long.
+STALE_TEMP_AGE_S = 24 * 3600.0
 UID_FIELDS = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"})
 DEFAULT_TEMPLATE = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}"
 _UNSAFE_CHARS = re.compile(r"[^\w.\-^ ]", re.UNICODE)
@@ -157,6 +163,141 @@ def safe_path_part(keyword: str, value: Any) -> str:
     text = "" if value is None else str(value)
     text = _UNSAFE_CHARS.sub("_", text.replace("\x00", "")).strip(" .")
     return (text[:64].rstrip(" .") or "UNKNOWN") if text else "UNKNOWN"
+
+
+def temp_prefix() -> str:
+    """The prefix of this process's temporary files: ``.dicomtrolley-<pid>-``.
+
+    The process ID lets a later run remove what a killed process left behind
+    (:func:`is_stale_temp_file`) without touching the files of a live one.
+    """
+    return f"{TEMP_PREFIX}{os.getpid()}-"
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the name of a temporary file of dicomtrolley."""
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+def is_stale_temp_file(path: Path) -> bool:
+    """True for a temporary file whose process is gone (or a day-old one)."""
+    pid_text = path.name[len(TEMP_PREFIX) :].split("-", 1)[0]
+    if pid_text.isdigit() and int(pid_text) > 0:
+        pid = int(pid_text)
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, OSError):
+            return False
+        return False
+    try:
+        return time.time() - path.stat().st_mtime > STALE_TEMP_AGE_S
+    except OSError:
+        return False
+
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Remove the temporary files of dead processes directly in folder."""
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        path = folder / name
+        if is_temp_name(name) and is_stale_temp_file(path):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:  # elsewhere: set and restore it (a short race window)
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode of a new file as open() would make it: 0666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def apply_file_mode(target: int | Path | str) -> None:
+    """Give a file (descriptor or path) the umask's mode instead of mkstemp's 0600."""
+    try:
+        if isinstance(target, int):
+            if hasattr(os, "fchmod"):
+                os.fchmod(target, file_mode())
+        else:
+            os.chmod(target, file_mode())
+    except OSError as error:
+        logger.debug("cannot set the mode of %s: %s", target, error)
+
+
+def make_temp_file(folder: Path) -> tuple[int, str]:
+    """A new temporary file in folder (mkstemp) with the umask's mode."""
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(), suffix=TEMP_SUFFIX, dir=folder)
+    apply_file_mode(fd)
+    return fd, name
+
+
+def record_saved(
+    root: str | Path,
+    path: Path | None,
+    dataset: Dataset | None = None,
+    *,
+    size: int | None = None,
+    checksum: str | None = None,
+    layout: str | None = None,
+) -> None:
+    """Put a file that just got its final name under root into root's index.
+
+    The UIDs come from dataset (read from the file when not given); the
+    checksum is computed from the file when not given. A path that is not a
+    file inside root (a storage that saves elsewhere) is not indexed. An index
+    that cannot be written is logged, not raised: the file is saved, and a
+    later run without its row fetches it again.
+    """
+    from dicomtrolley.catalog import Catalog, file_checksum
+
+    if path is None:
+        return
+    try:
+        if not path.is_file():
+            return
+        if dataset is None:
+            dataset = verify_dicom_file(path)
+        actual = path.stat().st_size
+        if checksum is None or size != actual:
+            checksum = file_checksum(path)
+        Catalog.for_folder(root).record(
+            instance_uid=str(dataset.get("SOPInstanceUID", "") or ""),
+            study_uid=str(dataset.get("StudyInstanceUID", "") or ""),
+            series_uid=str(dataset.get("SeriesInstanceUID", "") or ""),
+            path=path,
+            size=actual,
+            checksum=checksum,
+            layout=layout,
+        )
+    except (OSError, DICOMTrolleyError) as error:
+        # the file is saved; without its row a later run fetches it again
+        logger.warning("cannot index %s: %s", path, error)
 
 
 def _inside(root: Path, target: Path) -> Path:
@@ -392,11 +533,10 @@ class InstanceWriter:
         self.expected = expected
         self.fsync = fsync
         self.bytes_written = 0
+        self._crc = 0
         try:
             root.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(
-                prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=root
-            )
+            fd, name = make_temp_file(root)
         except OSError as error:
             raise StorageError(f"cannot create a file in {root}: {error}") from error
         self.temp_path = Path(name)
@@ -410,6 +550,7 @@ class InstanceWriter:
         except OSError as error:
             self.abort()
             raise StorageError(f"cannot write {self.temp_path}: {error}") from error
+        self._crc = zlib.crc32(data, self._crc)
         self.bytes_written += len(data)
 
     def _close(self) -> None:
@@ -423,10 +564,15 @@ class InstanceWriter:
                 self._file = None
 
     def commit(self) -> Path:
-        """Verify the complete file and move it to its final name. Returns that path."""
+        """Verify the complete file and move it to its final name. Returns that path.
+
+        The file gets the umask's mode, and the output folder's index
+        (:mod:`dicomtrolley.catalog`) a row for it, right after the rename.
+        """
         uids = self._expected_uids()
         try:
             self._close()
+            apply_file_mode(self.temp_path)  # also for a file adopted by rename
             dataset = verify_dicom_file(self.temp_path)
             if self.expected is not None:
                 got = str(dataset.get("SOPInstanceUID", ""))
@@ -439,6 +585,18 @@ class InstanceWriter:
             target = self.storage.commit_file(self.temp_path, dataset, self.root)
             if self.fsync:
                 _fsync_dir(target.parent)
+            if not uses_4_1_0_save(self.storage):
+                # the renamed temporary file: its UIDs and CRC are known
+                record_saved(
+                    self.root,
+                    target,
+                    dataset,
+                    size=self.bytes_written,
+                    checksum=crc32_text(self._crc),
+                    layout=self.storage.layout_key(),
+                )
+            else:  # the user's save() wrote a file of its own
+                record_saved(self.root, target, layout=self.storage.layout_key())
             return target
         except DICOMTrolleyError as error:
             self.abort()
@@ -506,8 +664,32 @@ class DICOMDiskStorage:
     def existing_file(
         self, reference: InstanceReference, path: str | Path
     ) -> Path | None:
-        """The verified file for reference if it is already on disk, else None."""
-        return None
+        """The file of reference if a download already saved it intact under path.
+
+        Asks the index of the output folder (:mod:`dicomtrolley.catalog`,
+        built by scanning the folder when it has none): the file must still be
+        there with the size it was saved with. Works for every layout and for
+        subclasses with their own ``save``/``generate_path``, since the index
+        records where each file went.
+        """
+        return Catalog.for_folder(path).present(
+            reference.instance_uid,
+            self.layout_key(),
+            lambda found: self.fits(found, Path(path)),
+        )
+
+    def layout_key(self) -> str:
+        """Names where this storage puts files, for the index: a file saved in
+        another layout is not taken as present (the download saves its own
+        copy). Default: the class; :class:`TemplateStorage` adds its template."""
+        return f"{type(self).__module__}.{type(self).__qualname__}"
+
+    def fits(self, file: Path, root: Path) -> bool:
+        """Whether file (found by scanning) is where this storage would put it.
+
+        The default cannot know (only ``save`` knows): False.
+        """
+        return False
 
 
 def uses_4_1_0_save(storage: DICOMDiskStorage) -> bool:
@@ -568,6 +750,22 @@ class TemplateStorage(DICOMDiskStorage):
     def __str__(self) -> str:
         return f"{type(self).__name__} at {self.path}"
 
+    def layout_key(self) -> str:
+        key = f"template:{self.template.template}"
+        if self.template.dots_to_underscores:
+            key += "|dots"
+        if uses_4_1_0_save(self):  # the subclass decides: its name too
+            key = f"{super().layout_key()}|{key}"
+        return key
+
+    def fits(self, file: Path, root: Path) -> bool:
+        """Whether file is where generate_path puts the data set it holds."""
+        try:
+            dataset = verify_dicom_file(file)
+            return self.target_path(dataset, root) == file.resolve()
+        except (DICOMTrolleyError, OSError):
+            return False
+
     def generate_path(self, dataset: Dataset) -> Path:
         """The path of dataset relative to the output folder (4.1.0 name)."""
         return self.relative_path(dataset)
@@ -604,9 +802,7 @@ class TemplateStorage(DICOMDiskStorage):
         uids = [str(dataset.get("SOPInstanceUID", ""))]
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(
-                prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=target.parent
-            )
+            fd, name = make_temp_file(target.parent)
         except OSError as error:
             raise StorageError(f"cannot save {target}: {error}", uids=uids) from error
         try:
@@ -628,31 +824,6 @@ class TemplateStorage(DICOMDiskStorage):
         target = self.target_path(dataset, root)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp_path, target)
-        return target
-
-    def existing_file(
-        self, reference: InstanceReference, path: str | Path
-    ) -> Path | None:
-        if not self.template.uids_only or uses_4_1_0_save(self):
-            return None
-        values = {
-            "StudyInstanceUID": reference.study_uid,
-            "SeriesInstanceUID": reference.series_uid,
-            "SOPInstanceUID": reference.instance_uid,
-        }
-        try:
-            target = _inside(Path(path), self.template.render(values))
-        except DICOMTrolleyError:
-            return None
-        if not target.is_file():
-            return None
-        try:
-            dataset = verify_dicom_file(target)
-        except DICOMParseError:
-            logger.warning("existing file %s is damaged; downloading again", target)
-            return None
-        if str(dataset.get("SOPInstanceUID", "")) != reference.instance_uid:
-            return None
         return target
 
 

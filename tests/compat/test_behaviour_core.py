@@ -55,6 +55,7 @@ from tests.fakes import (
     dicom_file,
     html_reply,
     multipart_reply,
+    tree,
     unused_url,
 )
 
@@ -94,9 +95,7 @@ def session() -> Iterator[requests.Session]:
 
 
 def files_in(folder: Path) -> list[str]:
-    return sorted(
-        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
-    )
+    return sorted(p.relative_to(folder).as_posix() for p in tree(folder) if p.is_file())
 
 
 # --------------------------------------------------------------------------- #
@@ -171,14 +170,20 @@ def test_overridden_generate_path_decides_where_streamed_files_go(
     ]
 
 
-def test_an_overridden_layout_is_not_mistaken_for_a_skippable_file(
+def test_existing_file_knows_where_an_overridden_layout_put_a_file(
     tmp_path: Path,
 ) -> None:
-    """existing_file cannot know where a subclass puts files: nothing is skipped."""
+    """The folder's index records where a subclass put each file, so a re-run
+    skips it whatever the layout (4.1.0 could not skip at all)."""
     ref = refs(1)[0]
-    plain = FlatStorageDir(tmp_path)
-    plain.save(pydicom.dcmread(io.BytesIO(dicom_file(*ref.uids()))))
-    assert plain.existing_file(ref, tmp_path) is not None
+    writer = ByPatient(tmp_path).open_writer(tmp_path, expected=ref)
+    writer.write(dicom_file(*ref.uids()))
+    path = writer.commit()
+    assert path == (tmp_path / f"by-patient/FAKE/{ref.instance_uid}.dcm").resolve()
+    assert ByPatient(tmp_path).existing_file(ref, tmp_path) == path
+    # another layout saves its own copy
+    assert FlatStorageDir(tmp_path).existing_file(ref, tmp_path) is None
+    path.unlink()
     assert ByPatient(tmp_path).existing_file(ref, tmp_path) is None
 
 

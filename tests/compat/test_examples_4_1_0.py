@@ -55,6 +55,7 @@ from dicomtrolley.synthetic import (
     write_dataset,
 )
 from tests.emulator.conftest import PASSWORD, USER
+from tests.fakes import tree
 
 DATA = Path(__file__).parent / "examples_4_1_0"
 RUNNER = DATA / "run_doc_blocks.py"
@@ -205,7 +206,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 def files_in(folder: Path) -> dict[str, bytes]:
     return {
         path.relative_to(folder).as_posix(): path.read_bytes()
-        for path in sorted(folder.rglob("*"))
+        for path in sorted(tree(folder))
         if path.is_file()
     }
 

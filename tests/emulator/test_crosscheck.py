@@ -21,6 +21,7 @@ from dicomtrolley.trolley import Trolley
 from dicomtrolley.wado_rs import WadoRS, WadoRSMetaData
 from dicomtrolley.wado_uri import WadoURI
 from tests.emulator.conftest import PASSWORD, USER, DemoData
+from tests.fakes import tree
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def session() -> Iterator[requests.Session]:
 
 
 def assert_byte_exact(folder: Path, demo: DemoData) -> None:
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    files = sorted(p for p in tree(folder) if p.is_file())
     uids = set()
     for path in files:
         uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
@@ -66,7 +67,7 @@ def test_wado_uri_downloads_instances_found_by_qido_rs(
     )
     assert sum(len(s.all_instances()) for s in studies) == 22
     trolley.download(studies, output_dir=tmp_path)
-    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    files = [p for p in tree(tmp_path) if p.is_file()]
     assert len(files) == 22
     for path in files:
         uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)

@@ -27,13 +27,14 @@ from dicomtrolley.trolley import Trolley
 from dicomtrolley.wado_rs import WadoRS
 from dicomtrolley.wado_uri import WadoURI
 from tests.emulator.conftest import PASSWORD, USER, DemoData
+from tests.fakes import tree
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+    return sorted(p for p in tree(folder) if p.is_file())
 
 
 def _sop_uids(files: list[Path]) -> set[str]:

@@ -27,6 +27,7 @@ from dicomtrolley.exceptions import DownloadIncompleteError
 from dicomtrolley.storage import TemplateStorage
 from dicomtrolley.transport import Retry
 from tests.emulator.conftest import DemoData
+from tests.fakes import tree
 
 HOST = "127.0.0.1"
 FAST = Retry(total=2, backoff_factor=0)
@@ -117,7 +118,7 @@ def move(service: DimseService, retry: Retry = FAST) -> DICOMQRMove:
 def saved(folder: Path) -> dict[str, Dataset]:
     """SOP Instance UID -> dataset of every file under folder."""
     found: dict[str, Dataset] = {}
-    for path in folder.rglob("*"):
+    for path in tree(folder):
         if path.is_file():
             dataset = pydicom.dcmread(path)
             found[str(dataset.SOPInstanceUID)] = dataset

@@ -44,6 +44,7 @@ from dicomtrolley.emulator import (
 from dicomtrolley.emulator.dimse import MODELS
 from dicomtrolley.synthetic import StudySpec
 from tests.emulator.conftest import DemoData
+from tests.fakes import tree
 
 TOOLS = {
     name: Path("/usr/bin") / name
@@ -1110,7 +1111,7 @@ def test_trolley_round_trip(
     assert [s.uid for s in studies] == [yamada.study_uid]
     assert [len(series.instances) for series in studies[0].series] == [12, 10]
     trolley.download(studies, tmp_path)
-    files = [path for path in tmp_path.rglob("*") if path.is_file()]
+    files = [path for path in tree(tmp_path) if path.is_file()]
     assert len(files) == 22
     for path in files:
         assert_same_instance(pydicom.dcmread(path), demo)

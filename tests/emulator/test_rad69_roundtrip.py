@@ -29,6 +29,7 @@ from dicomtrolley.mint import Mint
 from dicomtrolley.rad69 import Rad69
 from dicomtrolley.trolley import Trolley
 from tests.emulator.conftest import PASSWORD, USER, DemoData
+from tests.fakes import tree
 
 SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless]
 JPEG_LOSSLESS = "1.2.840.10008.1.2.4.70"
@@ -57,7 +58,7 @@ def trolley(session: requests.Session, emulator: Emulator, **options: Any) -> Tr
 def saved_files(folder: Path) -> dict[str, bytes]:
     """SOP Instance UID -> bytes of every file below folder."""
     files = {}
-    for path in folder.rglob("*"):
+    for path in tree(folder):
         if path.is_file():
             uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
             assert uid not in files, f"{uid} saved twice"

@@ -25,6 +25,7 @@ from dicomtrolley.rad69 import Rad69
 from dicomtrolley.storage import DICOMDiskStorage, FlatStorageDir, StorageDir
 from dicomtrolley.trolley import Trolley
 from tests.emulator.conftest import PASSWORD, USER, DemoData
+from tests.fakes import tree
 
 HOST = "127.0.0.1"
 SYNTAXES = [
@@ -70,7 +71,7 @@ def session(emulator: Emulator) -> Iterator[requests.Session]:
 
 
 def files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+    return sorted(p for p in tree(folder) if p.is_file())
 
 
 def check(storage: DICOMDiskStorage, out: Path, demo: DemoData, study: str) -> None:

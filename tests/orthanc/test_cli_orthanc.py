@@ -17,6 +17,7 @@ from click.testing import CliRunner, Result
 
 from dicomtrolley import synthetic
 from dicomtrolley.cli.main import main
+from tests.fakes import tree
 from tests.orthanc_server import GeneratedStudies, OrthancServer
 
 pytestmark = pytest.mark.orthanc
@@ -52,7 +53,7 @@ def instances_of(
 
 
 def files_in(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.rglob("*") if path.is_file())
+    return sorted(path for path in tree(folder) if path.is_file())
 
 
 def test_search_json_lists_every_study(

@@ -26,11 +26,12 @@ from dicomtrolley.storage import FlatStorageDir, StorageDir, TemplateStorage
 from dicomtrolley.trolley import Trolley
 from dicomtrolley.wado_rs import WadoRS, WadoRSMetaData
 from dicomtrolley.wado_uri import WadoURI
+from tests.fakes import tree
 from tests.orthanc_server import GeneratedStudies, OrthancServer
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+    return sorted(p for p in tree(folder) if p.is_file())
 
 
 def _assert_byte_exact(files: list[Path], studies: GeneratedStudies) -> set[str]:

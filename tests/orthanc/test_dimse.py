@@ -56,6 +56,7 @@ from dicomtrolley.exceptions import DownloadIncompleteError
 from dicomtrolley.storage import StorageDir, TemplateStorage
 from dicomtrolley.transport import NO_RETRY, Retry
 from dicomtrolley.trolley import Trolley
+from tests.fakes import tree
 from tests.orthanc.conftest import SKIP_VARIABLE
 from tests.orthanc_server import GeneratedStudies, OrthancServer, free_port
 
@@ -89,7 +90,7 @@ def uids_in(
 
 
 def files_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+    return sorted(p for p in tree(folder) if p.is_file())
 
 
 def datasets_by_uid(folder: Path) -> dict[str, Dataset]:

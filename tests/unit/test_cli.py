@@ -42,7 +42,7 @@ from dicomtrolley.cli.main import connection_options, main, parse_date, parse_ti
 from dicomtrolley.cli.progress import RichProgress, TransferCounts, seconds_remaining
 from dicomtrolley.cli.search import dataset_as_json, json_value, text_value
 from dicomtrolley.transport import Retry, Timeout
-from tests.fakes import FakeServer, Reply
+from tests.fakes import FakeServer, Reply, tree
 
 ROOT = "1.2.826.0.1.3680043.8.498.7777"
 S1, S2 = f"{ROOT}.1", f"{ROOT}.2"
@@ -696,7 +696,7 @@ def test_connection_refused(pacs: FakePacs) -> None:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.rglob("*") if path.is_file())
+    return sorted(path for path in tree(folder) if path.is_file())
 
 
 def test_download_refuses_everything_without_all(

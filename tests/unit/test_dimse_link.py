@@ -32,6 +32,7 @@ from dicomtrolley.formats import dul
 from dicomtrolley.storage import TemplateStorage
 from dicomtrolley.transport import NO_RETRY
 from tests.dimse_peer import GET_MODEL, STUDY, Peer, instance
+from tests.fakes import tree
 
 
 def downloader(port: int, **timeouts: float) -> DICOMQRGet:
@@ -56,7 +57,7 @@ def save(peer: Peer, out: Path, **timeouts: float) -> object:
 
 
 def files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+    return sorted(p for p in tree(folder) if p.is_file())
 
 
 # -- the good path, byte by byte ----------------------------------------------------

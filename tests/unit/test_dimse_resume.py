@@ -28,6 +28,7 @@ from dicomtrolley.formats import dul
 from dicomtrolley.storage import TemplateStorage
 from dicomtrolley.transport import Retry
 from tests.dimse_peer import SERIES, STUDY, Peer, instance
+from tests.fakes import tree as output_tree
 
 Script = Callable[[Peer], None]
 FAST = Retry(total=2, backoff_factor=0)
@@ -133,7 +134,7 @@ def save(
 
 def files(folder: Path) -> list[str]:
     """Every file name under folder: temporary ones would show here too."""
-    return sorted(p.name for p in folder.rglob("*") if p.is_file())
+    return sorted(p.name for p in output_tree(folder) if p.is_file())
 
 
 @pytest.mark.parametrize("how", ["abort", "cut"])

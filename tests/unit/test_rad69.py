@@ -54,7 +54,7 @@ from dicomtrolley.rad69 import (
 from dicomtrolley.storage import StorageDir
 from dicomtrolley.transport import Retry
 from dicomtrolley.trolley import Trolley
-from tests.fakes import FakeServer, Recorded, Reply, dicom_file, html_reply
+from tests.fakes import FakeServer, Recorded, Reply, dicom_file, html_reply, tree
 
 PATH = "/rad69"
 STUDY = "1.2.826.0.1.3680043.8.498.300"
@@ -336,13 +336,13 @@ def saved_files(folder: Path) -> dict[str, bytes]:
     """SOP Instance UID -> bytes of every file under folder (StorageDir layout)."""
     return {
         path.name.replace("_", "."): path.read_bytes()
-        for path in folder.rglob("*")
+        for path in tree(folder)
         if path.is_file()
     }
 
 
 def temp_files(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.name.startswith(".dicomtrolley-")]
+    return [p for p in tree(folder) if p.name.startswith(".dicomtrolley-")]
 
 
 def save(

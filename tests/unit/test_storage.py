@@ -34,6 +34,7 @@ from dicomtrolley.storage import (
 )
 from dicomtrolley.uids import check_uid, is_path_safe_uid, is_valid_uid
 from tests.conftest import DicomBytes
+from tests.fakes import tree
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 
@@ -43,7 +44,7 @@ REF = InstanceReference(STUDY, SERIES, SOP)
 
 def files_in(folder: Path) -> list[str]:
     """Every file below folder, relative, sorted (hidden ones included)."""
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    return sorted(str(p.relative_to(folder)) for p in tree(folder) if p.is_file())
 
 
 def read_dataset(data: bytes) -> Dataset:
@@ -458,26 +459,44 @@ def test_writer_cannot_create_its_folder(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- #
 
 
+def saved_by_writer(storage: DICOMDiskStorage, root: Path, data: bytes) -> Path:
+    """Save data the way downloads do (writer, verify, rename, index)."""
+    writer = storage.open_writer(root, expected=REF)
+    writer.write(data)
+    return writer.commit()
+
+
 def test_existing_file_finds_intact_files_only(
     tmp_path: Path, dicom_bytes: DicomBytes
 ) -> None:
     storage = StorageDir(tmp_path)
     assert storage.existing_file(REF, tmp_path) is None
     data = dicom_bytes(STUDY, SERIES, SOP, pixel_bytes=2048)
-    path = storage.save(read_dataset(data))
+    path = saved_by_writer(storage, tmp_path, data)
     assert storage.existing_file(REF, tmp_path) == path
     path.write_bytes(data[:-10])  # damaged
     assert storage.existing_file(REF, tmp_path) is None
-    path.write_bytes(dicom_bytes(STUDY, SERIES, "1.2.840.1.2.4"))  # someone else
+    path.write_bytes(data)  # a row found gone stays gone until saved again
+    assert storage.existing_file(REF, tmp_path) is None
+    assert saved_by_writer(storage, tmp_path, data) == path
+    assert storage.existing_file(REF, tmp_path) == path
+    path.unlink()
     assert storage.existing_file(REF, tmp_path) is None
 
 
-def test_existing_file_needs_a_uid_only_template(
+def test_existing_file_works_for_any_template(
     tmp_path: Path, dicom_bytes: DicomBytes
 ) -> None:
     storage = TemplateStorage(tmp_path, "{PatientID}/{SOPInstanceUID}")
-    storage.save(read_dataset(dicom_bytes(STUDY, SERIES, SOP)))
-    assert storage.existing_file(REF, tmp_path) is None  # cannot know PatientID
+    path = saved_by_writer(storage, tmp_path, dicom_bytes(STUDY, SERIES, SOP))
+    assert path.parent.name == "PAT1"
+    assert storage.existing_file(REF, tmp_path) == path
+
+
+def test_a_direct_save_is_not_indexed(tmp_path: Path, dicom_bytes: DicomBytes) -> None:
+    """storage.save() outside a download (4.1.0 use) adds no index to a folder."""
+    StorageDir(tmp_path).save(read_dataset(dicom_bytes(STUDY, SERIES, SOP)))
+    assert not (tmp_path / ".dicomtrolley").exists()
 
 
 def test_existing_file_with_hostile_reference(tmp_path: Path) -> None:
@@ -513,6 +532,7 @@ def test_save_only_subclass_works_through_open_writer(
     assert storage.saved == [(SOP, str(tmp_path))]
     assert files_in(tmp_path) == [f"custom-{SOP}"]
     assert pydicom.dcmread(tmp_path / f"custom-{SOP}").PatientID == "PAT1"
+    # save() did not say where it saved: only save() knows, so not skipped
     assert storage.existing_file(REF, tmp_path) is None
 
 

@@ -43,6 +43,7 @@ from tests.fakes import (
     dicom_file,
     multipart_body,
     multipart_reply,
+    tree,
 )
 
 STUDY = "1.2.826.0.1.3680043.8.498.400"
@@ -286,7 +287,7 @@ class SpyStorage(StorageDir):
 
 
 def files_below(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.rglob("*") if path.is_file())
+    return sorted(path for path in tree(folder) if path.is_file())
 
 
 def test_save_parts_aborts_the_open_writer_when_events_raise(tmp_path: Path) -> None:

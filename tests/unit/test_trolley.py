@@ -46,6 +46,7 @@ from dicomtrolley.storage import DICOMDiskStorage, FlatStorageDir, StorageDir
 from dicomtrolley.transport import DEFAULT_RETRY, Retry
 from dicomtrolley.trolley import Trolley
 from tests.conftest import DicomBytes, StudyFactory
+from tests.fakes import tree
 
 # study 1: series 1.1 (1.1.1, 1.1.2), series 1.2 (1.2.1); study 2: 2.1 (2.1.1)
 LAYOUT: dict[str, dict[str, list[str]]] = {
@@ -196,7 +197,7 @@ def searcher(make_study: StudyFactory) -> FakeSearcher:
 
 def saved_sops(folder: Path) -> list[str]:
     return sorted(
-        str(pydicom.dcmread(p).SOPInstanceUID) for p in folder.rglob("*") if p.is_file()
+        str(pydicom.dcmread(p).SOPInstanceUID) for p in tree(folder) if p.is_file()
     )
 
 
@@ -745,7 +746,7 @@ def test_download_saves_what_an_overridden_fetch_all_datasets_yields(
     assert downloader.save_all_calls == []  # the 4.1.0 path, not save_all
     assert saved_sops(tmp_path) == ["1.1.1", "1.1.2", "1.2.1"]
     assert len(report.saved) == 3
-    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    files = [p for p in tree(tmp_path) if p.is_file()]
     names = {str(pydicom.dcmread(p).PatientName) for p in files}
     assert names == {"Stamped"}
 

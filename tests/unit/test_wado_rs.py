@@ -45,6 +45,7 @@ from tests.fakes import (
     json_reply,
     multipart_body,
     multipart_reply,
+    tree,
 )
 
 ROOT = "/dicom-web"
@@ -82,7 +83,7 @@ def series_ref(series: int) -> SeriesReference:
 def saved_files(folder: Path) -> dict[str, bytes]:
     """SOP Instance UID -> bytes of every file below folder."""
     found = {}
-    for path in folder.rglob("*"):
+    for path in tree(folder):
         if path.is_file():
             uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
             found[uid] = path.read_bytes()
@@ -93,7 +94,7 @@ def leftovers(folder: Path) -> list[Path]:
     """Temporary or partial files: there must never be any after a download."""
     return [
         path
-        for path in folder.rglob("*")
+        for path in tree(folder)
         if path.name.endswith(".part") or path.name.startswith(".dicomtrolley-")
     ]
 

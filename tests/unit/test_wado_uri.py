@@ -34,6 +34,7 @@ from tests.fakes import (
     Reply,
     dicom_file,
     html_reply,
+    tree,
 )
 
 PATH = "/wado"
@@ -103,7 +104,7 @@ def stored(out: Path, ref: InstanceReference) -> Path:
 
 
 def all_files(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.rglob("*") if path.is_file())
+    return sorted(path for path in tree(folder) if path.is_file())
 
 
 # --------------------------------------------------------------------------- #

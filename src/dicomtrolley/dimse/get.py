@@ -52,7 +52,7 @@ from dicomtrolley.exceptions import PermanentError, StorageError
 from dicomtrolley.formats import dul
 from dicomtrolley.formats.part10 import file_header
 from dicomtrolley.logs import get_module_logger
-from dicomtrolley.storage import TEMP_PREFIX, TEMP_SUFFIX
+from dicomtrolley.storage import make_temp_file
 
 logger = get_module_logger("dimse")
 
@@ -98,9 +98,7 @@ class _Incoming:
         self.error: BaseException | None = None
         self._file: IO[bytes] | None = None
         try:
-            fd, name = tempfile.mkstemp(
-                prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=spool
-            )
+            fd, name = make_temp_file(spool)
             self.path = Path(name)
             self._file = os.fdopen(fd, "wb")
             self._file.write(header)

@@ -1,0 +1,273 @@
+"""``manifest.jsonl``: one JSON line per instance outcome of every download.
+
+A line records what happened to one instance (or, for a failure that concerns
+a whole request, to the UIDs of that request)::
+
+    {"time": "2026-12-06T01:02:03.456+00:00", "run": "9f1c...", "status": "saved",
+     "study_uid": "1.2...", "series_uid": "1.2...", "instance_uid": "1.2...",
+     "path": "DTR001/1.2.../1.2....dcm", "size": 52311, "checksum": "crc32:0a1b2c3d",
+     "protocol": "WADO-RS", "error": null, "uids": [...], "row": null, "query": null,
+     "run_started": "2026-12-06T01:02:00.001+00:00"}
+
+``status`` is ``saved``, ``skipped`` (already present and intact) or
+``failed`` (``error`` is one line; ``uids`` names each UID concerned once).
+``row`` and ``query`` are what the caller passed (e.g. the line of a batch
+file). Every run appends; a line is one ``write`` on a file opened for
+appending, so lines from worker threads (or processes) never interleave, and a
+process killed mid-run leaves complete lines only (a torn last line is skipped
+when reading).
+
+The CLI writes a manifest in every output folder; library users opt in with
+``Trolley.download(..., manifest=Manifest.in_folder(output))``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dicomtrolley.catalog import Catalog, utc_now
+from dicomtrolley.exceptions import DICOMTrolleyError, StorageError
+from dicomtrolley.logs import get_module_logger
+
+logger = get_module_logger("manifest")
+
+MANIFEST_NAME = "manifest.jsonl"
+SAVED, SKIPPED, FAILED = "saved", "skipped", "failed"
+#: The columns of the CSV copy, in order.
+CSV_FIELDS = (
+    "time",
+    "status",
+    "study_uid",
+    "series_uid",
+    "instance_uid",
+    "path",
+    "size",
+    "checksum",
+    "protocol",
+    "error",
+    "uids",
+    "row",
+    "query",
+    "run",
+    "run_started",
+)
+
+
+class Manifest:
+    """The manifest file of an output folder (or any path), appended to.
+
+    Thread-safe: each line is written with one ``os.write`` on an
+    ``O_APPEND`` descriptor under a lock.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+
+    @classmethod
+    def in_folder(cls, folder: str | Path) -> Manifest:
+        """The manifest at ``<folder>/manifest.jsonl``."""
+        return cls(Path(folder) / MANIFEST_NAME)
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Append record as one line (StorageError when the file cannot be written)."""
+        line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
+        with self._lock:
+            try:
+                if self._fd is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._fd = os.open(
+                        self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666
+                    )
+                os.write(self._fd, line)
+            except OSError as error:
+                raise StorageError(
+                    f"cannot write the manifest {self.path}: {error}"
+                ) from error
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every complete line of the file, oldest first (none when it is missing)."""
+        return read_manifest(self.path)
+
+    def write_csv(self, target: str | Path) -> int:
+        """Write every record as CSV (columns :data:`CSV_FIELDS`). Returns rows."""
+        return write_csv(self.records(), target)
+
+    def __repr__(self) -> str:
+        return f"Manifest({str(self.path)!r})"
+
+
+def read_manifest(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The records of a manifest file; lines that are not JSON objects are skipped."""
+    try:
+        handle = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise StorageError(f"cannot read the manifest {path}: {error}") from error
+    with handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                logger.warning("%s line %d is not JSON; skipped", path, number)
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
+def write_csv(records: Iterator[Mapping[str, Any]], target: str | Path) -> int:
+    """records as CSV at target (lists joined with spaces). Returns rows written."""
+    rows = 0
+    try:
+        with open(target, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            for record in records:
+                writer.writerow(
+                    {key: _csv_value(record.get(key)) for key in CSV_FIELDS}
+                )
+                rows += 1
+    except OSError as error:
+        raise StorageError(f"cannot write {target}: {error}") from error
+    return rows
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return " ".join(str(item) for item in value)
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
+def one_line(error: BaseException) -> str:
+    """An error message on one line, each UID in it once."""
+    text = " ".join(str(error).split())
+    return text[:2000]
+
+
+@dataclass
+class Outcomes:
+    """Writes the outcomes of one download to a manifest.
+
+    The Trolley makes one per download call; :class:`~dicomtrolley.download.
+    DownloadReport` objects created while it is active pass every saved,
+    skipped and failed instance to it (from any thread). Saved and skipped
+    files are looked up in the folder's index for their UIDs and checksum.
+    """
+
+    manifest: Manifest
+    folder: Path
+    protocol: str = ""
+    row: Any = None
+    query: str | None = None
+    run: str = field(default_factory=lambda: uuid.uuid4().hex)
+    run_started: str = field(default_factory=utc_now)
+
+    def saved(self, path: Path | None, nbytes: int = 0) -> None:
+        self._file(SAVED, path, nbytes)
+
+    def skipped(self, path: Path) -> None:
+        self._file(SKIPPED, path, 0)
+
+    def failed(self, what: str, error: DICOMTrolleyError) -> None:
+        uids = list(dict.fromkeys(error.uids))
+        self._write(
+            status=FAILED,
+            uids=uids,
+            error=f"{what}: {one_line(error)}",
+            **_guess_levels(uids),
+        )
+
+    def _file(self, status: str, path: Path | None, nbytes: int) -> None:
+        if path is None:
+            return
+        try:
+            entry = Catalog.for_folder(self.folder).entry_for_path(path)
+        except DICOMTrolleyError as error:
+            logger.warning("cannot read the index for %s: %s", path, error)
+            entry = None
+        if entry is None:
+            self._write(status=status, path=str(path), size=nbytes or None)
+            return
+        self._write(
+            status=status,
+            study_uid=entry.study_uid,
+            series_uid=entry.series_uid,
+            instance_uid=entry.instance_uid,
+            path=str(entry.path),
+            size=entry.size,
+            checksum=entry.checksum,
+        )
+
+    def _write(self, **values: Any) -> None:
+        record: dict[str, Any] = {
+            "time": utc_now(),
+            "run": self.run,
+            "run_started": self.run_started,
+            "status": values.pop("status"),
+            "study_uid": None,
+            "series_uid": None,
+            "instance_uid": None,
+            "path": None,
+            "size": None,
+            "checksum": None,
+            "protocol": self.protocol,
+            "error": None,
+            "uids": None,
+            "row": self.row,
+            "query": self.query,
+        }
+        record.update(values)
+        try:
+            self.manifest.write(record)
+        except StorageError as error:  # the download goes on; the index has it
+            logger.warning("%s", error)
+
+
+def _guess_levels(uids: Sequence[str]) -> dict[str, str | None]:
+    """study/series/instance fields for the UIDs of a failure, study first.
+
+    The library names failures study first (``reference.uids()``); a single
+    UID may be of any level, so it is only in ``uids``.
+    """
+    if len(uids) == 3:
+        return {"study_uid": uids[0], "series_uid": uids[1], "instance_uid": uids[2]}
+    if len(uids) == 2:
+        return {"study_uid": uids[0], "series_uid": uids[1], "instance_uid": None}
+    return {}
+
+
+def protocol_name(downloader: object) -> str:
+    """A short protocol name for a downloader (``WADO-RS``, ``C-GET`` ...)."""
+    operation = getattr(downloader, "operation", None)
+    if isinstance(operation, str) and operation:
+        return operation
+    names = {
+        "WadoRSMetaData": "WADO-RS metadata",
+        "WadoRS": "WADO-RS",
+        "WadoURI": "WADO-URI",
+        "Rad69": "RAD-69",
+    }
+    for cls in type(downloader).__mro__:
+        if cls.__name__ in names:
+            return names[cls.__name__]
+    return type(downloader).__name__
