@@ -39,7 +39,13 @@ from dicomtrolley.core import (
     Searcher,
     Study,
 )
-from dicomtrolley.download import DownloadReport, Failure, NullProgress, Progress
+from dicomtrolley.download import (
+    DownloadReport,
+    Failure,
+    NullProgress,
+    Progress,
+    one_line,
+)
 from dicomtrolley.exceptions import (
     DICOMTrolleyError,
     DownloadIncompleteError,
@@ -192,10 +198,8 @@ class FallbackDownloader(Downloader):
                 if index < last and all(falls_back(f.error) for f in failures):
                     following = self.downloaders[index + 1][0]
                     logger.warning(
-                        "study %s: %s failed (%s); trying %s",
-                        study_uid,
-                        name,
-                        failures[0].error,
+                        "%s; trying %s",
+                        one_line(f"study {study_uid}: {name}", failures[0].error),
                         following,
                     )
                     retry.extend(o for o in pending if _study_uid(o) == study_uid)

@@ -28,6 +28,15 @@ with DICOM networking instead (``--host``, ``--port``, ``--aet``, ``--aec``; no
 ``--store-aet`` (default ``--aet``) at this machine and ``--store-port``, where
 dicomtrolley listens while it downloads.
 
+``--protocol`` given several times is an order of preference: per study, when
+one protocol fails for good (refused, 404, not supported), the next is tried
+(:class:`~dicomtrolley.fallback.FallbackDownloader`).
+
+A query option given several times means any of its values; values that match
+nothing are named, and the exit status is then 1. Before any search, the output
+folder must be writable (else exit 2). Ctrl-C stops the download, prints what
+was saved and exits with 130.
+
 Without any query option every study on the server would be downloaded; that
 takes ``--all``.
 """
@@ -42,33 +51,35 @@ import click
 from rich.filesize import decimal
 
 from dicomtrolley.cli.connection import ConnectionSettings
-from dicomtrolley.cli.dimse import (
-    DIMSE_PROTOCOLS,
-    DIMSESettings,
-    dimse_options,
-    optional_url_option,
-    require_url,
-)
 from dicomtrolley.cli.main import (
     VERBOSITY_KEY,
     QueryOptions,
     connection_options,
     query_options,
+    quiet,
     report_error,
     stderr_console,
+    warn,
 )
 from dicomtrolley.cli.progress import RichProgress, TransferCounts
 from dicomtrolley.cli.search import (
     count,
     dimse_queries,
-    find_studies,
     noun,
     qido_queries,
-    qido_searcher,
+)
+from dicomtrolley.cli.transfer import (
+    DEFAULT_LAYOUT,
+    EXIT_INTERRUPTED,
+    TransferOptions,
+    check_output,
+    default_wado_uri_url,
+    interrupted,
+    storage_for,
+    transfer_options,
 )
 from dicomtrolley.core import (
     DICOMDownloadable,
-    Downloader,
     Query,
     QueryLevels,
     Searcher,
@@ -78,43 +89,22 @@ from dicomtrolley.download import DownloadReport
 from dicomtrolley.exceptions import (
     DownloadIncompleteError,
     NoQueryResultsError,
-    StorageError,
 )
-from dicomtrolley.storage import (
-    FlatStorageDir,
-    StorageDir,
-    TemplateStorage,
-)
+from dicomtrolley.fallback import FallbackDownloader
 from dicomtrolley.trolley import Trolley
-from dicomtrolley.wado_rs import WadoRS
-from dicomtrolley.wado_uri import WadoURI
 
-DEFAULT_LAYOUT = (
-    "{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
-)
-DICOMWEB_SUFFIX = "/dicom-web"
+__all__ = [
+    "DEFAULT_LAYOUT",
+    "default_wado_uri_url",
+    "download",
+    "downloadables",
+    "find_per_query",
+    "storage_for",
+    "summary",
+]
+
 #: Asked for in C-FIND before C-GET: the storage contexts to propose
 DIMSE_INCLUDE_FIELDS = ("SOPClassesInStudy", "SOPClassUID")
-
-
-def storage_for(layout: str, output: Path) -> TemplateStorage:
-    """The storage for a --layout: a path template, ``study`` or ``flat``.
-
-    Raises StorageError for a template that is not a safe relative file path.
-    """
-    if layout == "study":
-        return StorageDir(output)
-    if layout == "flat":
-        return FlatStorageDir(output)
-    return TemplateStorage(output, layout)
-
-
-def default_wado_uri_url(url: str) -> str | None:
-    """``http://host/dicom-web`` -> ``http://host/wado``; None for other URLs."""
-    base = url.rstrip("/")
-    if not base.endswith(DICOMWEB_SUFFIX):
-        return None
-    return base[: -len(DICOMWEB_SUFFIX)] + "/wado"
 
 
 def downloadables(
@@ -139,72 +129,52 @@ def summary(saved: int, skipped: int, nbytes: int, elapsed: float, output: Path)
     )
 
 
+def find_per_query(
+    searcher: Searcher, queries: Sequence[Query]
+) -> tuple[list[Study], list[Query]]:
+    """The studies any of queries found (each once), and the queries that found none."""
+    studies: dict[str, Study] = {}
+    unmatched: list[Query] = []
+    for query in queries:
+        found = list(searcher.find_studies(query))
+        if not found:
+            unmatched.append(query)
+        for study in found:
+            studies.setdefault(study.uid, study)
+    return list(studies.values()), unmatched
+
+
+_QUERY_KEYS = (
+    ("StudyInstanceUID", "--study-uid"),
+    ("AccessionNumber", "--accession-number"),
+    ("PatientID", "--patient-id"),
+)
+
+
+def describe_query(query: Query) -> str:
+    """``--study-uid 1.2.3`` (the repeated options' values of query)."""
+    parts = [
+        f"{option} {getattr(query, key)}"
+        for key, option in _QUERY_KEYS
+        if getattr(query, key)
+    ]
+    return " ".join(parts) or query.to_short_string()
+
+
 @click.command("download")
-@optional_url_option
-@click.option("--qido-url", metavar="URL", help="QIDO-RS root, when it is not --url.")
 @query_options
-@click.option(
-    "-o",
-    "--output",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder to save to (created if needed).",
-)
-@click.option(
-    "--layout",
-    default=DEFAULT_LAYOUT,
-    show_default=True,
-    metavar="TEMPLATE|study|flat",
-    help="Where files go below --output: a template of DICOM keywords that "
-    "contains {SOPInstanceUID}, or 'study' (study/series/instance) or 'flat'.",
-)
-@click.option(
-    "--protocol",
-    type=click.Choice(["wado-rs", "wado-uri", "c-get", "c-move"], case_sensitive=False),
-    default="wado-rs",
-    show_default=True,
-    help="WADO-RS fetches a series per request, WADO-URI one instance; C-GET and "
-    "C-MOVE use DICOM networking (--host, --port) and search with C-FIND.",
-)
-@dimse_options(store=True)
-@click.option(
-    "--wado-uri-url",
-    metavar="URL",
-    help="WADO-URI endpoint. Default: --url with its final /dicom-web replaced "
-    "by /wado.",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(1, 64),
-    default=4,
-    show_default=True,
-    help="Transfers at the same time.",
-)
+@transfer_options
 @click.option(
     "--all",
     "download_all",
     is_flag=True,
     help="Allow downloading without any query option: everything on the server.",
 )
-@click.option(
-    "--progress/--no-progress",
-    "show_progress",
-    default=None,
-    help="Show a progress bar.  [default: on a terminal]",
-)
 @connection_options
 def download(
-    url: str | None,
-    qido_url: str | None,
     query: QueryOptions,
-    output: Path,
-    layout: str,
-    protocol: str,
-    dimse: DIMSESettings,
-    wado_uri_url: str | None,
-    workers: int,
+    transfer: TransferOptions,
     download_all: bool,
-    show_progress: bool | None,
     connection: ConnectionSettings,
 ) -> None:
     """Search a DICOMweb server (QIDO-RS) and download every match.
@@ -217,12 +187,16 @@ def download(
       dicomtrolley download --url ... --all -o everything --protocol wado-uri
       dicomtrolley download --protocol c-get --host pacs --port 104 --aec PACS \\
           --study-uid 1.2.3 -o out
+      dicomtrolley download --url ... --protocol wado-rs --protocol c-get \\
+          --host pacs --port 104 --accession-number A1 --accession-number A2 -o out
+
+    \b
+    Exit status: 0 all downloaded; 1 something failed or a value matched
+    nothing (each named); 2 usage error; 130 interrupted (Ctrl-C).
     """
     ctx = click.get_current_context()
-    try:
-        storage = storage_for(layout, output)
-    except StorageError as error:
-        raise click.BadParameter(error.message, ctx, param_hint="'--layout'") from error
+    output = transfer.output
+    storage = transfer.storage()
     if not query.has_filters and not download_all:
         raise click.UsageError(
             "no query option given: this would download every study on the server. "
@@ -230,79 +204,92 @@ def download(
             "--all to download everything on purpose.",
             ctx,
         )
-    if protocol not in DIMSE_PROTOCOLS:
-        url = require_url(url, protocol)
-    if protocol == "wado-uri" and url:
-        wado_uri_url = wado_uri_url or default_wado_uri_url(url)
-        if wado_uri_url is None:
-            raise click.UsageError(
-                f"cannot derive the WADO-URI endpoint from --url {url} (it does not "
-                "end in /dicom-web); give --wado-uri-url",
-                ctx,
-            )
-    dimse_protocol = protocol in DIMSE_PROTOCOLS
+    if query.has_filters and download_all:
+        raise click.UsageError("--all and query options exclude each other", ctx)
+    transfer = transfer.checked()
+    check_output(output, warn=warn)
     queries: Sequence[Query] = (
         dimse_queries(query, DIMSE_INCLUDE_FIELDS)
-        if dimse_protocol
+        if transfer.dimse_search
         else qido_queries(query)
     )
     console = stderr_console()
-    with connection.session(pool_size=workers) as session:
-        searcher: Searcher
-        downloader: Downloader
-        if dimse_protocol:
-            searcher = dimse.searcher(connection)
-            downloader = dimse.downloader(protocol, connection, workers)
-        elif protocol == "wado-uri" and wado_uri_url:
-            searcher = qido_searcher(session, qido_url or str(url), connection)
-            downloader = WadoURI(
-                session,
-                wado_uri_url,
-                timeout=connection.timeout,
-                retry=connection.retry,
-            )
-        else:
-            searcher = qido_searcher(session, qido_url or str(url), connection)
-            downloader = WadoRS(
-                session, str(url), timeout=connection.timeout, retry=connection.retry
-            )
-        studies = find_studies(searcher, queries)
+    with connection.session(pool_size=transfer.workers) as session:
+        searcher, downloader = transfer.open(session, connection)
+        studies, unmatched = find_per_query(searcher, queries)
+        if not query.repeated:
+            unmatched = []
         objects = downloadables(studies, query.level)
         if not objects:
+            named = "; ".join(describe_query(q) for q in unmatched)
             raise NoQueryResultsError(
-                f"no {noun(query.level)} match the query; nothing to download",
-                url=None if dimse_protocol else qido_url or url,
+                f"no {noun(query.level)} match the query"
+                + (f" (nothing for {named})" if named else "")
+                + "; nothing to download",
+                url=None
+                if transfer.dimse_search
+                else transfer.qido_url or transfer.url,
             )
-        console.print(
-            f"Found {count(len(objects), query.level)}; downloading with "
-            f"{protocol.upper()} ({workers} worker{'s' if workers != 1 else ''}) "
-            f"to {output}",
-            markup=False,
-        )
+        if not quiet():
+            console.print(
+                f"Found {count(len(objects), query.level)}; downloading with "
+                f"{transfer.describe()} ({transfer.workers} worker"
+                f"{'s' if transfer.workers != 1 else ''}) to {output}",
+                markup=False,
+            )
         trolley = Trolley(downloader, searcher, storage=storage)
         report: DownloadReport | None = None
         failure: DownloadIncompleteError | None = None
+        stopped = False
         started = time.monotonic()
-        with RichProgress(console=console, disable=_disable(show_progress)) as progress:
+        with RichProgress(
+            console=console,
+            disable=True if quiet() else transfer.disable_progress,
+        ) as progress:
             try:
                 report = trolley.download(
                     objects,
                     output,
-                    use_async=workers > 1,
-                    max_workers=workers,
+                    use_async=transfer.workers > 1,
+                    max_workers=transfer.workers,
                     progress=progress,
                 )
             except DownloadIncompleteError as error:
                 failure = error
+            except KeyboardInterrupt:
+                stopped = True
         elapsed = time.monotonic() - started
-    click.echo(_summary_line(report, progress.counts, elapsed, output))
+    if stopped:
+        click.echo(interrupted(progress.counts, output, elapsed), err=True)
+        ctx.exit(EXIT_INTERRUPTED)
+    if not quiet():
+        click.echo(_summary_line(report, progress.counts, elapsed, output))
+        if isinstance(downloader, FallbackDownloader):
+            _print_fallbacks(downloader)
+    verbosity = int(ctx.meta.get(VERBOSITY_KEY, 0))
     if failure is not None:
-        report_error(failure, int(ctx.meta.get(VERBOSITY_KEY, 0)))
+        report_error(failure, verbosity)
+    if unmatched:
+        lines = "\n".join(f"  - {describe_query(q)}" for q in unmatched)
+        click.echo(
+            f"Error: {len(unmatched)} of {len(queries)} values matched nothing:\n"
+            f"{lines}",
+            err=True,
+        )
+    if failure is not None or unmatched:
         ctx.exit(1)
 
 
-def _disable(show_progress: bool | None) -> bool | None:
-    return None if show_progress is None else not show_progress
+def _print_fallbacks(downloader: FallbackDownloader) -> None:
+    """Which studies came over which protocol, when not all over the first."""
+    first = downloader.downloaders[0][0]
+    others = {
+        uid: protocol
+        for uid, protocol in downloader.delivered_by.items()
+        if protocol != first
+    }
+    for uid, protocol in others.items():
+        click.echo(f"Study {uid} came over {protocol.upper()}", err=True)
 
 
 def _summary_line(

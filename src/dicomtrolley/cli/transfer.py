@@ -1,0 +1,332 @@
+"""What ``download`` and ``batch`` share: where to, how, and the checks before work.
+
+:func:`transfer_options` adds the options of a transfer (``--url``,
+``--qido-url``, ``-o``, ``--layout``, ``--protocol`` (repeatable: an order of
+preference), the DIMSE options, ``--wado-uri-url``, ``--workers``,
+``--progress``); the command receives ``transfer=`` (:class:`TransferOptions`).
+:meth:`TransferOptions.open` turns them into a searcher and a downloader, a
+:class:`~dicomtrolley.fallback.FallbackDownloader` when several protocols are
+given. :func:`check_output` makes sure the output folder can be written before
+any search is sent. :func:`interrupted` is the summary after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import requests
+from rich.filesize import decimal
+
+from dicomtrolley.cli.connection import ConnectionSettings
+from dicomtrolley.cli.dimse import (
+    DIMSE_PROTOCOLS,
+    DIMSESettings,
+    dimse_options,
+    optional_url_option,
+    require_url,
+)
+from dicomtrolley.cli.progress import TransferCounts
+from dicomtrolley.cli.search import qido_searcher
+from dicomtrolley.core import Downloader, Searcher
+from dicomtrolley.exceptions import StorageError
+from dicomtrolley.fallback import FallbackDownloader
+from dicomtrolley.storage import FlatStorageDir, StorageDir, TemplateStorage
+from dicomtrolley.wado_rs import WadoRS
+from dicomtrolley.wado_uri import WadoURI
+
+R = TypeVar("R")
+
+DEFAULT_LAYOUT = (
+    "{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
+)
+DICOMWEB_SUFFIX = "/dicom-web"
+DOWNLOAD_PROTOCOLS = ("wado-rs", "wado-uri", "c-get", "c-move")
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+#: Below this much free space a download warns even when its size is unknown.
+LOW_SPACE = 1024**3
+
+
+def storage_for(layout: str, output: Path) -> TemplateStorage:
+    """The storage for a --layout: a path template, ``study`` or ``flat``.
+
+    Raises StorageError for a template that is not a safe relative file path.
+    """
+    if layout == "study":
+        return StorageDir(output)
+    if layout == "flat":
+        return FlatStorageDir(output)
+    return TemplateStorage(output, layout)
+
+
+def default_wado_uri_url(url: str) -> str | None:
+    """``http://host/dicom-web`` -> ``http://host/wado``; None for other URLs."""
+    base = url.rstrip("/")
+    if not base.endswith(DICOMWEB_SUFFIX):
+        return None
+    return base[: -len(DICOMWEB_SUFFIX)] + "/wado"
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    """The transfer options as given (see :func:`transfer_options`)."""
+
+    url: str | None
+    qido_url: str | None
+    output: Path
+    layout: str
+    protocols: tuple[str, ...]
+    dimse: DIMSESettings
+    wado_uri_url: str | None
+    workers: int
+    show_progress: bool | None
+
+    @property
+    def protocol(self) -> str:
+        """The first choice."""
+        return self.protocols[0]
+
+    @property
+    def dimse_search(self) -> bool:
+        """Search with C-FIND (the first protocol is DIMSE), else QIDO-RS."""
+        return self.protocol in DIMSE_PROTOCOLS
+
+    @property
+    def disable_progress(self) -> bool | None:
+        return None if self.show_progress is None else not self.show_progress
+
+    def storage(self) -> TemplateStorage:
+        """The storage of --layout in --output, or a usage error."""
+        try:
+            return storage_for(self.layout, self.output)
+        except StorageError as error:
+            raise click.BadParameter(error.message, param_hint="'--layout'") from error
+
+    def checked(self) -> TransferOptions:
+        """These options with the URLs each protocol needs, or a usage error."""
+        url, wado_uri_url = self.url, self.wado_uri_url
+        over_http = [p for p in self.protocols if p not in DIMSE_PROTOCOLS]
+        if over_http:
+            url = require_url(url, over_http[0])
+        if "wado-uri" in self.protocols and url:
+            wado_uri_url = wado_uri_url or default_wado_uri_url(url)
+            if wado_uri_url is None:
+                raise click.UsageError(
+                    f"cannot derive the WADO-URI endpoint from --url {url} (it does "
+                    "not end in /dicom-web); give --wado-uri-url"
+                )
+        for protocol in self.protocols:
+            if protocol in DIMSE_PROTOCOLS:
+                self.dimse.require_address(protocol)
+        return TransferOptions(
+            url,
+            self.qido_url,
+            self.output,
+            self.layout,
+            self.protocols,
+            self.dimse,
+            wado_uri_url,
+            self.workers,
+            self.show_progress,
+        )
+
+    def searcher(
+        self, session: requests.Session, connection: ConnectionSettings
+    ) -> Searcher:
+        if self.dimse_search:
+            return self.dimse.searcher(connection)
+        return qido_searcher(session, self.qido_url or str(self.url), connection)
+
+    def downloader_for(
+        self,
+        protocol: str,
+        session: requests.Session,
+        connection: ConnectionSettings,
+    ) -> Downloader:
+        if protocol in DIMSE_PROTOCOLS:
+            return self.dimse.downloader(protocol, connection, self.workers)
+        if protocol == "wado-uri":
+            return WadoURI(
+                session,
+                str(self.wado_uri_url),
+                timeout=connection.timeout,
+                retry=connection.retry,
+            )
+        return WadoRS(
+            session, str(self.url), timeout=connection.timeout, retry=connection.retry
+        )
+
+    def open(
+        self, session: requests.Session, connection: ConnectionSettings
+    ) -> tuple[Searcher, Downloader]:
+        """The searcher, and the downloader (a FallbackDownloader for several)."""
+        searcher = self.searcher(session, connection)
+        downloaders = [
+            (protocol, self.downloader_for(protocol, session, connection))
+            for protocol in self.protocols
+        ]
+        if len(downloaders) == 1:
+            return searcher, downloaders[0][1]
+        return searcher, FallbackDownloader(downloaders, searcher=searcher)
+
+    def describe(self) -> str:
+        """``WADO-RS`` or ``WADO-RS, then C-GET``."""
+        return ", then ".join(protocol.upper() for protocol in self.protocols)
+
+
+def _protocols(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(v.lower() for v in value)) or ("wado-rs",)
+    return chosen
+
+
+_OPTIONS = (
+    optional_url_option,
+    click.option(
+        "--qido-url", metavar="URL", help="QIDO-RS root, when it is not --url."
+    ),
+    click.option(
+        "-o",
+        "--output",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Folder to save to (created if needed).",
+    ),
+    click.option(
+        "--layout",
+        default=DEFAULT_LAYOUT,
+        show_default=True,
+        metavar="TEMPLATE|study|flat",
+        help="Where files go below --output: a template of DICOM keywords that "
+        "contains {SOPInstanceUID}, or 'study' (study/series/instance) or 'flat'.",
+    ),
+    click.option(
+        "--protocol",
+        "protocols",
+        type=click.Choice(DOWNLOAD_PROTOCOLS, case_sensitive=False),
+        multiple=True,
+        callback=_protocols,
+        help="WADO-RS fetches a series per request, WADO-URI one instance; C-GET "
+        "and C-MOVE use DICOM networking (--host, --port) and search with C-FIND. "
+        "Repeat for an order of preference: a study that the first refuses for "
+        "good (404, not supported) comes with the next.  [default: wado-rs]",
+    ),
+    dimse_options(store=True),
+    click.option(
+        "--wado-uri-url",
+        metavar="URL",
+        help="WADO-URI endpoint. Default: --url with its final /dicom-web replaced "
+        "by /wado.",
+    ),
+    click.option(
+        "--workers",
+        type=click.IntRange(1, 64),
+        default=4,
+        show_default=True,
+        help="Transfers at the same time.",
+    ),
+    click.option(
+        "--progress/--no-progress",
+        "show_progress",
+        default=None,
+        help="Show a progress bar.  [default: on a terminal]",
+    ),
+)
+
+
+def transfer_options(func: Callable[..., R]) -> Callable[..., R]:
+    """Add the transfer options; the command gets ``transfer=`` (TransferOptions)."""
+
+    @functools.wraps(func)
+    def wrapper(
+        *args: Any,
+        url: str | None,
+        qido_url: str | None,
+        output: Path,
+        layout: str,
+        protocols: tuple[str, ...],
+        dimse: DIMSESettings,
+        wado_uri_url: str | None,
+        workers: int,
+        show_progress: bool | None,
+        **kwargs: Any,
+    ) -> R:
+        transfer = TransferOptions(
+            url,
+            qido_url,
+            output,
+            layout,
+            protocols,
+            dimse,
+            wado_uri_url,
+            workers,
+            show_progress,
+        )
+        return func(*args, transfer=transfer, **kwargs)
+
+    decorated: Callable[..., R] = wrapper
+    for option in reversed(_OPTIONS):
+        decorated = option(decorated)
+    return decorated
+
+
+# -- checks before work ---------------------------------------------------------------
+
+
+def check_output(
+    output: Path, expected_bytes: int | None = None, warn: Callable[[str], None] = print
+) -> int:
+    """Make sure output can be written and has room; returns the free bytes.
+
+    The folder is created if needed and a file is written to it and removed.
+    With expected_bytes known, less free space than that is refused; with it
+    unknown, less than 1 GB is warned about.
+
+    Raises
+    ------
+    click.UsageError
+        When the folder cannot be created or written, or is too small (exit 2).
+    """
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output, prefix=".dicomtrolley-check-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise click.UsageError(
+            f"cannot write to the output folder {output}: {reason}"
+        ) from error
+    free = shutil.disk_usage(output).free
+    if expected_bytes is not None and expected_bytes > free:
+        raise click.UsageError(
+            f"not enough space in {output}: {decimal(expected_bytes)} to download, "
+            f"{decimal(free)} free"
+        )
+    if expected_bytes is None and free < LOW_SPACE:
+        warn(f"only {decimal(free)} free in {output}")
+    return free
+
+
+def interrupted(
+    counts: TransferCounts, output: Path, elapsed: float, lines: Sequence[str] = ()
+) -> str:
+    """The one-screen summary after Ctrl-C: what was saved and where."""
+    head = (
+        f"Interrupted after {elapsed:.1f} s: {counts.downloaded} file"
+        f"{'s' if counts.downloaded != 1 else ''} saved "
+        f"({decimal(counts.bytes_saved)}), {counts.skipped} already present, in "
+        f"{output.resolve()}."
+    )
+    tail = (
+        "Files are written under a temporary name and renamed when complete: "
+        "every file there is whole. Run the same command again to fetch the rest."
+    )
+    return "\n".join([head, *lines[:15], tail])
