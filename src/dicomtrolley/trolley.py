@@ -11,29 +11,40 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
 
+from dicomtrolley.catalog import Catalog
 from dicomtrolley.core import (
     DICOMDownloadable,
     DICOMObjectLevels,
     DICOMObjectReference,
     Downloader,
+    InstanceReference,
     NonInstanceParameterError,
     NonSeriesParameterError,
     Query,
     QueryLevels,
     Searcher,
+    SeriesReference,
     Study,
 )
-from dicomtrolley.download import DownloadReport, Progress, run_transfers
+from dicomtrolley.download import (
+    DownloadReport,
+    NullProgress,
+    Progress,
+    current_listener,
+    run_transfers,
+)
 from dicomtrolley.exceptions import (
     DICOMTrolleyError,
     NoReferencesFoundError,
     TransientError,
 )
 from dicomtrolley.logs import get_module_logger
-from dicomtrolley.storage import DICOMDiskStorage, StorageDir
+from dicomtrolley.manifest import Manifest, Outcomes, protocol_name
+from dicomtrolley.storage import DICOMDiskStorage, StorageDir, record_saved
 from dicomtrolley.transport import DEFAULT_RETRY, NO_RETRY, HttpTransport, Retry
 
 logger = get_module_logger("trolley")
@@ -95,6 +106,11 @@ class Trolley:
         use_async: bool = False,
         max_workers: int | None = None,
         progress: Progress | None = None,
+        *,
+        resume: bool = True,
+        manifest: Manifest | None = None,
+        row: Any = None,
+        query: str | None = None,
     ) -> DownloadReport:
         """Download objects (studies, series, instances or references) to output_dir.
 
@@ -106,20 +122,61 @@ class Trolley:
         only its study. Failures do not stop the other studies; at the end a
         DownloadIncompleteError names every instance, series or study that
         failed, with the report of what did arrive.
+
+        Resume (``resume=True``, the default): output_dir's index
+        (:mod:`dicomtrolley.catalog`) says which instances are already there,
+        intact, in this storage's layout. For a study of which some are, the
+        instance list (from the objects, else one instance-level search per
+        study) decides what is missing before anything is transferred: a study
+        or series that is all there is skipped, one that is partly there is
+        asked for by its missing instances (whole series where a series is
+        missing entirely), whatever the downloader and layout. Skipped
+        instances are in ``report.skipped``. A study the index knows nothing
+        of costs nothing extra.
+
+        ``manifest``: append one line per outcome (saved, skipped, failed) to
+        this :class:`~dicomtrolley.manifest.Manifest` (e.g.
+        ``Manifest.in_folder(output_dir)``), each with ``row`` (any JSON
+        value, e.g. the line of a batch file) and ``query`` (text) when given.
+        The library writes no manifest unless asked; the CLI always does.
         """
         items = [objects] if isinstance(objects, DICOMDownloadable) else list(objects)
         workers = (max_workers or 4) if use_async else 1
         logger.info("Downloading %d object(s) to '%s'", len(items), output_dir)
-        report = DownloadReport()
-        if self._overrides_4_1_0_path():
-            return self._download_datasets(items, output_dir, report, progress)
+        listener = None
+        if manifest is not None:
+            listener = Outcomes(
+                manifest,
+                Path(output_dir),
+                protocol=protocol_name(self.downloader),
+                row=row,
+                query=query,
+            )
+        token = current_listener.set(listener)
+        try:
+            report = DownloadReport(listener=listener)
+            if self._overrides_4_1_0_path():
+                return self._download_datasets(items, output_dir, report, progress)
+            if resume:
+                items = self._missing_only(items, output_dir, report, progress, workers)
+            return self._download(items, output_dir, report, progress, workers)
+        finally:
+            current_listener.reset(token)
 
+    def _download(
+        self,
+        items: Sequence[DICOMDownloadable],
+        output_dir: str | Path,
+        report: DownloadReport,
+        progress: Progress | None,
+        workers: int,
+    ) -> DownloadReport:
         def save_all(refs: Sequence[DICOMDownloadable]) -> DownloadReport:
             return self.downloader.save_all(
                 refs, self.storage, output_dir, max_workers=workers, progress=progress
             )
 
-        refs = self._references_for_download(items, report, workers)
+        refs = self._references_for_download(items, report, workers) if items else []
         if refs:
             try:
                 done = save_all(refs)
@@ -129,6 +186,144 @@ class Trolley:
             report.merge(done)
         report.raise_for_failures()
         return report
+
+    def _missing_only(
+        self,
+        items: Sequence[DICOMDownloadable],
+        output_dir: str | Path,
+        report: DownloadReport,
+        progress: Progress | None,
+        workers: int,
+    ) -> list[DICOMDownloadable]:
+        """items reduced to what output_dir lacks (see download, resume).
+
+        The instances already there go into report as skipped.
+        """
+        catalog = Catalog.for_folder(output_dir)
+        groups: dict[str, list[DICOMDownloadable]] = {}
+        for obj in items:
+            groups.setdefault(obj.reference().study_uid, []).append(obj)
+        known = {uid for uid in groups if catalog.has_study(uid)}
+        if not known:
+            return list(items)
+        lists = self._instance_lists({u: groups[u] for u in known}, workers)
+        layout = self.storage.layout_key()
+        root = Path(output_dir)
+
+        def fits(found: Path) -> bool:
+            return self.storage.fits(found, root)
+
+        shown = progress or NullProgress()
+        plan: dict[str, list[DICOMDownloadable]] = {}
+        for study_uid, refs in lists.items():
+            present = catalog.present_of((r.instance_uid for r in refs), layout, fits)
+            if not present:
+                plan[study_uid] = self._whole(groups[study_uid], refs)
+                continue
+            shown.add_total(instances=len(present))
+            for path in present.values():
+                report.add_skipped(path)
+                shown.instance_done(skipped=True)
+            missing = [r for r in refs if r.instance_uid not in present]
+            plan[study_uid] = self._by_series(missing, refs)
+            logger.info(
+                "Study %s: %d instance(s) already in %s, %d to fetch",
+                study_uid,
+                len(present),
+                output_dir,
+                len(missing),
+            )
+        result: list[DICOMDownloadable] = []
+        emitted: set[str] = set()
+        for obj in items:
+            study_uid = obj.reference().study_uid
+            if study_uid not in plan:
+                result.append(obj)
+            elif study_uid not in emitted:
+                result.extend(plan[study_uid])
+                emitted.add(study_uid)
+        return result
+
+    def _instance_lists(
+        self, groups: dict[str, list[DICOMDownloadable]], workers: int
+    ) -> dict[str, list[InstanceReference]]:
+        """The instances of each group of objects (one study each).
+
+        From the objects where they hold them, else from one instance-level
+        search per study. A study whose search fails is left out (it is
+        downloaded as asked, without resume).
+        """
+        lists: dict[str, list[InstanceReference]] = {}
+        to_search: list[str] = []
+        for study_uid, objs in groups.items():
+            try:
+                refs = [
+                    ref
+                    for obj in objs
+                    for ref in obj.contained_references(DICOMObjectLevels.INSTANCE)
+                ]
+            except NoReferencesFoundError:
+                to_search.append(study_uid)
+                continue
+            lists[study_uid] = _instances(refs)
+        if not to_search or not self.query_missing:
+            return lists
+
+        def search(study_uid: str) -> None:
+            refs = self._obtain_with_retry(
+                groups[study_uid], DICOMObjectLevels.INSTANCE
+            )
+            lists[study_uid] = _instances(refs)
+
+        scratch = DownloadReport(listener=None)
+        run_transfers(to_search, search, scratch, workers=workers, uids_of=_one_uid)
+        for failure in scratch.failures:
+            logger.warning(
+                "cannot list the instances of %s (%s); downloading it whole",
+                failure.what,
+                failure.error,
+            )
+        return lists
+
+    def _whole(
+        self, objs: list[DICOMDownloadable], refs: list[InstanceReference]
+    ) -> list[DICOMDownloadable]:
+        """objs as they are, or their instances when the downloader needs them
+        (the search is done already)."""
+        try:
+            self.downloader.check_references(objs)
+        except (NonInstanceParameterError, NonSeriesParameterError):
+            return list(refs)
+        return list(objs)
+
+    def _by_series(
+        self, missing: list[InstanceReference], every: list[InstanceReference]
+    ) -> list[DICOMDownloadable]:
+        """The missing instances; a series missing entirely as one reference
+        when the downloader takes series."""
+        count: dict[tuple[str, str], int] = {}
+        for ref in every:
+            count[(ref.study_uid, ref.series_uid)] = (
+                count.get((ref.study_uid, ref.series_uid), 0) + 1
+            )
+        by_series: dict[tuple[str, str], list[InstanceReference]] = {}
+        for ref in missing:
+            by_series.setdefault((ref.study_uid, ref.series_uid), []).append(ref)
+        result: list[DICOMDownloadable] = []
+        for (study_uid, series_uid), refs in by_series.items():
+            whole = SeriesReference(study_uid, series_uid)
+            if len(refs) == count[(study_uid, series_uid)] and self._takes(whole):
+                result.append(whole)
+            else:
+                result.extend(refs)
+        return result
+
+    def _takes(self, ref: DICOMObjectReference) -> bool:
+        try:
+            self.downloader.check_references([ref])
+        except (NonInstanceParameterError, NonSeriesParameterError):
+            return False
+        return True
 
     def _overrides_4_1_0_path(self) -> bool:
         """True for a subclass that overrides fetch_all_datasets (4.1.0 style).
@@ -151,6 +346,13 @@ class Trolley:
         try:
             for dataset in self.fetch_all_datasets(objects):
                 path = self.storage.save(dataset, path=output_dir)
+                if path is not None:
+                    record_saved(
+                        output_dir,
+                        Path(path),
+                        dataset,
+                        layout=self.storage.layout_key(),
+                    )
                 report.add_saved(path)
                 if progress is not None:
                     progress.instance_done()
@@ -340,6 +542,15 @@ class _StudyWork:
 
     def __str__(self) -> str:
         return f"search for the references of study {self.study_uid}"
+
+
+def _instances(refs: Sequence[DICOMObjectReference]) -> list[InstanceReference]:
+    """The instance references among refs, each once, in order."""
+    return list(dict.fromkeys(r for r in refs if isinstance(r, InstanceReference)))
+
+
+def _one_uid(study_uid: str) -> tuple[str, ...]:
+    return (study_uid,)
 
 
 def _level_needed(
