@@ -23,6 +23,7 @@ What each study went through is kept in :attr:`FallbackDownloader.attempts`.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from dicomtrolley.download import (
     Failure,
     NullProgress,
     Progress,
+    current_listener,
     one_line,
 )
 from dicomtrolley.exceptions import (
@@ -218,7 +220,36 @@ class FallbackDownloader(Downloader):
         max_workers: int | None,
         progress: Progress,
     ) -> DownloadReport:
-        """One downloader's report for objects (a later one via a Trolley)."""
+        """One downloader's report for objects (a later one via a Trolley).
+
+        An outcome listener of the download (the manifest) that records a
+        protocol is told this downloader's name while it runs.
+        """
+        listener = current_listener.get()
+        token = None
+        if dataclasses.is_dataclass(listener) and hasattr(listener, "protocol"):
+            name = self.downloaders[index][0]
+            token = current_listener.set(
+                dataclasses.replace(listener, protocol=name.upper())
+            )
+        try:
+            return self._run(
+                index, downloader, objects, storage, output_dir, max_workers, progress
+            )
+        finally:
+            if token is not None:
+                current_listener.reset(token)
+
+    def _run(
+        self,
+        index: int,
+        downloader: Downloader,
+        objects: Sequence[DICOMDownloadable],
+        storage: DICOMDiskStorage,
+        output_dir: str | Path,
+        max_workers: int | None,
+        progress: Progress,
+    ) -> DownloadReport:
         if index == 0:
             return downloader.save_all(
                 objects,
@@ -229,6 +260,7 @@ class FallbackDownloader(Downloader):
             )
         trolley = self._trolley_for(downloader, storage)
         workers = max_workers or 1
+        listener = current_listener.get()
         try:
             report: DownloadReport = trolley.download(
                 objects,
@@ -236,6 +268,9 @@ class FallbackDownloader(Downloader):
                 use_async=workers > 1,
                 max_workers=workers,
                 progress=progress,
+                manifest=getattr(listener, "manifest", None),
+                row=getattr(listener, "row", None),
+                query=getattr(listener, "query", None),
             )
             return report
         except DownloadIncompleteError as error:

@@ -56,6 +56,7 @@ R = TypeVar("R")
 
 #: Command name -> "module:attribute" of its click command, loaded when used.
 COMMANDS: dict[str, str] = {
+    "batch": "dicomtrolley.cli.batch:batch",
     "demo": "dicomtrolley.cli.demo:demo",
     "demo-data": "dicomtrolley.cli.demo_data:demo_data",
     "download": "dicomtrolley.cli.download:download",

@@ -201,6 +201,11 @@ class RichProgress:
     ) -> None:
         self._display.stop()
 
+    def describe(self, text: str) -> None:
+        """Show text before the bar (e.g. ``Study 3/40 1.2.3...``)."""
+        with self._lock:
+            self._display.update(self._task, description=text)
+
     def _update(self, counts: TransferCounts) -> None:
         # called with self._lock held: updates reach rich in the order they happen
         self._counts = counts

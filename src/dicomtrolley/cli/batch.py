@@ -1,0 +1,536 @@
+"""``dicomtrolley batch FILE``: one query per row of a file, then every match.
+
+The file is CSV (``,`` or ``;``), TSV, or one value a line, with a column of
+AccessionNumber, StudyInstanceUID or PatientID and optional date and modality
+columns (:mod:`dicomtrolley.batchfile`). A file with unusable lines is refused
+before anything is sent, naming each line (exit 2).
+
+Every row is searched for first (``--workers`` at a time). A row that matches
+nothing, or more than one study where one is expected (accession numbers and
+study UIDs, unless ``--allow-many``), is reported by its row and line and not
+downloaded. Then every study found is downloaded, ``--workers`` studies at a
+time, with the same options as ``download`` (``--protocol`` repeatable for a
+fallback order). A study that two rows find is downloaded once, for the first.
+Each instance's outcome goes to ``manifest.jsonl`` in the output folder with
+its row number.
+
+``--dry-run`` only searches, and lists each row with what it found (studies,
+instances) as a table, or as JSON or CSV (``--format``) on stdout.
+
+Exit status: 0 every row found and downloaded; 1 some row matched nothing or
+too much, or some download failed (all listed); 2 usage error or unusable
+file; 130 interrupted (Ctrl-C), after a summary of what was saved.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from dicomtrolley.batchfile import BatchFileError, BatchKey, BatchRow, parse_batch
+from dicomtrolley.cli.connection import ConnectionSettings
+from dicomtrolley.cli.download import DIMSE_INCLUDE_FIELDS, summary
+from dicomtrolley.cli.main import (
+    EARLIEST,
+    LATEST,
+    connection_options,
+    quiet,
+    stderr_console,
+    warn,
+)
+from dicomtrolley.cli.progress import RichProgress
+from dicomtrolley.cli.search import FORMATS, _qido_query
+from dicomtrolley.cli.transfer import (
+    EXIT_INTERRUPTED,
+    TransferOptions,
+    check_output,
+    interrupted,
+    transfer_options,
+)
+from dicomtrolley.core import Downloader, Query, Searcher, Study
+from dicomtrolley.download import one_line
+from dicomtrolley.exceptions import DICOMTrolleyError, DownloadIncompleteError
+from dicomtrolley.fallback import FallbackDownloader
+from dicomtrolley.manifest import Manifest
+from dicomtrolley.storage import DICOMDiskStorage
+from dicomtrolley.trolley import Trolley
+
+#: Row statuses of a search.
+FOUND, NOT_FOUND, TOO_MANY, SEARCH_FAILED, REPEATED = (
+    "found",
+    "not found",
+    "too many",
+    "search failed",
+    "repeated",
+)
+
+
+@dataclass
+class RowResult:
+    """What one row's search found, and what became of its studies."""
+
+    row: BatchRow
+    studies: list[Study] = field(default_factory=list)
+    status: str = FOUND
+    error: str = ""
+    also_in: int | None = None  # the earlier row that found the same studies
+
+    @property
+    def instances(self) -> int | None:
+        """Instances of the studies found, when the server said."""
+        total = 0
+        for study in self.studies:
+            value = study.data.get("NumberOfStudyRelatedInstances")
+            if value in (None, ""):
+                return None
+            total += int(value)
+        return total
+
+    def as_dict(self) -> dict[str, Any]:
+        row = self.row
+        return {
+            "row": row.number,
+            "line": row.line,
+            "key": row.key.value,
+            "value": row.value,
+            "status": self.status,
+            "studies": len(self.studies),
+            "instances": self.instances,
+            "bytes": None,  # QIDO-RS and C-FIND do not tell sizes
+            "study_uids": [study.uid for study in self.studies],
+            "patient_ids": sorted(
+                {str(s.data.get("PatientID", "")) for s in self.studies} - {""}
+            ),
+            "also_row": self.also_in,
+            "error": self.error or None,
+        }
+
+
+# -- searching -----------------------------------------------------------------------
+
+
+def row_query(row: BatchRow, dimse: bool) -> Query:
+    """The query of a row for QIDO-RS (open dates closed) or C-FIND."""
+    query = row.query()
+    if dimse:
+        return row.query(include_fields=list(DIMSE_INCLUDE_FIELDS))
+    if bool(query.min_study_date) != bool(query.max_study_date):
+        query = query.model_copy(
+            update={
+                "min_study_date": query.min_study_date or EARLIEST,
+                "max_study_date": query.max_study_date or LATEST,
+            }
+        )
+    return _qido_query(query, 0)
+
+
+def search_rows(
+    searcher: Searcher,
+    rows: Sequence[BatchRow],
+    *,
+    dimse: bool,
+    expect_one: bool | None,
+    workers: int,
+) -> list[RowResult]:
+    """Every row's search, workers at a time, in row order, with its status."""
+
+    def one(row: BatchRow) -> RowResult:
+        result = RowResult(row)
+        try:
+            result.studies = list(searcher.find_studies(row_query(row, dimse)))
+        except DICOMTrolleyError as error:
+            result.status, result.error = SEARCH_FAILED, one_line("", error)
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(one, rows))
+    first_row: dict[str, int] = {}
+    for result in results:
+        if result.status == SEARCH_FAILED:
+            continue
+        one_expected = (
+            expect_one
+            if expect_one is not None
+            else result.row.key != BatchKey.PATIENT_ID
+        )
+        if not result.studies:
+            result.status = NOT_FOUND
+        elif one_expected and len(result.studies) > 1:
+            result.status = TOO_MANY
+        earlier = {first_row.get(study.uid) for study in result.studies} - {None}
+        if result.status == FOUND and earlier and len(earlier) == 1:
+            new = [s for s in result.studies if s.uid not in first_row]
+            if not new:
+                result.status, result.also_in = REPEATED, earlier.pop()
+        for study in result.studies:
+            first_row.setdefault(study.uid, result.row.number)
+    return results
+
+
+# -- output of a dry run -------------------------------------------------------------
+
+_COLUMNS = ("row", "line", "key", "value", "status", "studies", "instances")
+
+
+def render(results: Sequence[RowResult], output_format: str) -> str:
+    """The rows and what they found as JSON or CSV (table: see print_table)."""
+    records = [result.as_dict() for result in results]
+    if output_format == "json":
+        return json.dumps(records, indent=2, ensure_ascii=False) + "\n"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    columns = [*_COLUMNS, "study_uids", "patient_ids", "also_row", "error"]
+    writer.writerow(columns)
+    for record in records:
+        writer.writerow(
+            [
+                ";".join(value)
+                if isinstance(value := record[c], list)
+                else ("" if value is None else value)
+                for c in columns
+            ]
+        )
+    return buffer.getvalue()
+
+
+def print_table(results: Sequence[RowResult], console: Console) -> None:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for heading in ("Row", "Line", "Value", "Status", "Studies", "Inst", "Study UIDs"):
+        table.add_column(heading, overflow="fold")
+    for result in results:
+        record = result.as_dict()
+        status = record["status"]
+        if result.also_in:
+            status += f" (row {result.also_in})"
+        table.add_row(
+            str(record["row"]),
+            str(record["line"]),
+            f"{result.row.key.label} {result.row.value}",
+            status,
+            str(record["studies"]),
+            "" if record["instances"] is None else str(record["instances"]),
+            "\n".join(record["study_uids"]),
+        )
+    found = sum(len(r.studies) for r in results if r.status == FOUND)
+    known = [r.instances for r in results if r.status == FOUND]
+    instances = (
+        f", {sum(n for n in known if n)} instances"
+        if known and None not in known
+        else ""
+    )
+    table.caption = f"{len(results)} rows: {found} studies to download{instances}"
+    console.print(table)
+
+
+# -- downloading ---------------------------------------------------------------------
+
+
+@dataclass
+class _Work:
+    """One study to download, for the row that found it first."""
+
+    row: BatchRow
+    study: Study
+
+
+@dataclass
+class _Downloads:
+    """Failures and counts of the downloads, shared by the worker threads."""
+
+    total: int
+    done: int = 0
+    failures: list[tuple[_Work, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def download_studies(
+    work: Sequence[_Work],
+    trolley: Trolley,
+    output: Path,
+    manifest: Manifest,
+    progress: RichProgress,
+    workers: int,
+) -> _Downloads:
+    """Download every study of work, workers at a time; record each in manifest."""
+    state = _Downloads(total=len(work))
+    stop = threading.Event()
+
+    def one(item: _Work) -> None:
+        if stop.is_set():
+            return
+        try:
+            trolley.download(
+                [item.study],
+                output,
+                progress=progress,
+                manifest=manifest,
+                row=item.row.number,
+                query=f"{item.row.key.value}={item.row.value}",
+            )
+        except DownloadIncompleteError as error:
+            lines = [str(f) for f in getattr(error.report, "failures", [])]
+            with state.lock:
+                state.failures.append((item, "; ".join(lines[:3]) or str(error)))
+        except DICOMTrolleyError as error:
+            with state.lock:
+                state.failures.append((item, one_line("", error)))
+        finally:
+            with state.lock:
+                state.done += 1
+                done = state.done
+            progress.describe(f"Study {done}/{state.total}")
+
+    progress.describe(f"Study 0/{state.total}")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="batch")
+    try:
+        list(pool.map(one, work))
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return state
+
+
+def _problem_lines(results: Sequence[RowResult]) -> list[str]:
+    lines = []
+    for result in results:
+        where = result.row.describe()
+        if result.status == NOT_FOUND:
+            lines.append(f"{where}: no study found")
+        elif result.status == TOO_MANY:
+            uids = ", ".join(study.uid for study in result.studies[:5])
+            more = "" if len(result.studies) <= 5 else ", ..."
+            lines.append(
+                f"{where}: {len(result.studies)} studies found where one was "
+                f"expected (--allow-many to take all): {uids}{more}"
+            )
+        elif result.status == SEARCH_FAILED:
+            lines.append(f"{where}: search failed: {result.error}")
+    return lines
+
+
+# -- the command ---------------------------------------------------------------------
+
+
+@click.command("batch")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--column",
+    metavar="NAME",
+    help="What a file without header holds (AccessionNumber, StudyInstanceUID or "
+    "PatientID), or which of several key columns to use.",
+)
+@click.option(
+    "--expect-one/--allow-many",
+    "expect_one",
+    default=None,
+    help="Refuse rows that match several studies.  [default: expect one for "
+    "accession numbers and study UIDs, allow many for patient IDs]",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Only search: list each row with what it would download.",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(FORMATS, case_sensitive=False),
+    default="table",
+    show_default=True,
+    help="How --dry-run lists the rows on stdout.",
+)
+@transfer_options
+@connection_options
+def batch(
+    file: Path,
+    column: str | None,
+    expect_one: bool | None,
+    dry_run: bool,
+    output_format: str,
+    transfer: TransferOptions,
+    connection: ConnectionSettings,
+) -> None:
+    """Download the studies listed in FILE: one query per row.
+
+    \b
+    FILE: CSV, TSV or one value a line, with a column of AccessionNumber,
+    StudyInstanceUID or PatientID (header names as in a spreadsheet: 'Accession
+    No', 'Study UID', 'MRN' ...), optionally StudyDate (or MinDate, MaxDate)
+    and Modality.
+
+    \b
+    Examples:
+      dicomtrolley batch cohort.csv --url http://pacs/dicom-web -o cohort
+      dicomtrolley batch uids.txt --url ... -o out --protocol wado-rs --protocol c-get \\
+          --host pacs --port 104 --aec PACS
+      dicomtrolley batch accessions.txt --column AccessionNumber --url ... -o out \\
+          --dry-run --format json
+
+    \b
+    Exit status: 0 all rows found and downloaded; 1 rows not found or matching
+    too much, or downloads failed (each listed); 2 usage error or unusable
+    file; 130 interrupted (Ctrl-C).
+    """
+    ctx = click.get_current_context()
+    if output_format != "table" and not dry_run:
+        raise click.UsageError("--format lists the rows of --dry-run; add --dry-run")
+    try:
+        data = file.read_bytes()
+        batch_file = parse_batch(data, column)
+        batch_file.raise_for_problems()
+    except OSError as error:
+        raise click.UsageError(f"cannot read {file}: {error.strerror}") from error
+    except BatchFileError as error:
+        raise click.UsageError(f"{file}: {error}") from error
+    storage = transfer.storage()
+    transfer = transfer.checked()
+    if not dry_run:
+        check_output(transfer.output, warn=warn)
+    console = stderr_console()
+    rows = batch_file.rows
+    with connection.session(pool_size=transfer.workers) as session:
+        searcher, downloader = transfer.open(session, connection)
+        if not quiet():
+            console.print(
+                f"{file}: {len(rows)} rows of {batch_file.key.label if batch_file.key else '?'}s;"
+                f" searching ({transfer.workers} at a time)",
+                markup=False,
+            )
+        results = search_rows(
+            searcher,
+            rows,
+            dimse=transfer.dimse_search,
+            expect_one=expect_one,
+            workers=transfer.workers,
+        )
+        problems = _problem_lines(results)
+        if dry_run:
+            if output_format == "table":
+                print_table(results, Console(highlight=False))
+            else:
+                click.echo(render(results, output_format), nl=False)
+            _report_problems(problems, len(rows))
+            ctx.exit(1 if problems else 0)
+        work = _work(results)
+        _download(
+            ctx,
+            work,
+            problems,
+            rows,
+            searcher,
+            downloader,
+            storage,
+            transfer,
+            console,
+        )
+
+
+def _work(results: Sequence[RowResult]) -> list[_Work]:
+    seen: set[str] = set()
+    work = []
+    for result in results:
+        if result.status not in (FOUND, REPEATED):
+            continue
+        for study in result.studies:
+            if study.uid not in seen:
+                seen.add(study.uid)
+                work.append(_Work(result.row, study))
+    return work
+
+
+def _download(
+    ctx: click.Context,
+    work: Sequence[_Work],
+    problems: list[str],
+    rows: Sequence[BatchRow],
+    searcher: Searcher,
+    downloader: Downloader,
+    storage: DICOMDiskStorage,
+    transfer: TransferOptions,
+    console: Console,
+) -> None:
+    output = transfer.output
+    if not quiet():
+        console.print(
+            f"Downloading {len(work)} studies with {transfer.describe()} "
+            f"({transfer.workers} at a time) to {output}",
+            markup=False,
+        )
+    trolley = Trolley(downloader, searcher, storage=storage)
+    manifest = Manifest.in_folder(output)
+    started = time.monotonic()
+    stopped = False
+    state: _Downloads | None = None
+    try:
+        with RichProgress(
+            console=console,
+            description=f"Study 0/{len(work)}",
+            disable=True if quiet() else transfer.disable_progress,
+        ) as progress:
+            try:
+                state = download_studies(
+                    work,
+                    trolley,
+                    output,
+                    manifest,
+                    progress,
+                    transfer.workers,
+                )
+            except KeyboardInterrupt:
+                stopped = True
+    finally:
+        manifest.close()
+    elapsed = time.monotonic() - started
+    counts = progress.counts
+    if stopped:
+        click.echo(
+            interrupted(counts, output, elapsed, problems),
+            err=True,
+        )
+        ctx.exit(EXIT_INTERRUPTED)
+    assert state is not None
+    if not quiet():
+        click.echo(
+            summary(
+                counts.downloaded,
+                counts.skipped,
+                counts.bytes_saved,
+                elapsed,
+                output.resolve(),
+            )
+        )
+        if isinstance(downloader, FallbackDownloader):
+            first = downloader.downloaders[0][0]
+            for uid, protocol in downloader.delivered_by.items():
+                if protocol != first:
+                    click.echo(f"Study {uid} came over {protocol.upper()}", err=True)
+    for item, error in state.failures:
+        problems.append(f"{item.row.describe()}: study {item.study.uid}: {error}")
+    _report_problems(problems, len(rows))
+    if problems:
+        ctx.exit(1)
+
+
+def _report_problems(problems: Sequence[str], rows: int) -> None:
+    if not problems:
+        return
+    shown = "\n".join(f"  - {line}" for line in problems[:200])
+    more = len(problems) - 200
+    if more > 0:
+        shown += f"\n  ... and {more} more"
+    click.echo(f"Error: {len(problems)} problem(s) in {rows} rows:\n{shown}", err=True)
