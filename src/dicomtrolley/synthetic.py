@@ -54,6 +54,7 @@ __all__ = [
     "InstanceSpec",
     "SeriesSpec",
     "StudySpec",
+    "cohort_studies",
     "default_studies",
     "instance_specs",
     "large_study",
@@ -351,6 +352,42 @@ def default_studies() -> list[StudySpec]:
             patient_sex="F",
         ),
     ]
+
+
+def cohort_studies(
+    count: int, instances: int = 1, size: int = 16, key: str = "cohort"
+) -> list[StudySpec]:
+    """count small one-series CT studies, as a cohort pull has them.
+
+    Study n (from 1) belongs to patient ``COH{n:05d}`` with accession number
+    ``A{n:05d}``, dated in 2020 by n; each of its ``instances`` instances is
+    size x size pixels. ``key`` makes other cohorts' UIDs differ.
+    """
+    studies = []
+    for number in range(1, count + 1):
+        name = f"{key}-{number}"
+        studies.append(
+            StudySpec(
+                patient_id=f"COH{number:05d}",
+                patient_name=f"Cohort^{number:05d}",
+                study_uid=synthetic_uid("study", name),
+                description="Cohort CT",
+                series=(
+                    SeriesSpec(
+                        series_uid=synthetic_uid("series", name, "1"),
+                        series_number=1,
+                        modality="CT",
+                        description="Axial",
+                        instance_count=instances,
+                        rows=size,
+                        columns=size,
+                    ),
+                ),
+                study_date=f"2020{1 + number % 12:02d}{1 + number % 28:02d}",
+                accession_number=f"A{number:05d}",
+            )
+        )
+    return studies
 
 
 def instance_specs(studies: Iterable[StudySpec]) -> Iterator[InstanceSpec]:
