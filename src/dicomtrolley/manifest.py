@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomtrolley.catalog import Catalog, utc_now
+from dicomtrolley.download import one_line
 from dicomtrolley.exceptions import DICOMTrolleyError, StorageError
 from dicomtrolley.logs import get_module_logger
 
@@ -158,12 +159,6 @@ def _csv_value(value: Any) -> str:
     return str(value)
 
 
-def one_line(error: BaseException) -> str:
-    """An error message on one line, each UID in it once."""
-    text = " ".join(str(error).split())
-    return text[:2000]
-
-
 @dataclass
 class Outcomes:
     """Writes the outcomes of one download to a manifest.
@@ -193,7 +188,7 @@ class Outcomes:
         self._write(
             status=FAILED,
             uids=uids,
-            error=f"{what}: {one_line(error)}",
+            error=one_line(what, error, uids),
             **_guess_levels(uids),
         )
 
@@ -271,3 +266,91 @@ def protocol_name(downloader: object) -> str:
         if cls.__name__ in names:
             return names[cls.__name__]
     return type(downloader).__name__
+
+
+@dataclass
+class FolderSummary:
+    """What an output folder holds (index) and what its downloads did (manifest)."""
+
+    folder: Path
+    studies: int = 0
+    instances: int = 0
+    bytes_on_disk: int = 0
+    runs: int = 0
+    saved: int = 0
+    skipped: int = 0
+    failed: int = 0
+    bytes_saved: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "folder": str(self.folder),
+            "studies": self.studies,
+            "instances": self.instances,
+            "bytes_on_disk": self.bytes_on_disk,
+            "runs": self.runs,
+            "saved": self.saved,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "bytes_saved": self.bytes_saved,
+            "failures": self.failures,
+        }
+
+
+def summarize(folder: str | Path) -> FolderSummary:
+    """The summary of folder from its index and ``manifest.jsonl``.
+
+    Instances, studies and bytes on disk come from the index (instances
+    present and intact). Saved, skipped and failed count manifest lines over
+    all runs (bytes: those saved). A failure is listed (once, with its UIDs
+    once) unless a later line saved or skipped the instance it names, or, for
+    a failure of a whole series or study, a later run got through that
+    series or study without failing.
+    """
+    root = Path(folder)
+    summary = FolderSummary(root.resolve())
+    catalog = Catalog.existing(root)
+    if catalog is not None:
+        studies: set[str] = set()
+        for entry in catalog.entries():
+            if entry.state == "present" and catalog.present(entry.instance_uid):
+                studies.add(entry.study_uid)
+                summary.instances += 1
+                summary.bytes_on_disk += entry.size
+        summary.studies = len(studies)
+    runs: list[str] = []
+    open_failures: dict[tuple[str, tuple[str, ...]], tuple[int, dict[str, Any]]] = {}
+    later_ok: dict[str, int] = {}  # UID -> run number of its last success
+    later_failed: dict[str, int] = {}  # key UID -> run number of its last failure
+    for record in read_manifest(root / MANIFEST_NAME):
+        run = str(record.get("run", ""))
+        if run not in runs:
+            runs.append(run)
+        number = runs.index(run)
+        status = record.get("status")
+        if status == FAILED:
+            summary.failed += 1
+            uids = tuple(dict.fromkeys(str(u) for u in record.get("uids") or ()))
+            key = str(record.get("instance_uid") or (uids[-1] if uids else ""))
+            later_failed[key] = number
+            open_failures[(key, uids)] = (number, record)
+            continue
+        if status == SAVED:
+            summary.saved += 1
+            summary.bytes_saved += int(record.get("size") or 0)
+        elif status == SKIPPED:
+            summary.skipped += 1
+        for name in ("instance_uid", "series_uid", "study_uid"):
+            if record.get(name):
+                later_ok[str(record[name])] = number
+    summary.runs = len(runs)
+    for (key, uids), (number, record) in open_failures.items():
+        if later_ok.get(key, -1) > number and later_failed.get(key, -1) <= number:
+            continue  # fetched by a later run
+        if later_ok.get(key, -1) >= number and record.get("instance_uid"):
+            continue  # the instance came in the same run (a retry)
+        summary.failures.append(
+            {"uids": list(uids or (key,)), "error": record.get("error") or ""}
+        )
+    return summary

@@ -91,6 +91,7 @@ from dicomtrolley.exceptions import (
     NoQueryResultsError,
 )
 from dicomtrolley.fallback import FallbackDownloader
+from dicomtrolley.manifest import Manifest
 from dicomtrolley.trolley import Trolley
 
 __all__ = [
@@ -170,12 +171,20 @@ def describe_query(query: Query) -> str:
     is_flag=True,
     help="Allow downloading without any query option: everything on the server.",
 )
+@click.option(
+    "--manifest-csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="At the end, also write the folder's manifest (every outcome of every "
+    "run, OUTPUT/manifest.jsonl) as CSV to FILE.",
+)
 @connection_options
 def download(
     query: QueryOptions,
     transfer: TransferOptions,
     download_all: bool,
     connection: ConnectionSettings,
+    manifest_csv: Path | None = None,
 ) -> None:
     """Search a DICOMweb server (QIDO-RS) and download every match.
 
@@ -238,6 +247,7 @@ def download(
                 markup=False,
             )
         trolley = Trolley(downloader, searcher, storage=storage)
+        manifest = Manifest.in_folder(output)  # every outcome, appended
         report: DownloadReport | None = None
         failure: DownloadIncompleteError | None = None
         stopped = False
@@ -253,12 +263,16 @@ def download(
                     use_async=transfer.workers > 1,
                     max_workers=transfer.workers,
                     progress=progress,
+                    manifest=manifest,
                 )
             except DownloadIncompleteError as error:
                 failure = error
             except KeyboardInterrupt:
                 stopped = True
         elapsed = time.monotonic() - started
+    manifest.close()
+    if manifest_csv is not None:
+        manifest.write_csv(manifest_csv)
     if stopped:
         click.echo(interrupted(progress.counts, output, elapsed), err=True)
         ctx.exit(EXIT_INTERRUPTED)

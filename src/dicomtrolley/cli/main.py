@@ -60,6 +60,7 @@ COMMANDS: dict[str, str] = {
     "demo": "dicomtrolley.cli.demo:demo",
     "demo-data": "dicomtrolley.cli.demo_data:demo_data",
     "download": "dicomtrolley.cli.download:download",
+    "report": "dicomtrolley.cli.report:report",
     "search": "dicomtrolley.cli.search:search",
     "serve": "dicomtrolley.cli.serve:serve",
 }
