@@ -103,6 +103,23 @@ DOWNLOAD_PROTOCOLS: tuple[str, ...] = (
     "c-move",
 )
 DIMSE_PROTOCOLS = frozenset({"c-find", "c-get", "c-move"})
+#: What RAD-69 asks for unless a profile says otherwise: the lossless syntaxes
+#: first, then lossy ones, so that files come as stored rather than failing
+#: (a RAD-69 server sends only a syntax that was asked for).
+RAD69_TRANSFER_SYNTAXES: tuple[str, ...] = (
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+)
 
 #: The environment variables dicomtrolley reads (CLI, library, examples).
 ENVIRONMENT: dict[str, str] = {
@@ -339,13 +356,16 @@ class Profile(_Model):
 
     name: str = ""
     source: str = ""
-    search: SearchProtocol = "qido-rs"
+    search: SearchProtocol | None = None
     download: tuple[DownloadProtocol, ...] = ("wado-rs",)
     url: str | None = None
     qido_url: str | None = None
     mint_url: str | None = None
     wado_uri_url: str | None = None
     rad69_url: str | None = None
+    rad69_transfer_syntaxes: tuple[
+        Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)*$")], ...
+    ] = Field(default=RAD69_TRANSFER_SYNTAXES, min_length=1)
     dimse: DimseConfig | None = None
     auth: AuthConfig = NoAuthConfig()
     tls: TLSConfig = TLSConfig()
@@ -371,6 +391,19 @@ class Profile(_Model):
         return value
 
     # -- where things are ------------------------------------------------------
+
+    @property
+    def search_protocol(self) -> str:
+        """:attr:`search`, or when not given: C-FIND for a DIMSE-only server,
+        MINT for one with only a MINT URL, else QIDO-RS."""
+        if self.search is not None:
+            return self.search
+        if not (self.url or self.qido_url):
+            if self.dimse is not None:
+                return "c-find"
+            if self.mint_url:
+                return "mint"
+        return "qido-rs"
 
     @property
     def where(self) -> str:
@@ -418,7 +451,7 @@ class Profile(_Model):
             dimse = self.dimse.model_dump(exclude_none=True)
         return {
             "name": self.name,
-            "search": self.search,
+            "search": self.search_protocol,
             "download": list(self.download),
             **urls,
             **({"dimse": dimse} if dimse else {}),
@@ -464,7 +497,7 @@ class Profile(_Model):
 
     def searcher(self, session: requests.Session | None = None) -> Searcher:
         """The searcher of :attr:`search` (a session is made when not given)."""
-        return make_searcher(self.search, self, session or self.session())
+        return make_searcher(self.search_protocol, self, session or self.session())
 
     def downloader(
         self,
@@ -555,6 +588,7 @@ def make_downloader(
             session,
             profile.endpoint("rad69"),
             max_workers=workers,
+            transfer_syntax_list=profile.rad69_transfer_syntaxes,
             timeout=timeout,
             retry=retry,
         )

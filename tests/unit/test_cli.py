@@ -580,7 +580,10 @@ def test_password_from_the_environment(pacs: FakePacs) -> None:
     assert "Warning" not in result.stderr
 
 
-def test_password_is_prompted_for_without_echo(pacs: FakePacs) -> None:
+def test_password_is_prompted_for_without_echo(
+    pacs: FakePacs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dicomtrolley.cli.connection.stdin_is_terminal", lambda: True)
     result = run(
         "search", "--url", pacs.url, "--user", "alice", "--csv", input=f"{PASSWORD}\n"
     )

@@ -63,11 +63,12 @@ class DIMSESettings:
 
     @staticmethod
     def timeouts(connection: ConnectionSettings) -> DIMSETimeouts:
-        """--timeout CONNECT,READ as DIMSE timeouts (READ is the idle timeout).
+        """--timeout CONNECT,READ as DIMSE timeouts (READ is the idle timeout),
+        else the profile's (``timeouts.dimse_idle``, ``timeouts.dimse_total``).
 
         ``--timeout-total`` bounds each DIMSE operation (0: no bound).
         """
-        timeouts = DIMSETimeouts.coerce(connection.timeout)
+        timeouts = connection.dimse_timeout or DIMSETimeouts.coerce(connection.timeout)
         if connection.timeout_total is not None:
             timeouts = replace(timeouts, total=connection.timeout_total or None)
         return timeouts

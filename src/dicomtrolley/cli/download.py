@@ -220,6 +220,8 @@ def download(
     queries: Sequence[Query] = (
         dimse_queries(query, DIMSE_INCLUDE_FIELDS)
         if transfer.dimse_search
+        else dimse_queries(query, ())  # MINT: plain queries
+        if transfer.search == "mint"
         else qido_queries(query)
     )
     console = stderr_console()
@@ -237,6 +239,8 @@ def download(
                 + "; nothing to download",
                 url=None
                 if transfer.dimse_search
+                else transfer.mint_url
+                if transfer.search == "mint"
                 else transfer.qido_url or transfer.url,
             )
         if not quiet():

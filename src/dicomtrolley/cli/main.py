@@ -36,10 +36,14 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from dicomtrolley.cli.connection import (
+    LOGIN_OPTIONS,
     PASSWORD_ENV,
+    PROFILE_OPTIONS,
     TOKEN_ENV,
+    current_profile,
     resolve_settings,
 )
+from dicomtrolley.credentials import ConfigError
 from dicomtrolley.exceptions import (
     DICOMTrolleyAuthError,
     DICOMTrolleyConnectionError,
@@ -60,6 +64,7 @@ COMMANDS: dict[str, str] = {
     "demo": "dicomtrolley.cli.demo:demo",
     "demo-data": "dicomtrolley.cli.demo_data:demo_data",
     "download": "dicomtrolley.cli.download:download",
+    "profiles": "dicomtrolley.cli.profiles:profiles",
     "report": "dicomtrolley.cli.report:report",
     "search": "dicomtrolley.cli.search:search",
     "serve": "dicomtrolley.cli.serve:serve",
@@ -223,7 +228,13 @@ def _apply(
 
 
 _CONNECTION_OPTIONS = (
-    click.option("--user", metavar="NAME", help="User name for HTTP basic auth."),
+    *PROFILE_OPTIONS,
+    click.option(
+        "--user",
+        metavar="NAME",
+        help="User name for HTTP basic auth (or the Vitrea login with "
+        "--login-url). Without a profile: DICOMTROLLEY_USER.",
+    ),
     click.option(
         "--password",
         envvar=PASSWORD_ENV,
@@ -239,6 +250,7 @@ _CONNECTION_OPTIONS = (
         metavar="TEXT",
         help="Bearer token (OAuth2 access token) instead of --user.",
     ),
+    *LOGIN_OPTIONS,
     click.option(
         "--insecure",
         is_flag=True,
@@ -301,6 +313,8 @@ def connection_options(func: Callable[..., R]) -> Callable[..., R]:
         retries: int | None,
         verbose: int,
         quiet: bool = False,
+        login_url: str | None = None,
+        realm: str | None = None,
         **kwargs: Any,
     ) -> R:
         ctx = click.get_current_context()
@@ -321,6 +335,10 @@ def connection_options(func: Callable[..., R]) -> Callable[..., R]:
             retries=retries,
             warn=warn,
             ask_password=_ask_password,
+            login_url=login_url,
+            realm=realm,
+            profile=current_profile(),
+            timeout_given=timeout is not None,
         )
         return func(*args, connection=settings, **kwargs)
 
@@ -603,6 +621,9 @@ class TrolleyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ConfigError as error:  # a usage error: exit 2, without a hint
+            stderr_console().print(Text(f"Error: {error}", style="red"))
+            ctx.exit(2)
         except DICOMTrolleyError as error:
             report_error(error, int(ctx.meta.get(VERBOSITY_KEY, 0)))
             ctx.exit(1)

@@ -19,6 +19,11 @@ included fields, several values joined by ``\\`` (``--format csv``). Only
 the results go to stdout; notes, warnings and errors go to stderr. Columns that a server does
 not return by default are asked for with ``includefield``.
 
+``--protocol mint`` searches a Vitrea server over MINT (``--mint-url``, or
+``--url`` as the MINT root), usually behind its login: ``--login-url`` and
+``--user`` (``--realm``): ``Mint(create_session(login_url, user, password), url)``.
+MINT returns its own set of attributes per level.
+
 ``--protocol c-find`` searches with DICOM C-FIND instead (``--host``, ``--port``,
 ``--aet``, ``--aec``; no ``--url``): ``DICOMQR(host, port, aet, aec)``. C-FIND
 returns only the attributes asked for, so every listed column is asked for.
@@ -69,6 +74,7 @@ from dicomtrolley.cli.main import (
     query_options,
 )
 from dicomtrolley.core import Query, QueryLevels, Searcher, Study
+from dicomtrolley.mint import Mint, get_valid_fields
 from dicomtrolley.qido_rs import (
     HierarchicalQuery,
     QidoRS,
@@ -526,11 +532,18 @@ def format_options(func: Callable[..., R]) -> Callable[..., R]:
     help="QIDO-RS root, when it is not the --url.",
 )
 @click.option(
+    "--mint-url",
+    metavar="URL",
+    help="MINT root (Vitrea), e.g. https://vitrea/rest/api/vault/mint; "
+    "--protocol mint takes --url when not given.",
+)
+@click.option(
     "--protocol",
-    type=click.Choice(["qido-rs", "c-find"], case_sensitive=False),
+    type=click.Choice(["qido-rs", "mint", "c-find"], case_sensitive=False),
     default="qido-rs",
     show_default=True,
-    help="QIDO-RS over HTTP (--url), or DICOM C-FIND (--host, --port).",
+    help="QIDO-RS over HTTP (--url), MINT (Vitrea, --mint-url, with --login-url "
+    "and --user), or DICOM C-FIND (--host, --port).",
 )
 @dimse_options()
 @query_options
@@ -539,6 +552,7 @@ def format_options(func: Callable[..., R]) -> Callable[..., R]:
 def search(
     url: str | None,
     qido_url: str | None,
+    mint_url: str | None,
     protocol: str,
     dimse: DIMSESettings,
     query: QueryOptions,
@@ -554,12 +568,35 @@ def search(
       dicomtrolley search --url ... --study-uid 1.2.3 --level series --csv
       dicomtrolley search --protocol c-find --host pacs --port 104 --aec PACS \\
           --patient-id 'DTR*'
+      dicomtrolley search --protocol mint --mint-url https://vitrea/rest/api/vault/mint \\
+          --login-url https://vitrea/login --user me --patient-id 'DTR*'
+      dicomtrolley search --profile vitrea --patient-id 'DTR*'
     """
     level = query.level
     listed = listed_keywords(level, query.include_fields)
     if protocol == "c-find":
         c_find = dimse.searcher(connection)
         rows = result_rows(find_studies(c_find, dimse_queries(query, listed)), level)
+        if query.limit:
+            rows = rows[: query.limit]
+        _print_rows(rows, level, listed, query.include_fields, output_format)
+        return
+    if protocol == "mint":
+        mint_root = require_url(mint_url or url, protocol)
+        with connection.session() as session:
+            mint = Mint(
+                session, mint_root, timeout=connection.timeout, retry=connection.retry
+            )
+            returned = get_valid_fields(level.value)
+            refused = [k for k in query.include_fields if k not in returned]
+            if refused:
+                raise click.UsageError(
+                    f"MINT does not return {', '.join(refused)} at "
+                    f"--level {level.value.lower()}"
+                )
+            fields = [k for k in listed if k in returned]
+            found = find_studies(mint, dimse_queries(query, fields))
+        rows = result_rows(found, level)
         if query.limit:
             rows = rows[: query.limit]
         _print_rows(rows, level, listed, query.include_fields, output_format)

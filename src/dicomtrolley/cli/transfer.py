@@ -12,6 +12,7 @@ any search is sent. :func:`interrupted` is the summary after Ctrl-C.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import shutil
 import tempfile
@@ -34,9 +35,12 @@ from dicomtrolley.cli.dimse import (
 )
 from dicomtrolley.cli.progress import TransferCounts
 from dicomtrolley.cli.search import qido_searcher
+from dicomtrolley.config import RAD69_TRANSFER_SYNTAXES
 from dicomtrolley.core import Downloader, Searcher
 from dicomtrolley.exceptions import StorageError
 from dicomtrolley.fallback import FallbackDownloader
+from dicomtrolley.mint import Mint
+from dicomtrolley.rad69 import Rad69
 from dicomtrolley.storage import FlatStorageDir, StorageDir, TemplateStorage
 from dicomtrolley.wado_rs import WadoRS
 from dicomtrolley.wado_uri import WadoURI
@@ -47,7 +51,8 @@ DEFAULT_LAYOUT = (
     "{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
 )
 DICOMWEB_SUFFIX = "/dicom-web"
-DOWNLOAD_PROTOCOLS = ("wado-rs", "wado-uri", "c-get", "c-move")
+DOWNLOAD_PROTOCOLS = ("wado-rs", "wado-uri", "rad69", "c-get", "c-move")
+SEARCH_PROTOCOLS = ("qido-rs", "mint", "c-find")
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
 #: Below this much free space a download warns even when its size is unknown.
@@ -87,6 +92,9 @@ class TransferOptions:
     wado_uri_url: str | None
     workers: int
     show_progress: bool | None
+    mint_url: str | None = None
+    rad69_url: str | None = None
+    search_protocol: str | None = None  # None: C-FIND, MINT or QIDO-RS (see search)
 
     @property
     def protocol(self) -> str:
@@ -94,9 +102,21 @@ class TransferOptions:
         return self.protocols[0]
 
     @property
+    def search(self) -> str:
+        """--search-protocol, else C-FIND when the first protocol is DIMSE, MINT
+        when only --mint-url says where to search, else QIDO-RS."""
+        if self.search_protocol:
+            return self.search_protocol
+        if self.protocol in DIMSE_PROTOCOLS:
+            return "c-find"
+        if self.mint_url and not (self.url or self.qido_url):
+            return "mint"
+        return "qido-rs"
+
+    @property
     def dimse_search(self) -> bool:
-        """Search with C-FIND (the first protocol is DIMSE), else QIDO-RS."""
-        return self.protocol in DIMSE_PROTOCOLS
+        """Search with C-FIND, else over HTTP."""
+        return self.search == "c-find"
 
     @property
     def disable_progress(self) -> bool | None:
@@ -111,30 +131,29 @@ class TransferOptions:
 
     def checked(self) -> TransferOptions:
         """These options with the URLs each protocol needs, or a usage error."""
-        url, wado_uri_url = self.url, self.wado_uri_url
-        over_http = [p for p in self.protocols if p not in DIMSE_PROTOCOLS]
-        if over_http:
-            url = require_url(url, over_http[0])
-        if "wado-uri" in self.protocols and url:
-            wado_uri_url = wado_uri_url or default_wado_uri_url(url)
+        url, wado_uri_url, search = self.url, self.wado_uri_url, self.search
+        if search == "qido-rs":
+            require_url(self.qido_url or url, self.protocol)
+        if search == "mint" and not self.mint_url:
+            raise click.UsageError("searching with MINT needs --mint-url")
+        if "wado-rs" in self.protocols:
+            url = require_url(url, "wado-rs")
+        if "wado-uri" in self.protocols and not wado_uri_url:
+            wado_uri_url = default_wado_uri_url(url) if url else None
             if wado_uri_url is None:
                 raise click.UsageError(
                     f"cannot derive the WADO-URI endpoint from --url {url} (it does "
                     "not end in /dicom-web); give --wado-uri-url"
+                    if url
+                    else "--protocol wado-uri needs --wado-uri-url (or --url)"
                 )
-        for protocol in self.protocols:
+        if "rad69" in self.protocols and not self.rad69_url:
+            raise click.UsageError("--protocol rad69 needs --rad69-url")
+        for protocol in (*self.protocols, search):
             if protocol in DIMSE_PROTOCOLS:
                 self.dimse.require_address(protocol)
-        return TransferOptions(
-            url,
-            self.qido_url,
-            self.output,
-            self.layout,
-            self.protocols,
-            self.dimse,
-            wado_uri_url,
-            self.workers,
-            self.show_progress,
+        return dataclasses.replace(
+            self, url=url, wado_uri_url=wado_uri_url, search_protocol=search
         )
 
     def searcher(
@@ -142,6 +161,13 @@ class TransferOptions:
     ) -> Searcher:
         if self.dimse_search:
             return self.dimse.searcher(connection)
+        if self.search == "mint":
+            return Mint(
+                session,
+                str(self.mint_url),
+                timeout=connection.timeout,
+                retry=connection.retry,
+            )
         return qido_searcher(session, self.qido_url or str(self.url), connection)
 
     def downloader_for(
@@ -152,6 +178,19 @@ class TransferOptions:
     ) -> Downloader:
         if protocol in DIMSE_PROTOCOLS:
             return self.dimse.downloader(protocol, connection, self.workers)
+        if protocol == "rad69":
+            return Rad69(
+                session,
+                str(self.rad69_url),
+                max_workers=self.workers,
+                transfer_syntax_list=(
+                    connection.profile.rad69_transfer_syntaxes
+                    if connection.profile is not None
+                    else RAD69_TRANSFER_SYNTAXES
+                ),
+                timeout=connection.timeout,
+                retry=connection.retry,
+            )
         if protocol == "wado-uri":
             return WadoURI(
                 session,
@@ -214,10 +253,29 @@ _OPTIONS = (
         type=click.Choice(DOWNLOAD_PROTOCOLS, case_sensitive=False),
         multiple=True,
         callback=_protocols,
-        help="WADO-RS fetches a series per request, WADO-URI one instance; C-GET "
+        help="WADO-RS fetches a series per request, WADO-URI one instance, RAD-69 "
+        "(Vitrea, --rad69-url) a series; C-GET "
         "and C-MOVE use DICOM networking (--host, --port) and search with C-FIND. "
         "Repeat for an order of preference: a study that the first refuses for "
         "good (404, not supported) comes with the next.  [default: wado-rs]",
+    ),
+    click.option(
+        "--search-protocol",
+        type=click.Choice(SEARCH_PROTOCOLS, case_sensitive=False),
+        default=None,
+        help="How to search: QIDO-RS (--url or --qido-url), MINT (--mint-url, "
+        "Vitrea) or C-FIND.  [default: C-FIND for a DIMSE --protocol, MINT with "
+        "--mint-url and no --url, else QIDO-RS]",
+    ),
+    click.option(
+        "--mint-url",
+        metavar="URL",
+        help="MINT root (Vitrea), e.g. https://vitrea/rest/api/vault/mint.",
+    ),
+    click.option(
+        "--rad69-url",
+        metavar="URL",
+        help="RAD-69 endpoint (Vitrea), e.g. https://vitrea/rad69.",
     ),
     dimse_options(store=True),
     click.option(
@@ -257,6 +315,9 @@ def transfer_options(func: Callable[..., R]) -> Callable[..., R]:
         wado_uri_url: str | None,
         workers: int,
         show_progress: bool | None,
+        search_protocol: str | None = None,
+        mint_url: str | None = None,
+        rad69_url: str | None = None,
         **kwargs: Any,
     ) -> R:
         transfer = TransferOptions(
@@ -269,6 +330,9 @@ def transfer_options(func: Callable[..., R]) -> Callable[..., R]:
             wado_uri_url,
             workers,
             show_progress,
+            mint_url=mint_url,
+            rad69_url=rad69_url,
+            search_protocol=search_protocol.lower() if search_protocol else None,
         )
         return func(*args, transfer=transfer, **kwargs)
 
