@@ -1,0 +1,398 @@
+"""``dicomtrolley batch`` and the scripting options against the emulator (issue 11)."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from click.testing import CliRunner, Result
+
+from dicomtrolley.cli.main import main
+from dicomtrolley.emulator import Emulator, default_services
+from dicomtrolley.emulator.dicomweb import DicomWebService
+from dicomtrolley.manifest import read_manifest
+from dicomtrolley.synthetic import cohort_studies, write_studies
+from tests.emulator.conftest import PASSWORD, USER, DemoData
+
+ENV = {"DICOMTROLLEY_PASSWORD": PASSWORD}
+
+
+def run(emulator: Emulator, *args: str) -> Result:
+    """The CLI in-process against emulator (--url and --user added)."""
+    return CliRunner().invoke(
+        main,
+        [*args, "--url", emulator.dicomweb_url, "--user", USER],
+        env=ENV,
+    )
+
+
+def dicom_files(folder: Path) -> dict[str, bytes]:
+    """SOP Instance UID -> bytes of every DICOM file below folder."""
+    found = {}
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        if not path.is_file() or relative.parts[0].startswith("."):
+            continue
+        if path.name in ("manifest.jsonl", "manifest.csv"):
+            continue
+        found[str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)] = (
+            path.read_bytes()
+        )
+    return found
+
+
+def expected(demo: DemoData, *accessions: str) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for study in demo.studies:
+        if study.accession_number in accessions:
+            files.update(demo.files_of(study.study_uid))
+    return files
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Callable[[bytes, str], Path]:
+    def make(data: bytes, name: str = "batch.csv") -> Path:
+        path = tmp_path / name
+        path.write_bytes(data)
+        return path
+
+    return make
+
+
+# -- batch files of each kind ----------------------------------------------------------
+
+
+def test_excel_csv_with_bom_crlf_and_semicolons(
+    emulator: Emulator,
+    demo: DemoData,
+    write: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    data = codecs.BOM_UTF8 + b"Accession No;Modality\r\nACC0001;CT\r\n\r\nACC0003;\r\n"
+    out = tmp_path / "out"
+    result = run(emulator, "batch", str(write(data)), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert dicom_files(out) == expected(demo, "ACC0001", "ACC0003")
+    records = list(read_manifest(out / "manifest.jsonl"))
+    rows = Counter(record["row"] for record in records if record["status"] == "saved")
+    assert rows == {1: 23, 2: 32}
+    assert {record["query"] for record in records} == {
+        "AccessionNumber=ACC0001",
+        "AccessionNumber=ACC0003",
+    }
+
+
+def test_one_uid_a_line_without_header(
+    emulator: Emulator, demo: DemoData, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    study = demo.study("DTR004")
+    out = tmp_path / "out"
+    path = write(f"{study.study_uid}\n".encode(), "uids.txt")
+    result = run(emulator, "batch", str(path), "-o", str(out), "--layout", "flat")
+    assert result.exit_code == 0, result.output
+    assert dicom_files(out) == demo.files_of(study.study_uid)
+
+
+def test_tsv_of_patient_ids_with_dates_allows_many(
+    emulator: Emulator, demo: DemoData, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    data = b"PatientID\tMinDate\nDTR001\t2023-01-01\nDTR002\t\n"
+    out = tmp_path / "out"
+    result = run(emulator, "batch", str(write(data, "p.tsv")), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    # DTR001's CT study is from 2021: only the MR of 2023 comes
+    assert dicom_files(out) == expected(demo, "ACC0002", "ACC0003")
+
+
+def test_one_value_a_line_with_column(
+    emulator: Emulator, demo: DemoData, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write(b"ACC0005\n", "acc.txt")
+    out = tmp_path / "out"
+    refused = run(emulator, "batch", str(path), "-o", str(out))
+    assert refused.exit_code == 2
+    assert "--column" in refused.stderr
+    result = run(
+        emulator, "batch", str(path), "--column", "AccessionNumber", "-o", str(out)
+    )
+    assert result.exit_code == 0, result.output
+    assert dicom_files(out) == expected(demo, "ACC0005")
+
+
+def test_broken_file_names_the_lines_and_sends_nothing(
+    emulator: Emulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    data = b'StudyInstanceUID,StudyDate\n1.2.3.x,\n1.2.840.1,2024-13-01\n"1.2,"3\n'
+    out = tmp_path / "out"
+    result = run(emulator, "batch", str(write(data)), "-o", str(out))
+    assert result.exit_code == 2, result.output
+    for line in ("line 2:", "line 3:", "line 4:"):
+        assert line in result.stderr
+    assert not out.exists()
+
+
+def test_rows_not_found_or_ambiguous_exit_1_and_the_rest_comes(
+    emulator: Emulator, demo: DemoData, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    data = b"AccessionNumber,PatientID\nACC0005,\nNOPE,\nACC*,DTR001\n"
+    out = tmp_path / "out"
+    result = run(emulator, "batch", str(write(data)), "-o", str(out))
+    assert result.exit_code == 1, result.output
+    assert "row 2 (line 3): accession number NOPE: no study found" in result.stderr
+    assert "row 3 (line 4)" in result.stderr and "2 studies found" in result.stderr
+    assert dicom_files(out) == expected(demo, "ACC0005")
+    many = run(emulator, "batch", str(write(data)), "-o", str(out), "--allow-many")
+    assert many.exit_code == 1  # NOPE is still not found
+    assert dicom_files(out) == expected(demo, "ACC0005", "ACC0001", "ACC0002")
+
+
+def test_dry_run_json_and_csv_on_stdout(
+    emulator: Emulator, demo: DemoData, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write(b"AccessionNumber\nACC0001\nNOPE\nACC0001\n")
+    out = tmp_path / "out"
+    as_json = run(
+        emulator, "batch", str(path), "-o", str(out), "--dry-run", "--format", "json"
+    )
+    assert as_json.exit_code == 1  # NOPE
+    rows = json.loads(as_json.stdout)
+    assert [(r["row"], r["line"], r["status"]) for r in rows] == [
+        (1, 2, "found"),
+        (2, 3, "not found"),
+        (3, 4, "repeated"),
+    ]
+    assert rows[0]["study_uids"] == [demo.study("DTR001", "CT").study_uid]
+    assert rows[0]["instances"] == 23 and rows[2]["also_row"] == 1
+    assert "no study found" in as_json.stderr
+    assert not out.exists()  # nothing written by a dry run
+    as_csv = run(
+        emulator, "batch", str(path), "-o", str(out), "--dry-run", "--format", "csv"
+    )
+    table = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert [row["status"] for row in table] == ["found", "not found", "repeated"]
+    assert table[0]["instances"] == "23"
+    table_run = run(emulator, "batch", str(path), "-o", str(out), "--dry-run")
+    assert "23" in table_run.stdout and "not found" in table_run.stdout
+
+
+def test_format_without_dry_run_is_a_usage_error(
+    emulator: Emulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write(b"AccessionNumber\nACC0001\n")
+    result = run(emulator, "batch", str(path), "-o", str(tmp_path), "--format", "json")
+    assert result.exit_code == 2 and "--dry-run" in result.stderr
+
+
+def test_batch_falls_back_to_wado_uri_for_a_refused_study(
+    demo: DemoData,
+    make_emulator: Callable[..., Emulator],
+    write: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    refused = demo.study("DTR001", "CT").study_uid
+    services = [s for s in default_services() if s.name != "dicomweb"]
+    emulator = make_emulator(
+        demo.root, services=[*services, DicomWebService(refused_studies=[refused])]
+    )
+    path = write(b"AccessionNumber\nACC0001\nACC0004\n")
+    out = tmp_path / "out"
+    only_rs = run(emulator, "batch", str(path), "-o", str(tmp_path / "rs"))
+    assert only_rs.exit_code == 1
+    assert "row 1 (line 2)" in only_rs.stderr and "404" in only_rs.stderr
+    result = run(
+        emulator,
+        "batch",
+        str(path),
+        "-o",
+        str(out),
+        "--protocol",
+        "wado-rs",
+        "--protocol",
+        "wado-uri",
+    )
+    assert result.exit_code == 0, result.output
+    assert dicom_files(out) == expected(demo, "ACC0001", "ACC0004")
+    saved = [r for r in read_manifest(out / "manifest.jsonl") if r["status"] == "saved"]
+    by_protocol = Counter((r["row"], r["protocol"]) for r in saved)
+    assert by_protocol == {(1, "WADO-URI"): 23, (2, "WADO-RS"): 22}
+    assert f"Study {refused} came over WADO-URI" in result.stderr
+
+
+# -- download and search: scripting --------------------------------------------------
+
+
+def test_download_names_every_unknown_study_uid(
+    emulator: Emulator, demo: DemoData, tmp_path: Path
+) -> None:
+    known = demo.study("DTR004").study_uid
+    unknown = [f"1.2.3.{n}" for n in range(1, 4)]
+    args = [a for uid in [known, *unknown] for a in ("--study-uid", uid)]
+    result = run(emulator, "download", *args, "-o", str(tmp_path))
+    assert result.exit_code == 1, result.output
+    assert "3 of 4 values matched nothing" in result.stderr
+    for uid in unknown:
+        assert result.stderr.count(uid) == 1
+    assert dicom_files(tmp_path) == demo.files_of(known)
+
+
+def test_repeated_accession_numbers_mean_any(
+    emulator: Emulator, demo: DemoData, tmp_path: Path
+) -> None:
+    result = run(
+        emulator,
+        "search",
+        "--accession-number",
+        "ACC0002",
+        "--accession-number",
+        "ACC0004",
+        "--format",
+        "json",
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(row["AccessionNumber"] for row in json.loads(result.stdout)) == [
+        "ACC0002",
+        "ACC0004",
+    ]
+    download = run(
+        emulator,
+        "download",
+        "--accession-number",
+        "ACC0002",
+        "--accession-number",
+        "ACC0004",
+        "-o",
+        str(tmp_path),
+    )
+    assert download.exit_code == 0, download.output
+    assert dicom_files(tmp_path) == expected(demo, "ACC0002", "ACC0004")
+
+
+def test_min_date_alone_means_from(emulator: Emulator, demo: DemoData) -> None:
+    result = run(emulator, "search", "--min-date", "2023-01-01", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    dates = [row["StudyDate"] for row in csv.DictReader(io.StringIO(result.stdout))]
+    assert sorted(dates) == ["20230120", "20231105", "20240229"]
+    until = run(emulator, "search", "--max-date", "2021-12-31", "--json")
+    assert [row["StudyDate"] for row in json.loads(until.stdout)] == ["20210315"]
+
+
+def test_two_formats_and_quiet_verbose_are_refused(emulator: Emulator) -> None:
+    both = run(emulator, "search", "--json", "--csv")
+    assert both.exit_code == 2 and "one output format" in both.stderr
+    mixed = run(emulator, "search", "--format", "csv", "--json")
+    assert mixed.exit_code == 2
+    loud = run(emulator, "search", "--quiet", "-v")
+    assert loud.exit_code == 2 and "exclude each other" in loud.stderr
+
+
+def test_quiet_download_prints_only_errors(
+    emulator: Emulator, demo: DemoData, tmp_path: Path
+) -> None:
+    result = run(
+        emulator,
+        "download",
+        "--quiet",
+        "--study-uid",
+        demo.study("DTR004").study_uid,
+        "--study-uid",
+        "1.2.3.4",
+        "-o",
+        str(tmp_path),
+    )
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("Error: 1 of 2 values matched nothing")
+
+
+def test_output_folder_that_cannot_be_written_exits_2(
+    emulator: Emulator, demo: DemoData, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run(
+        emulator,
+        "download",
+        "--study-uid",
+        demo.study("DTR004").study_uid,
+        "-o",
+        str(blocker / "out"),
+    )
+    assert result.exit_code == 2, result.output
+    assert "cannot write to the output folder" in result.stderr
+
+
+# -- Ctrl-C ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Emulator, Path]]:
+    """An emulator over 300 one-instance studies, and a CSV of their accessions."""
+    root = tmp_path_factory.mktemp("cohort")
+    studies = cohort_studies(300, key="sigint")
+    write_studies(root / "data", studies)
+    batch = root / "cohort.csv"
+    batch.write_text(
+        "AccessionNumber\n" + "".join(f"{s.accession_number}\n" for s in studies)
+    )
+    with Emulator(root / "data", rescan_interval=None) as emulator:
+        yield emulator, batch
+
+
+def test_sigint_then_rerun_completes(
+    cohort: tuple[Emulator, Path], tmp_path: Path
+) -> None:
+    emulator, batch = cohort
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "dicomtrolley.cli.main",
+        "batch",
+        str(batch),
+        "--url",
+        emulator.dicomweb_url,
+        "--user",
+        USER,
+        "-o",
+        str(out),
+        "--workers",
+        "1",
+    ]
+    env = {**os.environ, **ENV}
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    manifest = out / "manifest.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if manifest.exists() and manifest.read_bytes().count(b"\n") >= 20:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Interrupted after" in stderr and "Run the same command again" in stderr
+    first = list(read_manifest(manifest))
+    assert 20 <= len(first) < 300
+    assert not [p for p in out.rglob("*") if p.is_file() and ".tmp" in p.name]
+
+    rerun = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    records = list(read_manifest(manifest))
+    saved = Counter(r["instance_uid"] for r in records if r["status"] == "saved")
+    assert len(saved) == 300 and set(saved.values()) == {1}  # none fetched twice
+    assert len(dicom_files(out)) == 300
