@@ -4,7 +4,8 @@ Server settings come from the environment:
 
     DICOMTROLLEY_LOGIN_URL   e.g. https://vitrea/login
     DICOMTROLLEY_MINT_URL    e.g. https://vitrea/rest/api/vault/mint
-    DICOMTROLLEY_WADO_URL    e.g. https://vitrea/wado
+    DICOMTROLLEY_WADO_URI_URL  e.g. https://vitrea/wado (DICOMTROLLEY_WADO_URL,
+                             the old name, still works with a warning)
     DICOMTROLLEY_USER, DICOMTROLLEY_PASSWORD
     DICOMTROLLEY_PATIENT_ID  whose studies to download (required)
     DICOMTROLLEY_OUTPUT      where to save them (default: ./downloads)
@@ -18,10 +19,15 @@ import os
 import requests
 
 from dicomtrolley.auth import VitreaAuth
+from dicomtrolley.config import getenv
 from dicomtrolley.core import Query
 from dicomtrolley.mint import Mint
 from dicomtrolley.trolley import Trolley
 from dicomtrolley.wado_uri import WadoURI
+
+wado_uri_url = getenv("DICOMTROLLEY_WADO_URI_URL")
+if not wado_uri_url:
+    raise SystemExit("set DICOMTROLLEY_WADO_URI_URL to the WADO-URI endpoint")
 
 session = requests.Session()
 session.auth = VitreaAuth(
@@ -32,7 +38,7 @@ session.auth = VitreaAuth(
 )
 trolley = Trolley(
     searcher=Mint(session, os.environ["DICOMTROLLEY_MINT_URL"]),
-    downloader=WadoURI(session, os.environ["DICOMTROLLEY_WADO_URL"]),
+    downloader=WadoURI(session, wado_uri_url),
 )
 
 studies = trolley.find_studies(Query(PatientID=os.environ["DICOMTROLLEY_PATIENT_ID"]))

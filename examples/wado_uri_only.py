@@ -2,7 +2,8 @@
 
 No search: the references are made by hand. Settings from the environment:
 
-    DICOMTROLLEY_WADO_URL    e.g. https://pacs/wado
+    DICOMTROLLEY_WADO_URI_URL  e.g. https://pacs/wado (DICOMTROLLEY_WADO_URL,
+                             the old name, still works with a warning)
     DICOMTROLLEY_USER, DICOMTROLLEY_PASSWORD   HTTP basic auth (optional)
     DICOMTROLLEY_INSTANCES   one or more "study_uid/series_uid/instance_uid",
                              separated by spaces
@@ -13,9 +14,14 @@ import os
 
 import requests
 
+from dicomtrolley.config import getenv
 from dicomtrolley.core import InstanceReference
 from dicomtrolley.storage import FlatStorageDir
 from dicomtrolley.wado_uri import WadoURI
+
+wado_uri_url = getenv("DICOMTROLLEY_WADO_URI_URL")
+if not wado_uri_url:
+    raise SystemExit("set DICOMTROLLEY_WADO_URI_URL to the WADO-URI endpoint")
 
 session = requests.Session()
 if os.environ.get("DICOMTROLLEY_USER"):
@@ -23,7 +29,7 @@ if os.environ.get("DICOMTROLLEY_USER"):
         os.environ["DICOMTROLLEY_USER"],
         os.environ["DICOMTROLLEY_PASSWORD"],
     )
-wado = WadoURI(session, os.environ["DICOMTROLLEY_WADO_URL"])
+wado = WadoURI(session, wado_uri_url)
 
 references = [
     InstanceReference(*triple.split("/"))

@@ -81,7 +81,7 @@ def test_examples_run_against_the_emulator(
     env = {
         "DICOMTROLLEY_LOGIN_URL": emulator.login_url,
         "DICOMTROLLEY_MINT_URL": emulator.mint_url,
-        "DICOMTROLLEY_WADO_URL": emulator.wado_uri_url,
+        "DICOMTROLLEY_WADO_URI_URL": emulator.wado_uri_url,
         "DICOMTROLLEY_RAD69_URL": emulator.rad69_url,
         "DICOMTROLLEY_USER": USER,
         "DICOMTROLLEY_PASSWORD": PASSWORD,
@@ -130,6 +130,55 @@ def test_examples_run_against_the_emulator(
     for path in files:
         uid = str(pydicom.dcmread(path).SOPInstanceUID)
         assert path.read_bytes() == demo.by_uid[uid].read_bytes()
+
+    # the examples' old variable name still works, with a warning
+    old_name = {
+        **{k: v for k, v in env.items() if k != "DICOMTROLLEY_WADO_URI_URL"},
+        "DICOMTROLLEY_WADO_URL": emulator.wado_uri_url,
+    }
+    renamed = _run(
+        [sys.executable, str(EXAMPLES / "wado_uri_only.py")],
+        tmp_path,
+        {
+            **old_name,
+            "DICOMTROLLEY_INSTANCES": triples,
+            "DICOMTROLLEY_OUTPUT": str(tmp_path / "old-name"),
+        },
+    )
+    assert renamed.returncode == 0, renamed.stderr
+    assert "DICOMTROLLEY_WADO_URL is deprecated" in renamed.stderr
+    assert len(_files(tmp_path / "old-name")) == 2
+
+
+def test_profile_example_runs_against_the_emulator(
+    tmp_path: Path, emulator: Emulator, demo: DemoData
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[profiles.emu]\n"
+        'search = "mint"\n'
+        'download = ["rad69"]\n'
+        f'mint_url = "{emulator.mint_url}"\n'
+        f'rad69_url = "{emulator.rad69_url}"\n'
+        f'auth = {{ type = "vitrea", login_url = "{emulator.login_url}", '
+        f'user = "{USER}", password_env = "EMU_PASSWORD" }}\n'
+    )
+    out = tmp_path / "out"
+    result = _run(
+        [sys.executable, str(EXAMPLES / "download_with_profile.py")],
+        tmp_path,
+        {
+            "DICOMTROLLEY_CONFIG": str(config),
+            "DICOMTROLLEY_PROFILE": "emu",
+            "EMU_PASSWORD": PASSWORD,
+            "DICOMTROLLEY_PATIENT_ID": "DTR003",
+            "DICOMTROLLEY_OUTPUT": str(out),
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert "with mint; downloading over rad69" in result.stdout
+    study = demo.study("DTR003")
+    assert _sop_uids(_files(out)) == set(demo.files_of(study.study_uid))
 
 
 @pytest.mark.parametrize("level", list(QueryLevels))
