@@ -11,9 +11,13 @@ Each ``[profiles.NAME]`` table describes one server::
     rad69_url = "https://vitrea/rad69"
     wado_uri_url = "https://vitrea/wado"
     workers = 4
-    auth = { type = "vitrea", login_url = "https://vitrea/login", user = "me",
-             password_env = "VITREA_PASSWORD" }
     timeouts = { connect = 5, read = 60 }
+
+    [profiles.vitrea.auth]
+    type = "vitrea"
+    login_url = "https://vitrea/login"
+    user = "me"
+    password_env = "VITREA_PASSWORD"
 
 A script uses the same profile as the command line::
 

@@ -3,6 +3,8 @@ key), where secrets come from, and what a profile builds."""
 
 from __future__ import annotations
 
+import re
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -285,3 +287,32 @@ def test_describe_shows_no_secret(tmp_path: Path) -> None:
         "login_url": "https://v/login",
         "realm": "DefaultSystemRealm",
     }
+
+
+def _toml_blocks(text: str) -> list[str]:
+    return re.findall(r"```toml\n(.*?)```", text, flags=re.S)
+
+
+def test_the_readme_example_config_is_valid(tmp_path: Path) -> None:
+    readme = Path(__file__).parents[2] / "README.md"
+    (block,) = _toml_blocks(readme.read_text(encoding="utf-8"))
+    config = load_config(write(tmp_path, block))
+    assert config.names == ["pacs1", "vitrea", "cloud"]
+    profiles = {name: config.profile(name) for name in config.names}
+    assert profiles["pacs1"].download == ("wado-rs", "c-get", "c-move")
+    assert profiles["vitrea"].auth.type == "vitrea"
+    assert profiles["cloud"].tls.requests_cert() == (
+        str(Path("~/.certs/me.pem").expanduser()),
+        str(Path("~/.certs/me.key").expanduser()),
+    )
+
+
+def test_the_module_docstring_example_is_valid(tmp_path: Path) -> None:
+    import dicomtrolley.config
+
+    doc = dicomtrolley.config.__doc__ or ""
+    start = doc.index("    [profiles.vitrea]")
+    block = textwrap.dedent(doc[start : doc.index("A script uses")])
+    profile = load_config(write(tmp_path, block)).profile("vitrea")
+    assert profile.download == ("rad69", "wado-uri")
+    assert profile.auth.type == "vitrea"
