@@ -34,7 +34,9 @@ credentials), the HTTP status and the DICOM UIDs involved, where known::
                                             ServerHTTPError and ClientHTTPError
 
 Defined elsewhere, all PermanentErrors: ``DICOMObjectNotFound`` (parsing),
-``NodeNotFound`` (caching), ``NoQueryResults`` (qido_rs, a NoQueryResultsError).
+``NodeNotFound`` (caching), ``NoQueryResults`` (qido_rs, a NoQueryResultsError),
+``ConfigError`` and its ``MissingSecretError`` (credentials, re-exported by
+config: a profile or config file that is wrong, a secret not set).
 
 ``NonSeriesParameterError`` and ``NonInstanceParameterError`` are defined here and
 re-exported from :mod:`dicomtrolley.core`, where dicomtrolley 4.1.0 had them.
