@@ -350,3 +350,33 @@ def test_download_with_an_oauth2_profile_and_short_tokens(
     assert tokens.issued >= 2
     assert tokens.expired_refusals == 0
     assert "cli-secret" not in result.output
+
+
+def test_profiles_check_gets_an_oauth2_token(
+    demo: DemoData, make_emulator: Callable[..., Emulator], tmp_path: Path
+) -> None:
+    emulator = make_emulator(demo.root, oauth2_clients={"cli": "cli-secret"})
+    config = write_config(
+        tmp_path,
+        "[profiles.idp]\n"
+        f'url = "{emulator.dicomweb_url}"\n'
+        f'auth = {{ type = "oauth2", token_url = "{emulator.token_url}", '
+        'client_id = "cli", client_secret_env = "IDP_SECRET" }\n',
+    )
+    result = run(
+        "profiles", "check", "idp", "--config", str(config), IDP_SECRET="cli-secret"
+    )
+    assert result.exit_code == 0, result.output
+    assert [line.split()[:2] for line in result.stdout.splitlines()] == [
+        ["token", "ok"],
+        ["search", "ok"],
+    ]
+    refused = run(
+        "profiles", "check", "idp", "--config", str(config), IDP_SECRET="wrong"
+    )
+    assert refused.exit_code == 1
+    assert refused.stdout.split()[:2] == ["token", "FAILED"]
+    assert "invalid_client" in refused.stdout
+    missing = run("profiles", "check", "idp", "--config", str(config))
+    assert missing.exit_code == 2
+    assert "set the environment variable IDP_SECRET" in missing.stderr
