@@ -396,3 +396,41 @@ def test_sigint_then_rerun_completes(
     saved = Counter(r["instance_uid"] for r in records if r["status"] == "saved")
     assert len(saved) == 300 and set(saved.values()) == {1}  # none fetched twice
     assert len(dicom_files(out)) == 300
+
+
+def test_rerun_of_a_complete_batch_asks_the_server_nothing(
+    demo: DemoData,
+    make_emulator: Callable[..., Emulator],
+    write: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    emulator = make_emulator(demo.root)
+    path = write(b"AccessionNumber\nACC0002\nACC0005\n")
+    out = tmp_path / "out"
+    first = run(emulator, "batch", str(path), "-o", str(out))
+    assert first.exit_code == 0, first.output
+    url = emulator.dicomweb_url
+    emulator.stop()  # from now on every request would fail
+
+    def again(*extra: str) -> Result:
+        return CliRunner().invoke(
+            main,
+            ["batch", str(path), "-o", str(out), "--url", url, "--user", USER, *extra],
+            env=ENV,
+        )
+
+    rerun = again()
+    assert rerun.exit_code == 0, rerun.output
+    assert "2 of 2 rows complete from an earlier run" in rerun.stderr
+    assert "skipped 28 already present" in rerun.stdout
+    skipped = [
+        r for r in read_manifest(out / "manifest.jsonl") if r["status"] == "skipped"
+    ]
+    assert Counter(r["row"] for r in skipped) == {1: 16, 2: 12}
+    assert again("--refresh").exit_code == 1  # searches: the server is gone
+    victim = next(
+        p for p in out.rglob("*.dcm") if demo.study("DTR004").study_uid in str(p)
+    )
+    victim.unlink()
+    assert again().exit_code == 1  # ACC0005 is incomplete: searched for again
+    assert "row 2 (line 3)" in again().stderr

@@ -29,7 +29,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,8 @@ from rich.console import Console
 from rich.table import Table
 
 from dicomtrolley.batchfile import BatchFileError, BatchKey, BatchRow, parse_batch
+from dicomtrolley.batchstate import CompletedRows
+from dicomtrolley.catalog import PRESENT, Catalog
 from dicomtrolley.cli.connection import ConnectionSettings
 from dicomtrolley.cli.download import DIMSE_INCLUDE_FIELDS, summary
 from dicomtrolley.cli.main import (
@@ -62,19 +64,24 @@ from dicomtrolley.cli.transfer import (
 )
 from dicomtrolley.core import Downloader, Query, Searcher, Study
 from dicomtrolley.download import one_line
-from dicomtrolley.exceptions import DICOMTrolleyError, DownloadIncompleteError
+from dicomtrolley.exceptions import (
+    DICOMTrolleyError,
+    DownloadIncompleteError,
+    StorageError,
+)
 from dicomtrolley.fallback import FallbackDownloader
-from dicomtrolley.manifest import Manifest
+from dicomtrolley.manifest import Manifest, Outcomes
 from dicomtrolley.storage import DICOMDiskStorage
 from dicomtrolley.trolley import Trolley
 
 #: Row statuses of a search.
-FOUND, NOT_FOUND, TOO_MANY, SEARCH_FAILED, REPEATED = (
+FOUND, NOT_FOUND, TOO_MANY, SEARCH_FAILED, REPEATED, COMPLETE = (
     "found",
     "not found",
     "too many",
     "search failed",
     "repeated",
+    "complete",
 )
 
 
@@ -87,10 +94,20 @@ class RowResult:
     status: str = FOUND
     error: str = ""
     also_in: int | None = None  # the earlier row that found the same studies
+    #: for a row an earlier run completed: study UID -> instance UIDs
+    done: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def study_uids(self) -> list[str]:
+        if self.done:
+            return list(self.done)
+        return [study.uid for study in self.studies]
 
     @property
     def instances(self) -> int | None:
         """Instances of the studies found, when the server said."""
+        if self.done:
+            return sum(len(uids) for uids in self.done.values())
         total = 0
         for study in self.studies:
             value = study.data.get("NumberOfStudyRelatedInstances")
@@ -107,10 +124,10 @@ class RowResult:
             "key": row.key.value,
             "value": row.value,
             "status": self.status,
-            "studies": len(self.studies),
+            "studies": len(self.study_uids),
             "instances": self.instances,
             "bytes": None,  # QIDO-RS and C-FIND do not tell sizes
-            "study_uids": [study.uid for study in self.studies],
+            "study_uids": self.study_uids,
             "patient_ids": sorted(
                 {str(s.data.get("PatientID", "")) for s in self.studies} - {""}
             ),
@@ -137,6 +154,11 @@ def row_query(row: BatchRow, dimse: bool) -> Query:
     return _qido_query(query, 0)
 
 
+def row_key(row: BatchRow) -> str:
+    """The row's query as stable text (for the completed rows of earlier runs)."""
+    return CompletedRows.key_of(row.query().filled_fields())
+
+
 def search_rows(
     searcher: Searcher,
     rows: Sequence[BatchRow],
@@ -144,11 +166,19 @@ def search_rows(
     dimse: bool,
     expect_one: bool | None,
     workers: int,
+    completed: Callable[[BatchRow], dict[str, list[str]] | None] = lambda row: None,
 ) -> list[RowResult]:
-    """Every row's search, workers at a time, in row order, with its status."""
+    """Every row's search, workers at a time, in row order, with its status.
+
+    A row that completed(row) knows from an earlier run is not searched for.
+    """
 
     def one(row: BatchRow) -> RowResult:
         result = RowResult(row)
+        done = completed(row)
+        if done:
+            result.status, result.done = COMPLETE, done
+            return result
         try:
             result.studies = list(searcher.find_studies(row_query(row, dimse)))
         except DICOMTrolleyError as error:
@@ -159,7 +189,7 @@ def search_rows(
         results = list(pool.map(one, rows))
     first_row: dict[str, int] = {}
     for result in results:
-        if result.status == SEARCH_FAILED:
+        if result.status in (SEARCH_FAILED, COMPLETE):
             continue
         one_expected = (
             expect_one
@@ -225,6 +255,7 @@ def print_table(results: Sequence[RowResult], console: Console) -> None:
             "\n".join(record["study_uids"]),
         )
     found = sum(len(r.studies) for r in results if r.status == FOUND)
+    complete = sum(1 for r in results if r.status == COMPLETE)
     known = [r.instances for r in results if r.status == FOUND]
     instances = (
         f", {sum(n for n in known if n)} instances"
@@ -232,6 +263,8 @@ def print_table(results: Sequence[RowResult], console: Console) -> None:
         else ""
     )
     table.caption = f"{len(results)} rows: {found} studies to download{instances}"
+    if complete:
+        table.caption += f"; {complete} rows complete from an earlier run"
     console.print(table)
 
 
@@ -253,6 +286,7 @@ class _Downloads:
     total: int
     done: int = 0
     failures: list[tuple[_Work, str]] = field(default_factory=list)
+    succeeded: set[str] = field(default_factory=set)  # study UIDs
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -263,9 +297,12 @@ def download_studies(
     manifest: Manifest,
     progress: RichProgress,
     workers: int,
-) -> _Downloads:
-    """Download every study of work, workers at a time; record each in manifest."""
-    state = _Downloads(total=len(work))
+    state: _Downloads,
+) -> None:
+    """Download every study of work, workers at a time; record each in manifest.
+
+    state learns each study's outcome as it happens (also when interrupted).
+    """
     stop = threading.Event()
 
     def one(item: _Work) -> None:
@@ -280,6 +317,8 @@ def download_studies(
                 row=item.row.number,
                 query=f"{item.row.key.value}={item.row.value}",
             )
+            with state.lock:
+                state.succeeded.add(item.study.uid)
         except DownloadIncompleteError as error:
             lines = [str(f) for f in getattr(error.report, "failures", [])]
             with state.lock:
@@ -302,7 +341,6 @@ def download_studies(
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
-    return state
 
 
 def _problem_lines(results: Sequence[RowResult]) -> list[str]:
@@ -342,6 +380,12 @@ def _problem_lines(results: Sequence[RowResult]) -> list[str]:
     "accession numbers and study UIDs, allow many for patient IDs]",
 )
 @click.option(
+    "--refresh",
+    is_flag=True,
+    help="Search every row again, also those an earlier run into --output "
+    "completed (by default they are only checked on disk).",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Only search: list each row with what it would download.",
@@ -360,6 +404,7 @@ def batch(
     file: Path,
     column: str | None,
     expect_one: bool | None,
+    refresh: bool,
     dry_run: bool,
     output_format: str,
     transfer: TransferOptions,
@@ -403,6 +448,12 @@ def batch(
         check_output(transfer.output, warn=warn)
     console = stderr_console()
     rows = batch_file.rows
+    completed = CompletedRows(transfer.output, _source(transfer), storage.layout_key())
+    catalog = None if refresh else Catalog.existing(transfer.output)
+
+    def done(row: BatchRow) -> dict[str, list[str]] | None:
+        return completed.done(row_key(row), catalog)
+
     with connection.session(pool_size=transfer.workers) as session:
         searcher, downloader = transfer.open(session, connection)
         if not quiet():
@@ -417,6 +468,7 @@ def batch(
             dimse=transfer.dimse_search,
             expect_one=expect_one,
             workers=transfer.workers,
+            completed=done,
         )
         problems = _problem_lines(results)
         if dry_run:
@@ -426,10 +478,16 @@ def batch(
                 click.echo(render(results, output_format), nl=False)
             _report_problems(problems, len(rows))
             ctx.exit(1 if problems else 0)
-        work = _work(results)
+        skipped_rows = sum(1 for r in results if r.status == COMPLETE)
+        if skipped_rows and not quiet():
+            console.print(
+                f"{skipped_rows} of {len(rows)} rows complete from an earlier run: "
+                "all their files are there (--refresh to search them again)",
+                markup=False,
+            )
         _download(
             ctx,
-            work,
+            results,
             problems,
             rows,
             searcher,
@@ -437,7 +495,76 @@ def batch(
             storage,
             transfer,
             console,
+            completed,
         )
+
+
+def _source(transfer: TransferOptions) -> str:
+    """The server that answers the searches, for the completed rows."""
+    if transfer.dimse_search:
+        dimse = transfer.dimse
+        return f"dimse://{dimse.host}:{dimse.port}/{dimse.aec}"
+    return str(transfer.qido_url or transfer.url)
+
+
+def _note_complete_rows(
+    results: Sequence[RowResult],
+    manifest: Manifest,
+    output: Path,
+    progress: RichProgress,
+) -> None:
+    """The instances of rows complete from an earlier run: skipped, in the
+    manifest (with their row) and in the counts."""
+    catalog = Catalog.existing(output)
+    if catalog is None:
+        return
+    for result in results:
+        if result.status != COMPLETE:
+            continue
+        outcomes = Outcomes(
+            manifest,
+            output,
+            row=result.row.number,
+            query=f"{result.row.key.value}={result.row.value}",
+        )
+        for uids in result.done.values():
+            for uid in uids:
+                entry = catalog.entry(uid)
+                if entry is not None:
+                    outcomes.skipped(output / entry.path)
+                    progress.instance_done(skipped=True)
+
+
+def _record_completed(
+    results: Sequence[RowResult],
+    succeeded: set[str],
+    completed: CompletedRows,
+    output: Path,
+) -> None:
+    """Note each row whose studies all arrived, with their instances."""
+    catalog = Catalog.existing(output)
+    if catalog is None:
+        return
+    for result in results:
+        if result.status not in (FOUND, REPEATED) or not result.studies:
+            continue
+        uids = [study.uid for study in result.studies]
+        if not all(uid in succeeded for uid in uids):
+            continue
+        studies = {
+            uid: [
+                entry.instance_uid
+                for entry in catalog.entries(uid)
+                if entry.state == PRESENT and entry.layout == completed.layout
+            ]
+            for uid in uids
+        }
+        if all(studies.values()):
+            try:
+                completed.record(row_key(result.row), studies)
+            except StorageError as error:
+                warn(str(error))
+                return
 
 
 def _work(results: Sequence[RowResult]) -> list[_Work]:
@@ -455,7 +582,7 @@ def _work(results: Sequence[RowResult]) -> list[_Work]:
 
 def _download(
     ctx: click.Context,
-    work: Sequence[_Work],
+    results: Sequence[RowResult],
     problems: list[str],
     rows: Sequence[BatchRow],
     searcher: Searcher,
@@ -463,8 +590,10 @@ def _download(
     storage: DICOMDiskStorage,
     transfer: TransferOptions,
     console: Console,
+    completed: CompletedRows,
 ) -> None:
     output = transfer.output
+    work = _work(results)
     if not quiet():
         console.print(
             f"Downloading {len(work)} studies with {transfer.describe()} "
@@ -475,26 +604,29 @@ def _download(
     manifest = Manifest.in_folder(output)
     started = time.monotonic()
     stopped = False
-    state: _Downloads | None = None
+    state = _Downloads(total=len(work))
     try:
         with RichProgress(
             console=console,
             description=f"Study 0/{len(work)}",
             disable=True if quiet() else transfer.disable_progress,
         ) as progress:
+            _note_complete_rows(results, manifest, output, progress)
             try:
-                state = download_studies(
+                download_studies(
                     work,
                     trolley,
                     output,
                     manifest,
                     progress,
                     transfer.workers,
+                    state,
                 )
             except KeyboardInterrupt:
                 stopped = True
     finally:
         manifest.close()
+        _record_completed(results, state.succeeded, completed, output)
     elapsed = time.monotonic() - started
     counts = progress.counts
     if stopped:
@@ -503,7 +635,6 @@ def _download(
             err=True,
         )
         ctx.exit(EXIT_INTERRUPTED)
-    assert state is not None
     if not quiet():
         click.echo(
             summary(
