@@ -39,6 +39,7 @@ bench: venv system-deps
 	bash scripts/loopback-only.sh $(BIN)/python benchmarks/wado_rs.py
 	bash scripts/loopback-only.sh $(BIN)/python benchmarks/rad69.py
 	bash scripts/loopback-only.sh $(BIN)/python benchmarks/dimse.py --demo
+	bash scripts/loopback-only.sh $(BIN)/python benchmarks/batch.py
 	$(BIN)/python benchmarks/verify.py
 	bash scripts/loopback-only.sh $(BIN)/python benchmarks/faults.py --orthanc
 
