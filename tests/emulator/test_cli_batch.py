@@ -434,3 +434,45 @@ def test_rerun_of_a_complete_batch_asks_the_server_nothing(
     victim.unlink()
     assert again().exit_code == 1  # ACC0005 is incomplete: searched for again
     assert "row 2 (line 3)" in again().stderr
+
+
+def test_sigint_of_download_exits_130_with_a_summary(
+    cohort: tuple[Emulator, Path], tmp_path: Path
+) -> None:
+    emulator, _ = cohort
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "dicomtrolley.cli.main",
+        "download",
+        "--patient-id",
+        "COH*",
+        "--url",
+        emulator.dicomweb_url,
+        "--user",
+        USER,
+        "-o",
+        str(out),
+        "--workers",
+        "1",
+    ]
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    manifest = out / "manifest.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if manifest.exists() and manifest.read_bytes().count(b"\n") >= 10:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    saved = sum(1 for r in read_manifest(manifest) if r["status"] == "saved")
+    assert 10 <= saved < 300
+    assert "Interrupted after" in stderr and f"{saved} files saved" in stderr
