@@ -476,3 +476,45 @@ def test_sigint_of_download_exits_130_with_a_summary(
     saved = sum(1 for r in read_manifest(manifest) if r["status"] == "saved")
     assert 10 <= saved < 300
     assert "Interrupted after" in stderr and f"{saved} files saved" in stderr
+
+
+def _invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), env=ENV)
+
+
+def test_batch_over_the_vitrea_stack(
+    emulator: Emulator, demo: DemoData, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write(b"AccessionNumber\nACC0004\nACC0005\n")
+    out = tmp_path / "out"
+    result = _invoke(
+        "batch", str(path), "-o", str(out), "--protocol", "rad69",
+        "--rad69-url", emulator.rad69_url, "--mint-url", emulator.mint_url,
+        "--login-url", emulator.login_url, "--user", USER,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert dicom_files(out) == expected(demo, "ACC0004", "ACC0005")
+
+
+def test_batch_over_c_find_and_c_get(
+    demo: DemoData,
+    make_emulator: Callable[..., Emulator],
+    write: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    from dicomtrolley.emulator.dimse import DimseService
+
+    emulator = make_emulator(demo.root, services=[DimseService()])
+    study = demo.study("DTR002")
+    path = write(
+        f"StudyInstanceUID\tStudyDate\n{study.study_uid}\t-20221231\n".encode()
+    )
+    out = tmp_path / "out"
+    result = _invoke(
+        "batch", str(path), "-o", str(out), "--protocol", "c-get",
+        "--host", "127.0.0.1", "--port", str(emulator.dimse.port),
+        "--aec", emulator.dimse.ae_title,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # C-STORE sends datasets, not files: the same instances, not the same bytes
+    assert set(dicom_files(out)) == set(demo.files_of(study.study_uid))

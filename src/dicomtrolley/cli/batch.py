@@ -139,11 +139,15 @@ class RowResult:
 # -- searching -----------------------------------------------------------------------
 
 
-def row_query(row: BatchRow, dimse: bool) -> Query:
-    """The query of a row for QIDO-RS (open dates closed) or C-FIND."""
-    query = row.query()
-    if dimse:
+def row_query(row: BatchRow, search: str) -> Query:
+    """The query of a row for search (``qido-rs``, ``mint`` or ``c-find``).
+
+    C-FIND takes open date ranges; QIDO-RS and MINT queries need both ends,
+    so an open end is closed with EARLIEST or LATEST.
+    """
+    if search == "c-find":
         return row.query(include_fields=list(DIMSE_INCLUDE_FIELDS))
+    query = row.query()
     if bool(query.min_study_date) != bool(query.max_study_date):
         query = query.model_copy(
             update={
@@ -151,6 +155,8 @@ def row_query(row: BatchRow, dimse: bool) -> Query:
                 "max_study_date": query.max_study_date or LATEST,
             }
         )
+    if search == "mint":
+        return query
     return _qido_query(query, 0)
 
 
@@ -163,7 +169,7 @@ def search_rows(
     searcher: Searcher,
     rows: Sequence[BatchRow],
     *,
-    dimse: bool,
+    search: str,
     expect_one: bool | None,
     workers: int,
     completed: Callable[[BatchRow], dict[str, list[str]] | None] = lambda row: None,
@@ -180,7 +186,7 @@ def search_rows(
             result.status, result.done = COMPLETE, done
             return result
         try:
-            result.studies = list(searcher.find_studies(row_query(row, dimse)))
+            result.studies = list(searcher.find_studies(row_query(row, search)))
         except DICOMTrolleyError as error:
             result.status, result.error = SEARCH_FAILED, one_line("", error)
         return result
@@ -465,7 +471,7 @@ def batch(
         results = search_rows(
             searcher,
             rows,
-            dimse=transfer.dimse_search,
+            search=transfer.search,
             expect_one=expect_one,
             workers=transfer.workers,
             completed=done,
@@ -504,6 +510,8 @@ def _source(transfer: TransferOptions) -> str:
     if transfer.dimse_search:
         dimse = transfer.dimse
         return f"dimse://{dimse.host}:{dimse.port}/{dimse.aec}"
+    if transfer.search == "mint":
+        return f"mint:{transfer.mint_url}"
     return str(transfer.qido_url or transfer.url)
 
 
