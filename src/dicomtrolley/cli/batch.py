@@ -296,6 +296,41 @@ class _Downloads:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+class _KnownTotals:
+    """A Progress over a RichProgress whose instance total is known beforehand
+    (from the searches): the downloaders' own totals are not added again."""
+
+    def __init__(self, display: RichProgress, instances: int | None) -> None:
+        self.display = display
+        self.fixed = instances is not None
+        if instances:
+            display.add_total(instances=instances)
+
+    def add_total(self, instances: int = 0, nbytes: int = 0) -> None:
+        if not self.fixed:
+            self.display.add_total(instances, nbytes)
+
+    def advance_bytes(self, nbytes: int) -> None:
+        self.display.advance_bytes(nbytes)
+
+    def instance_done(self, nbytes: int = 0, skipped: bool = False) -> None:
+        self.display.instance_done(nbytes, skipped)
+
+
+def _instances_known(results: Sequence[RowResult], work: Sequence[_Work]) -> int | None:
+    """Instances of the studies to download and of the complete rows, if all known."""
+    total = 0
+    for item in work:
+        value = item.study.data.get("NumberOfStudyRelatedInstances")
+        if value in (None, ""):
+            return None
+        total += int(value)
+    for result in results:
+        if result.status == COMPLETE:
+            total += sum(len(uids) for uids in result.done.values())
+    return total
+
+
 def download_studies(
     work: Sequence[_Work],
     trolley: Trolley,
@@ -304,21 +339,26 @@ def download_studies(
     progress: RichProgress,
     workers: int,
     state: _Downloads,
+    known_instances: int | None = None,
 ) -> None:
     """Download every study of work, workers at a time; record each in manifest.
 
     state learns each study's outcome as it happens (also when interrupted).
     """
     stop = threading.Event()
+    counting = _KnownTotals(progress, known_instances)
 
     def one(item: _Work) -> None:
         if stop.is_set():
             return
+        with state.lock:
+            current = state.done + 1
+        progress.describe(f"Study {current}/{state.total} {item.row.value}")
         try:
             trolley.download(
                 [item.study],
                 output,
-                progress=progress,
+                progress=counting,
                 manifest=manifest,
                 row=item.row.number,
                 query=f"{item.row.key.value}={item.row.value}",
@@ -335,10 +375,7 @@ def download_studies(
         finally:
             with state.lock:
                 state.done += 1
-                done = state.done
-            progress.describe(f"Study {done}/{state.total}")
 
-    progress.describe(f"Study 0/{state.total}")
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="batch")
     try:
         list(pool.map(one, work))
@@ -347,6 +384,7 @@ def download_studies(
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+    progress.describe(f"Studies {state.done}/{state.total}")
 
 
 def _problem_lines(results: Sequence[RowResult]) -> list[str]:
@@ -619,6 +657,7 @@ def _download(
             description=f"Study 0/{len(work)}",
             disable=True if quiet() else transfer.disable_progress,
         ) as progress:
+            known = _instances_known(results, work)
             _note_complete_rows(results, manifest, output, progress)
             try:
                 download_studies(
@@ -629,6 +668,7 @@ def _download(
                     progress,
                     transfer.workers,
                     state,
+                    known,
                 )
             except KeyboardInterrupt:
                 stopped = True
