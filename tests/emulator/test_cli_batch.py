@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -475,7 +476,10 @@ def test_sigint_of_download_exits_130_with_a_summary(
     assert process.returncode == 130, stderr
     saved = sum(1 for r in read_manifest(manifest) if r["status"] == "saved")
     assert 10 <= saved < 300
-    assert "Interrupted after" in stderr and f"{saved} files saved" in stderr
+    summary = re.search(r"Interrupted after [\d.]+ s: (\d+) files? saved", stderr)
+    assert summary is not None, stderr
+    # Ctrl-C may land between an instance's manifest line and its count
+    assert saved - 1 <= int(summary.group(1)) <= saved
 
 
 def _invoke(*args: str) -> Result:
