@@ -296,6 +296,10 @@ def test_two_formats_and_quiet_verbose_are_refused(emulator: Emulator) -> None:
     assert mixed.exit_code == 2
     loud = run(emulator, "search", "--quiet", "-v")
     assert loud.exit_code == 2 and "exclude each other" in loud.stderr
+    shown = run(emulator, "download", "--quiet", "--progress", "--all", "-o", "x")
+    assert shown.exit_code == 2 and "--progress" in shown.stderr
+    both = run(emulator, "download", "--all", "--patient-id", "P", "-o", "x")
+    assert both.exit_code == 2 and "exclude each other" in both.stderr
 
 
 def test_quiet_download_prints_only_errors(

@@ -33,6 +33,7 @@ from dicomtrolley.cli.dimse import (
     optional_url_option,
     require_url,
 )
+from dicomtrolley.cli.main import quiet
 from dicomtrolley.cli.progress import TransferCounts
 from dicomtrolley.cli.search import qido_searcher
 from dicomtrolley.config import RAD69_TRANSFER_SYNTAXES
@@ -131,6 +132,8 @@ class TransferOptions:
 
     def checked(self) -> TransferOptions:
         """These options with the URLs each protocol needs, or a usage error."""
+        if self.show_progress and quiet():
+            raise click.UsageError("--quiet and --progress exclude each other")
         url, wado_uri_url, search = self.url, self.wado_uri_url, self.search
         if search == "qido-rs":
             require_url(self.qido_url or url, self.protocol)
