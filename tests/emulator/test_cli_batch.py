@@ -526,3 +526,37 @@ def test_batch_over_c_find_and_c_get(
     assert result.exit_code == 0, result.output
     # C-STORE sends datasets, not files: the same instances, not the same bytes
     assert set(dicom_files(out)) == set(demo.files_of(study.study_uid))
+
+
+def test_the_profiles_download_order_is_the_fallback_order(
+    demo: DemoData,
+    make_emulator: Callable[..., Emulator],
+    write: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    refused = demo.study("DTR004").study_uid
+    services = [s for s in default_services() if s.name != "dicomweb"]
+    emulator = make_emulator(
+        demo.root, services=[*services, DicomWebService(refused_studies=[refused])]
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[profiles.pacs]\n"
+        f'url = "{emulator.dicomweb_url}"\n'
+        'download = ["wado-rs", "wado-uri"]\n'
+        f'auth = {{ type = "basic", user = "{USER}", password_env = "PACS_PW" }}\n'
+    )
+    config.chmod(0o600)
+    path = write(b"AccessionNumber\nACC0005\nACC0003\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main,
+        ["batch", str(path), "-o", str(out), "--profile", "pacs"],
+        env={"DICOMTROLLEY_CONFIG": str(config), "PACS_PW": PASSWORD},
+    )
+    assert result.exit_code == 0, result.output
+    saved = [r for r in read_manifest(out / "manifest.jsonl") if r["status"] == "saved"]
+    assert Counter((r["row"], r["protocol"]) for r in saved) == {
+        (1, "WADO-URI"): 12,
+        (2, "WADO-RS"): 32,
+    }
