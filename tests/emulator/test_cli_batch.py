@@ -83,8 +83,18 @@ def test_excel_csv_with_bom_crlf_and_semicolons(
 ) -> None:
     data = codecs.BOM_UTF8 + b"Accession No;Modality\r\nACC0001;CT\r\n\r\nACC0003;\r\n"
     out = tmp_path / "out"
-    result = run(emulator, "batch", str(write(data)), "-o", str(out))
+    table = tmp_path / "manifest.csv"
+    result = run(
+        emulator,
+        "batch",
+        str(write(data)),
+        "-o",
+        str(out),
+        "--manifest-csv",
+        str(table),
+    )
     assert result.exit_code == 0, result.output
+    assert len(list(csv.DictReader(table.open()))) == 55
     assert dicom_files(out) == expected(demo, "ACC0001", "ACC0003")
     records = list(read_manifest(out / "manifest.jsonl"))
     rows = Counter(record["row"] for record in records if record["status"] == "saved")

@@ -442,6 +442,13 @@ def _problem_lines(results: Sequence[RowResult]) -> list[str]:
     show_default=True,
     help="How --dry-run lists the rows on stdout.",
 )
+@click.option(
+    "--manifest-csv",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="At the end, also write the folder's manifest (every outcome of every "
+    "run, OUTPUT/manifest.jsonl) as CSV to FILE.",
+)
 @transfer_options
 @connection_options
 def batch(
@@ -451,6 +458,7 @@ def batch(
     refresh: bool,
     dry_run: bool,
     output_format: str,
+    manifest_csv: Path | None,
     transfer: TransferOptions,
     connection: ConnectionSettings,
 ) -> None:
@@ -540,6 +548,7 @@ def batch(
             transfer,
             console,
             completed,
+            manifest_csv,
         )
 
 
@@ -637,6 +646,7 @@ def _download(
     transfer: TransferOptions,
     console: Console,
     completed: CompletedRows,
+    manifest_csv: Path | None = None,
 ) -> None:
     output = transfer.output
     work = _work(results)
@@ -675,6 +685,8 @@ def _download(
     finally:
         manifest.close()
         _record_completed(results, state.succeeded, completed, output)
+    if manifest_csv is not None:
+        manifest.write_csv(manifest_csv)
     elapsed = time.monotonic() - started
     counts = progress.counts
     if stopped:
