@@ -411,9 +411,14 @@ class FakeServer:
 
 
 def tree(folder: Path) -> list[Path]:
-    """Every path below folder, except dicomtrolley's own ``.dicomtrolley``
-    folder (the index of what was saved): what a download put there."""
-    return [p for p in folder.rglob("*") if ".dicomtrolley" not in p.parts]
+    """Every path below folder, except dicomtrolley's own records (the
+    ``.dicomtrolley`` folder of the index, and ``manifest.jsonl``): what a
+    download put there."""
+    return [
+        p
+        for p in folder.rglob("*")
+        if ".dicomtrolley" not in p.parts and p != folder / "manifest.jsonl"
+    ]
 
 
 def unused_url() -> str:
