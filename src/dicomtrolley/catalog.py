@@ -2,10 +2,12 @@
 
 Every download keeps ``<output>/.dicomtrolley/index.sqlite`` (SQLite, WAL
 journal) up to date: one row per SOP Instance UID with the file's path relative
-to the folder, its size, a checksum, its state and when it was saved and last
-checked. A row is written right after the verified file got its final name, so
-a crash loses at most the row of the file being renamed; the next run finds that
-file by scanning (below) or fetches it again.
+to the folder, its size, a checksum, its state, the layout it was saved in and
+when it was saved and last checked. The row of a verified file is written just
+before the rename that gives it its final name (with the size and checksum of
+the verified bytes), so a crash between the two leaves a row whose file is not
+there (fetched again), never a file without a row (fetched twice). Files saved
+by a storage whose own ``save`` decides where get their row after the save.
 
 An instance is *present* when its row says so and the file is still there with
 the recorded size; a file that is gone or changed size is not present (its row

@@ -37,7 +37,7 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from dicomtrolley.catalog import Catalog, crc32_text
+from dicomtrolley.catalog import Catalog, crc32_text, file_checksum
 from dicomtrolley.core import InstanceReference
 from dicomtrolley.exceptions import (
     DICOMParseError,
@@ -274,8 +274,6 @@ def record_saved(
     that cannot be written is logged, not raised: the file is saved, and a
     later run without its row fetches it again.
     """
-    from dicomtrolley.catalog import Catalog, file_checksum
-
     if path is None:
         return
     try:
@@ -286,12 +284,28 @@ def record_saved(
         actual = path.stat().st_size
         if checksum is None or size != actual:
             checksum = file_checksum(path)
+    except (OSError, DICOMTrolleyError) as error:
+        logger.warning("cannot index %s: %s", path, error)
+        return
+    _index_row(root, path, dataset, actual, checksum, layout)
+
+
+def _index_row(
+    root: str | Path,
+    path: Path,
+    dataset: Dataset,
+    size: int,
+    checksum: str | None,
+    layout: str | None,
+) -> None:
+    """Write the index row of the file at path (logged when it cannot be)."""
+    try:
         Catalog.for_folder(root).record(
             instance_uid=str(dataset.get("SOPInstanceUID", "") or ""),
             study_uid=str(dataset.get("StudyInstanceUID", "") or ""),
             series_uid=str(dataset.get("SeriesInstanceUID", "") or ""),
             path=path,
-            size=actual,
+            size=size,
             checksum=checksum,
             layout=layout,
         )
@@ -582,20 +596,26 @@ class InstanceWriter:
                         f"received {got or 'an instance without SOPInstanceUID'}",
                         uids=uids,
                     )
+            planned = self.storage.planned_path(dataset, self.root)
+            if planned is not None:
+                # the row first, then the rename: a crash in between leaves a
+                # row whose file is not there (fetched again), never a file
+                # without its row (fetched twice)
+                size = self.temp_path.stat().st_size
+                _index_row(
+                    self.root,
+                    planned,
+                    dataset,
+                    size,
+                    crc32_text(self._crc)
+                    if size == self.bytes_written
+                    else file_checksum(self.temp_path),
+                    self.storage.layout_key(),
+                )
             target = self.storage.commit_file(self.temp_path, dataset, self.root)
             if self.fsync:
                 _fsync_dir(target.parent)
-            if not uses_4_1_0_save(self.storage):
-                # the renamed temporary file: its UIDs and CRC are known
-                record_saved(
-                    self.root,
-                    target,
-                    dataset,
-                    size=self.bytes_written,
-                    checksum=crc32_text(self._crc),
-                    layout=self.storage.layout_key(),
-                )
-            else:  # the user's save() wrote a file of its own
+            if planned is None:  # the storage decided where: index what it made
                 record_saved(self.root, target, layout=self.storage.layout_key())
             return target
         except DICOMTrolleyError as error:
@@ -678,6 +698,13 @@ class DICOMDiskStorage:
             lambda found: self.fits(found, Path(path)),
         )
 
+    def planned_path(self, dataset: Dataset, root: Path) -> Path | None:
+        """Where commit_file will put dataset's file, if known beforehand.
+
+        Default None: only commit_file (or the user's save) knows.
+        """
+        return None
+
     def layout_key(self) -> str:
         """Names where this storage puts files, for the index: a file saved in
         another layout is not taken as present (the download saves its own
@@ -757,6 +784,11 @@ class TemplateStorage(DICOMDiskStorage):
         if uses_4_1_0_save(self):  # the subclass decides: its name too
             key = f"{super().layout_key()}|{key}"
         return key
+
+    def planned_path(self, dataset: Dataset, root: Path) -> Path | None:
+        if uses_4_1_0_save(self):
+            return None  # the subclass's save decides
+        return self.target_path(dataset, root)
 
     def fits(self, file: Path, root: Path) -> bool:
         """Whether file is where generate_path puts the data set it holds."""
