@@ -11,11 +11,11 @@ Files are written to ``--output`` in the ``--layout``: a path template of DICOM
 keywords (default ``{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm``),
 ``study`` (``<study>/<series>/<instance>``, dicomtrolley's classic layout) or
 ``flat`` (all files in one folder). Files are written under a temporary name and
-renamed when complete and verified. With ``--protocol wado-uri`` and a layout of
-UIDs only (``study``, ``flat``), files already there and intact are skipped; the
-library cannot know the path of a file before it arrives when the layout uses
-other attributes (``{PatientID}``), nor which instances a WADO-RS series holds,
-so those download again.
+renamed when complete and verified. A re-run fetches only what is missing or
+damaged, whatever the layout and protocol: the folder's index
+(``.dicomtrolley/index.sqlite``) knows what is there, and each outcome is
+appended to ``manifest.jsonl`` (``--manifest-csv FILE``: a CSV copy at the end;
+``dicomtrolley report DIR`` summarises).
 
 ``--protocol wado-uri`` fetches one instance per request from the WADO-URI
 endpoint: ``--wado-uri-url``, or by default ``--url`` with its final
