@@ -15,7 +15,8 @@ is marked ``gone``) and is fetched again. When the index file is missing (first
 download into a folder written by an older version, or deleted), the folder is
 scanned once: every file that is a complete DICOM file (its header read and
 checked, large values seeked over, as in
-:func:`~dicomtrolley.storage.verify_dicom_file`) gets a row, without checksum.
+:func:`~dicomtrolley.storage.verify_dicom_file`) gets a row, without checksum;
+other files (not PS3.10: no ``DICM`` at byte 128) are not read further.
 
 The checksum is CRC-32 (``crc32:`` and 8 hex digits), computed while the bytes
 are written, so it costs nothing extra: zlib's CRC-32 runs at several GB/s
@@ -34,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -454,9 +456,13 @@ def _entry_of_file(path: Path, folder: Path) -> CatalogEntry | None:
     from dicomtrolley.storage import verify_dicom_file
 
     try:
-        size = path.stat().st_size
-        if size == 0:
-            return None
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size < 132:
+            return None  # fifos, sockets ...; too short for a PS3.10 file
+        with open(path, "rb") as handle:
+            if handle.read(132)[128:] != b"DICM":
+                return None  # not a PS3.10 file (dicomtrolley writes only those)
+        size = info.st_size
         dataset = verify_dicom_file(path)
     except (DICOMParseError, OSError):
         return None
