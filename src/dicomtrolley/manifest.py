@@ -303,10 +303,10 @@ def summarize(folder: str | Path) -> FolderSummary:
 
     Instances, studies and bytes on disk come from the index (instances
     present and intact). Saved, skipped and failed count manifest lines over
-    all runs (bytes: those saved). A failure is listed (once, with its UIDs
-    once) unless a later line saved or skipped the instance it names, or, for
-    a failure of a whole series or study, a later run got through that
-    series or study without failing.
+    all runs (bytes: those saved). A failure is listed (the latest for its
+    UID, with its UIDs once) unless a later line saved or skipped what it
+    names: its instance, or for a failure of a whole series or study, an
+    instance of that series or study (a re-run, a retry, another protocol).
     """
     root = Path(folder)
     summary = FolderSummary(root.resolve())
@@ -320,21 +320,18 @@ def summarize(folder: str | Path) -> FolderSummary:
                 summary.bytes_on_disk += entry.size
         summary.studies = len(studies)
     runs: list[str] = []
-    open_failures: dict[tuple[str, tuple[str, ...]], tuple[int, dict[str, Any]]] = {}
-    later_ok: dict[str, int] = {}  # UID -> run number of its last success
-    later_failed: dict[str, int] = {}  # key UID -> run number of its last failure
-    for record in read_manifest(root / MANIFEST_NAME):
+    failures: dict[str, tuple[int, tuple[str, ...], dict[str, Any]]] = {}
+    last_ok: dict[str, int] = {}  # UID -> line of its last success
+    for line, record in enumerate(read_manifest(root / MANIFEST_NAME)):
         run = str(record.get("run", ""))
         if run not in runs:
             runs.append(run)
-        number = runs.index(run)
         status = record.get("status")
         if status == FAILED:
             summary.failed += 1
             uids = tuple(dict.fromkeys(str(u) for u in record.get("uids") or ()))
             key = str(record.get("instance_uid") or (uids[-1] if uids else ""))
-            later_failed[key] = number
-            open_failures[(key, uids)] = (number, record)
+            failures[key] = (line, uids, record)  # the latest per UID
             continue
         if status == SAVED:
             summary.saved += 1
@@ -343,13 +340,11 @@ def summarize(folder: str | Path) -> FolderSummary:
             summary.skipped += 1
         for name in ("instance_uid", "series_uid", "study_uid"):
             if record.get(name):
-                later_ok[str(record[name])] = number
+                last_ok[str(record[name])] = line
     summary.runs = len(runs)
-    for (key, uids), (number, record) in open_failures.items():
-        if later_ok.get(key, -1) > number and later_failed.get(key, -1) <= number:
-            continue  # fetched by a later run
-        if later_ok.get(key, -1) >= number and record.get("instance_uid"):
-            continue  # the instance came in the same run (a retry)
+    for key, (line, uids, record) in failures.items():
+        if last_ok.get(key, -1) > line:
+            continue  # came later (a re-run, a retry, another protocol)
         summary.failures.append(
             {"uids": list(uids or (key,)), "error": record.get("error") or ""}
         )
