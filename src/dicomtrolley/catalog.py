@@ -55,6 +55,9 @@ PRESENT = "present"
 GONE = "gone"
 _SCHEMA_VERSION = "1"
 _BUSY_TIMEOUT_S = 30.0
+#: Connections kept open at most (3 file descriptors each); the least recently
+#: used folder's is closed beyond that and reopened when used again.
+MAX_OPEN_CATALOGS = 16
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -133,17 +136,38 @@ class Catalog:
         self.path = self.folder / STATE_FOLDER / INDEX_NAME
         self._lock = threading.RLock()
         new = not self.path.exists()
+        self._db: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = self._connect()
-        except (OSError, sqlite3.Error) as error:
+        except OSError as error:
             raise StorageError(f"cannot open the index {self.path}: {error}") from error
+        self._conn()
         if new:
             self.rebuild()
         else:
             from dicomtrolley.storage import remove_stale_temp_files
 
             remove_stale_temp_files(self.folder)
+
+    def _conn(self) -> sqlite3.Connection:
+        """The open connection (opened again after :meth:`suspend`)."""
+        with self._lock:
+            if self._db is None:
+                try:
+                    self._db = self._connect()
+                except sqlite3.Error as error:
+                    raise StorageError(
+                        f"cannot open the index {self.path}: {error}"
+                    ) from error
+            return self._db
+
+    def suspend(self) -> None:
+        """Close the connection for now; the next use opens it again."""
+        with self._lock:
+            if self._db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db = None
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(
@@ -173,13 +197,16 @@ class Catalog:
         """
         key = Path(folder).resolve()
         with cls._shared_lock:
-            catalog = cls._shared.get(key)
+            catalog = cls._shared.pop(key, None)
             if catalog is not None and not catalog.path.exists():
-                catalog.close()
+                catalog.suspend()
                 catalog = None
             if catalog is None:
                 catalog = cls(key)
-                cls._shared[key] = catalog
+            cls._shared[key] = catalog  # the most recently used last
+            opened = [c for c in cls._shared.values() if c._db is not None]
+            for old in opened[: max(0, len(opened) - MAX_OPEN_CATALOGS)]:
+                old.suspend()
             return catalog
 
     @classmethod
@@ -191,8 +218,7 @@ class Catalog:
 
     def close(self) -> None:
         """Close the connection (the shared instance is dropped too)."""
-        with self._lock, contextlib.suppress(sqlite3.Error):
-            self._db.close()
+        self.suspend()
         with Catalog._shared_lock:
             if Catalog._shared.get(self.folder) is self:
                 del Catalog._shared[self.folder]
@@ -344,17 +370,18 @@ class Catalog:
                 found.append(entry)
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute("DELETE FROM instances")
-                self._db.executemany(
+                db = self._conn()
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("DELETE FROM instances")
+                db.executemany(
                     f"INSERT OR REPLACE INTO instances ({_COLUMNS}) "
                     f"VALUES ({_PLACEHOLDERS})",
                     [_row(entry) for entry in found],
                 )
-                self._db.execute("COMMIT")
+                db.execute("COMMIT")
             except sqlite3.Error as error:
                 with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
+                    db.execute("ROLLBACK")
                 raise StorageError(
                     f"cannot rebuild the index {self.path}: {error}"
                 ) from error
@@ -401,7 +428,7 @@ class Catalog:
     ) -> list[tuple[object, ...]]:
         with self._lock:
             try:
-                return list(self._db.execute(sql, parameters).fetchall())
+                return list(self._conn().execute(sql, parameters).fetchall())
             except sqlite3.Error as error:
                 raise StorageError(
                     f"cannot read the index {self.path}: {error}"
@@ -410,7 +437,7 @@ class Catalog:
     def _execute(self, sql: str, parameters: tuple[object, ...]) -> None:
         with self._lock:
             try:
-                self._db.execute(sql, parameters)
+                self._conn().execute(sql, parameters)
             except sqlite3.Error as error:
                 raise StorageError(
                     f"cannot write the index {self.path}: {error}"

@@ -144,3 +144,16 @@ def test_temp_files_of_dead_processes_are_stale(tmp_path: Path) -> None:
     assert is_stale_temp_file(gone)
     Catalog.for_folder(tmp_path)  # opening a folder removes them
     assert not gone.exists() and mine.exists()
+
+
+def test_only_a_few_connections_stay_open(tmp_path: Path) -> None:
+    from dicomtrolley.catalog import MAX_OPEN_CATALOGS
+
+    folders = [tmp_path / f"out{n}" for n in range(MAX_OPEN_CATALOGS + 5)]
+    paths = [save(StorageDir(folder), folder, 1) for folder in folders]
+    opened = [c for c in Catalog._shared.values() if c._db is not None]
+    assert len(opened) <= MAX_OPEN_CATALOGS
+    first = Catalog.for_folder(folders[0])  # closed meanwhile: opens again
+    assert first.present(ref(1).instance_uid) == paths[0]
+    for folder in folders:
+        Catalog.for_folder(folder).close()
