@@ -472,7 +472,7 @@ def test_stopped_download_then_rerun(
     before = on_disk(tmp_path)
     for uid, path in before.items():
         assert path.read_bytes() == expected[uid]  # what is there is complete
-    assert len(before) < len(expected) or process.returncode == 0
+    # (after SIGINT the transfers under way end: a late signal may find all done)
     log.clear()
     again = run_cli(cli(emulator, tmp_path, "--protocol", protocol))
     assert again.returncode == 0, again.stderr
