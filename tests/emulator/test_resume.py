@@ -34,7 +34,12 @@ from dicomtrolley.dicom_qr import DICOMQR, DICOMQRGet
 from dicomtrolley.emulator import DimseService, Emulator, default_services
 from dicomtrolley.manifest import Manifest, read_manifest
 from dicomtrolley.qido_rs import QidoRS
-from dicomtrolley.storage import TemplateStorage, is_temp_name, verify_dicom_file
+from dicomtrolley.storage import (
+    StorageDir,
+    TemplateStorage,
+    is_temp_name,
+    verify_dicom_file,
+)
 from dicomtrolley.trolley import Trolley
 from dicomtrolley.wado_rs import WadoRS
 from dicomtrolley.wado_uri import WadoURI
@@ -481,3 +486,38 @@ def test_stopped_download_then_rerun(
     assert len(fetched) == len(set(fetched))
     assert sorted(fetched) == sorted(set(expected) - set(before))
     assert_complete(tmp_path, expected)
+
+
+class Stamping(StorageDir):
+    """A 4.1.0-style subclass: changes each dataset in save()."""
+
+    def save(self, dataset: Any, path: str | Path | None = None) -> Path:
+        dataset.InstitutionName = "Stamped"
+        return super().save(dataset, path)
+
+
+def test_a_4_1_0_storage_subclass_resumes_too(
+    session: requests.Session,
+    emulator: Emulator,
+    demo: DemoData,
+    log: RequestLog,
+    tmp_path: Path,
+) -> None:
+    trolley = Trolley(
+        WadoRS(session, emulator.dicomweb_url),
+        QidoRS(session, emulator.dicomweb_url),
+        storage=Stamping(tmp_path),
+    )
+    studies = trolley.find_studies(Query(PatientID="DTR004"))
+    expected = expected_files(demo, "DTR004")
+    assert len(trolley.download(studies, tmp_path).saved) == len(expected)
+    files = on_disk(tmp_path)
+    assert {str(pydicom.dcmread(p).InstitutionName) for p in files.values()} == {
+        "Stamped"
+    }
+    gone = sorted(files)[0]
+    files[gone].unlink()
+    log.clear()
+    report = trolley.download(studies, tmp_path)
+    assert log.retrieved(demo) == [gone]
+    assert len(report.skipped) == len(expected) - 1
