@@ -498,6 +498,8 @@ def inspect_output(out: Path, data: SourceData, same_bytes: bool) -> _Output:
         if path.is_dir() and not path.is_symlink():
             continue
         name = path.name
+        if _own_record(out, path):
+            continue
         if (
             not path.is_file()
             or path.is_symlink()
@@ -520,6 +522,19 @@ def inspect_output(out: Path, data: SourceData, same_bytes: bool) -> _Output:
             continue
         result.present.add(source.sop_uid)
     return result
+
+
+def _own_record(out: Path, path: Path) -> bool:
+    """dicomtrolley's records in the output folder: its index (SQLite, with its
+    WAL and shared-memory files) and the manifest. Anything else there counts."""
+    relative = path.relative_to(out).parts
+    if relative == ("manifest.jsonl",):
+        return True
+    return (
+        len(relative) == 2
+        and relative[0] == ".dicomtrolley"
+        and relative[1] in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm")
+    )
 
 
 def _same_instance(path: Path, source: Source, same_bytes: bool) -> bool:
