@@ -23,6 +23,7 @@ The CLI writes a manifest in every output folder; library users opt in with
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -37,6 +38,7 @@ from dicomtrolley.catalog import Catalog, utc_now
 from dicomtrolley.download import one_line
 from dicomtrolley.exceptions import DICOMTrolleyError, StorageError
 from dicomtrolley.logs import get_module_logger
+from dicomtrolley.storage import make_temp_file
 
 logger = get_module_logger("manifest")
 
@@ -133,10 +135,17 @@ def read_manifest(path: str | Path) -> Iterator[dict[str, Any]]:
 
 
 def write_csv(records: Iterator[Mapping[str, Any]], target: str | Path) -> int:
-    """records as CSV at target (lists joined with spaces). Returns rows written."""
+    """records as CSV at target (lists joined with spaces). Returns rows written.
+
+    Written under a temporary name next to target and renamed when complete:
+    an interrupted export leaves the previous copy (or none), never half a file.
+    """
+    target = Path(target)
     rows = 0
+    name: str | None = None
     try:
-        with open(target, "w", newline="", encoding="utf-8") as handle:
+        fd, name = make_temp_file(target.parent)
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, CSV_FIELDS, extrasaction="ignore")
             writer.writeheader()
             for record in records:
@@ -144,7 +153,11 @@ def write_csv(records: Iterator[Mapping[str, Any]], target: str | Path) -> int:
                     {key: _csv_value(record.get(key)) for key in CSV_FIELDS}
                 )
                 rows += 1
+        os.replace(name, target)
     except OSError as error:
+        if name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
         raise StorageError(f"cannot write {target}: {error}") from error
     return rows
 
