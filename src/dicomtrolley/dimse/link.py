@@ -34,6 +34,7 @@ from pynetdicom.pdu_primitives import (
     ImplementationVersionNameNotification,
     MaximumLengthNotification,
     SCP_SCU_RoleSelectionNegotiation,
+    SOPClassExtendedNegotiation,
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_requestor
 
@@ -84,6 +85,9 @@ class Link:
         transfer syntax and our roles (``as_scp`` for storage contexts).
     peer_max_pdu:
         The peer's Maximum Length Received (0: no limit).
+    extended:
+        The peer's answers to our SOP class extended negotiation (PS3.7
+        D.3.3.5): service class application information by SOP class UID.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class Link:
         self.operation = operation
         self.reader = dul.PDUReader()
         self.open = True
+        self.extended: dict[str, bytes] = {}
         self._slice = min(SLICE, timeouts.idle)
         sock.settimeout(self._slice)
 
@@ -117,8 +122,12 @@ class Link:
         operation: str,
         timeouts: DIMSETimeouts,
         roles: Sequence[SCP_SCU_RoleSelectionNegotiation] = (),
+        extended: Sequence[SOPClassExtendedNegotiation] = (),
     ) -> Link:
         """Open a TCP connection to peer and negotiate an association.
+
+        ``extended``: SOP class extended negotiation items to propose (such as
+        relational queries, PS3.4 C.5.1); the answers are in :attr:`extended`.
 
         Raises
         ------
@@ -138,9 +147,10 @@ class Link:
         sock = _connect(peer, timeouts, operation)
         try:
             sock.settimeout(timeouts.connect)
-            sock.sendall(_associate_rq(peer, proposed, roles))
+            sock.sendall(_associate_rq(peer, proposed, [*roles, *extended]))
             answer = _read_association_answer(sock, peer, timeouts, operation)
             accepted, peer_max = _accepted(answer, proposed, peer, operation)
+            answers = _extended_answers(answer) if extended else {}
         except BaseException:
             with contextlib.suppress(OSError):
                 sock.sendall(dul.abort())
@@ -153,7 +163,9 @@ class Link:
             len(proposed),
             peer_max,
         )
-        return cls(sock, peer, timeouts, accepted, peer_max, operation)
+        link = cls(sock, peer, timeouts, accepted, peer_max, operation)
+        link.extended = answers
+        return link
 
     # -- using -----------------------------------------------------------------
 
@@ -271,13 +283,16 @@ class Link:
 
     # -- closing ---------------------------------------------------------------
 
-    def release(self) -> None:
-        """Release the association; abort it when the peer does not answer."""
+    def release(self, timeout: float | None = None) -> None:
+        """Release the association; abort it when the peer does not answer
+        within ``timeout`` seconds (default: RELEASE_TIMEOUT or the idle timeout)."""
         if not self.open:
             return
+        if timeout is None:
+            timeout = min(RELEASE_TIMEOUT, self.timeouts.idle)
         try:
             self._sendall(dul.release_rq())
-            deadline = time.monotonic() + min(RELEASE_TIMEOUT, self.timeouts.idle)
+            deadline = time.monotonic() + timeout
             while self.open:
                 for event in self.receive(deadline):
                     if isinstance(event, dul.PDU) and event.type in (
@@ -345,7 +360,7 @@ def _numbered(
 def _associate_rq(
     peer: Peer,
     contexts: list[PresentationContext],
-    roles: Sequence[SCP_SCU_RoleSelectionNegotiation],
+    roles: Sequence[SCP_SCU_RoleSelectionNegotiation | SOPClassExtendedNegotiation],
 ) -> bytes:
     primitive = A_ASSOCIATE()
     primitive.application_context_name = APPLICATION_CONTEXT_NAME
@@ -462,6 +477,19 @@ def _accepted(
             operation=operation,
         )
     return accepted, int(primitive.maximum_length_received or 0)
+
+
+def _extended_answers(answer: dul.PDU) -> dict[str, bytes]:
+    """The SOP class extended negotiation items of an A-ASSOCIATE-AC."""
+    pdu = A_ASSOCIATE_AC()
+    pdu.decode(answer.raw)  # decoded once already by _accepted
+    return {
+        str(item.sop_class_uid): bytes(
+            item.service_class_application_information or b""
+        )
+        for item in pdu.to_primitive().user_information
+        if isinstance(item, SOPClassExtendedNegotiation)
+    }
 
 
 def rejection_error(primitive: Any, peer: Peer, operation: str) -> DIMSEError:
