@@ -12,7 +12,6 @@ credentials), the HTTP status and the DICOM UIDs involved, where known::
     │   │   └── DICOMTrolleyTimeoutError    connect or read timeout
     │   ├── ServerHTTPError                 HTTP 5xx, 429  (also an HTTPStatusError)
     │   └── IncompleteResponseError         answer cut (status, headers or body) or unframed
-    │       └── (also a MultipartContentError, so also a PermanentError)
     ├── PermanentError
     │   ├── ClientHTTPError                 HTTP 4xx  (also an HTTPStatusError)
     │   ├── DICOMTrolleyAuthError           login refused, 401/403
@@ -32,6 +31,11 @@ credentials), the HTTP status and the DICOM UIDs involved, where known::
     │       └── XDSMissingDocumentError
     └── HTTPStatusError                     any HTTP error status: catch it for both
                                             ServerHTTPError and ClientHTTPError
+
+No class is both transient and permanent. A multipart body cut before its
+closing delimiter is an :class:`IncompleteResponseError` (a try again may get
+all of it), not a :class:`MultipartContentError`; catch both, or
+:class:`DICOMTrolleyError`, to handle every multipart failure.
 
 Defined elsewhere, all PermanentErrors: ``DICOMObjectNotFound`` (parsing),
 ``NodeNotFound`` (caching), ``NoQueryResults`` (qido_rs, a NoQueryResultsError),
@@ -204,8 +208,11 @@ class MultipartContentError(ResponseFormatError):
     """A multipart/related body that cannot be parsed (no boundary, bad part)."""
 
 
-class IncompleteResponseError(MultipartContentError, TransientError):
-    """The answer ended before it was complete (truncated body, connection cut)."""
+class IncompleteResponseError(TransientError):
+    """The answer ended before it was complete (truncated body, connection cut).
+
+    Transient only: the same request may bring the whole answer next time.
+    """
 
 
 class DICOMParseError(PermanentError):

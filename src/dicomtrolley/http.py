@@ -13,8 +13,8 @@ holds one whole part in memory at a time.
 
 Differences from 4.1.0: a part's body no longer ends with the line break that
 precedes the next delimiter; a body that ends before its closing delimiter
-raises :class:`~dicomtrolley.exceptions.IncompleteResponseError` (a
-:class:`MultipartContentError`) instead of silently losing its last part; a
+raises :class:`~dicomtrolley.exceptions.IncompleteResponseError` (transient,
+not a :class:`MultipartContentError`) instead of silently losing its last part; a
 connection that breaks raises the same error.
 """
 
@@ -159,8 +159,9 @@ class PartIterator:
     Raises
     ------
     MultipartContentError
-        When the body is malformed; IncompleteResponseError (a subclass) when it
-        ends before its closing delimiter or the connection breaks.
+        When the body is malformed.
+    IncompleteResponseError
+        When it ends before its closing delimiter or the connection breaks.
     """
 
     def __init__(self, bytes_iterator: Iterator[bytes], boundary: bytes) -> None:

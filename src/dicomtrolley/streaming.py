@@ -124,7 +124,7 @@ def iter_parts(
                 if parser.finished:
                     break
             yield from parser.close()
-        except ResponseFormatError as error:
+        except (ResponseFormatError, IncompleteResponseError) as error:
             error.url = error.url or response.url
             error.uids = error.uids or uids
             if what and not error.message.startswith(what):
