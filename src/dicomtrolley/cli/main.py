@@ -27,10 +27,9 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from pydicom.datadict import tag_for_keyword
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.text import Text
@@ -52,9 +51,11 @@ from dicomtrolley.exceptions import (
 )
 from dicomtrolley.levels import QueryLevels
 from dicomtrolley.logs import ROOT_LOGGER_NAME
-from dicomtrolley.query import Query
 from dicomtrolley.transport import DEFAULT_RETRY, DEFAULT_TIMEOUT, Timeout
 from dicomtrolley.uids import is_valid_uid
+
+if TYPE_CHECKING:
+    from dicomtrolley.query import Query
 
 R = TypeVar("R")
 
@@ -404,6 +405,8 @@ class QueryOptions:
         since QIDO-RS and MINT queries take both ends, the other end is filled
         with :data:`EARLIEST` or :data:`LATEST`.
         """
+        from dicomtrolley.query import Query  # pydicom and pydantic: when needed
+
         fields = list(dict.fromkeys([*self.include_fields, *include_fields]))
         min_date, max_date = self.min_date, self.max_date
         if min_date or max_date:
@@ -463,6 +466,8 @@ def _keywords(
     ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 ) -> tuple[str, ...]:
     """Each value must be a DICOM keyword (``StudyDescription``); commas split."""
+    from pydicom.datadict import tag_for_keyword  # pydicom: only when needed
+
     keywords = [k.strip() for item in value for k in item.split(",") if k.strip()]
     unknown = [keyword for keyword in keywords if not tag_for_keyword(keyword)]
     if unknown:
