@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import textwrap
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from dicomtrolley.config import (
     ConfigWarning,
     DeprecatedNameWarning,
     MissingSecretError,
+    Profile,
+    TLSConfig,
     config_path,
     getenv,
     load_config,
@@ -316,3 +319,33 @@ def test_the_module_docstring_example_is_valid(tmp_path: Path) -> None:
     profile = load_config(write(tmp_path, block)).profile("vitrea")
     assert profile.download == ("rad69", "wado-uri")
     assert profile.auth.type == "vitrea"
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: Profile(url="ftp://pacs/"), "Profile: url: must be an http"),
+        (lambda: Profile(workers=0), "Profile: workers: must be >= 1"),
+        (lambda: Profile(timeouts={"read": 0}), "Profile: timeouts.read: must be > 0"),
+        (lambda: TLSConfig(client_key="k.pem"), "client_key needs client_cert"),
+        (lambda: Profile(auth={"type": "kerberos"}), "auth.type: must be one of"),
+    ],
+)
+def test_models_built_in_code_raise_config_error_naming_the_key(
+    build: Callable[[], object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build()
+    assert message in str(caught.value)
+    assert not isinstance(caught.value, ValueError)  # not pydantic's error
+
+
+def test_the_config_modules_keep_every_name_importable_from_config() -> None:
+    import dicomtrolley.config as facade
+    from dicomtrolley import config_build, config_env, config_files, config_model
+
+    for module in (config_build, config_env, config_files, config_model):
+        for name in module.__all__:
+            if name != "describe_validation_error" and not name.startswith("profile_"):
+                assert getattr(facade, name) is getattr(module, name), name
+    assert sorted(facade.__all__) == sorted(set(facade.__all__))
