@@ -44,9 +44,11 @@ __all__ = [
 
 
 class ConfigError(PermanentError):
-    """A profile or config file is missing, malformed, or names something unknown.
+    """A profile or config file is missing, malformed, or names something unknown,
+    or settings given in code cannot work (a FallbackDownloader without any
+    downloader, an OAuth2 client_auth that is not 'basic' or 'body').
 
-    The message names the file, the profile and the key.
+    For a file, the message names the file, the profile and the key.
     """
 
 

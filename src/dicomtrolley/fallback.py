@@ -40,6 +40,7 @@ from dicomtrolley.core import (
     Searcher,
     Study,
 )
+from dicomtrolley.credentials import ConfigError
 from dicomtrolley.download import (
     DownloadReport,
     Failure,
@@ -129,7 +130,7 @@ class FallbackDownloader(Downloader):
             else:
                 named.append((protocol_name(item), item))
         if not named:
-            raise ValueError("FallbackDownloader needs at least one downloader")
+            raise ConfigError("FallbackDownloader needs at least one downloader")
         self.downloaders = named
         self.searcher = searcher
         self._lock = threading.Lock()

@@ -43,7 +43,7 @@ import requests
 from requests.adapters import BaseAdapter
 from requests.auth import AuthBase
 
-from dicomtrolley.credentials import NoAuth
+from dicomtrolley.credentials import ConfigError, NoAuth
 from dicomtrolley.exceptions import DICOMTrolleyAuthError, ResponseFormatError
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.transport import (
@@ -118,9 +118,11 @@ class OAuth2ClientCredentials(AuthBase):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if client_auth not in ("basic", "body"):
-            raise ValueError("client_auth must be 'basic' or 'body'")
+            raise ConfigError(
+                f"OAuth2 client_auth must be 'basic' or 'body', not {client_auth!r}"
+            )
         if refresh_margin < 0:
-            raise ValueError("refresh_margin must not be negative")
+            raise ConfigError("OAuth2 refresh_margin must not be negative")
         self.token_url = token_url
         self.client_id = client_id
         self._client_secret = client_secret

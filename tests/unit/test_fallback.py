@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from dicomtrolley.core import DICOMDownloadable, Downloader, StudyReference
+from dicomtrolley.credentials import ConfigError
 from dicomtrolley.download import DownloadReport, Progress
 from dicomtrolley.exceptions import (
     ClientHTTPError,
     DICOMTrolleyError,
+    PermanentError,
     ServerHTTPError,
     StorageError,
 )
@@ -92,5 +94,7 @@ def test_last_protocols_failure_is_reported_with_every_attempt(tmp_path: Path) -
 
 def test_names_and_empty_list() -> None:
     assert protocol_name(Scripted({})) == "scripted"
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="at least one downloader") as caught:
         FallbackDownloader([])
+    assert isinstance(caught.value, PermanentError)
+    assert not isinstance(caught.value, ValueError)

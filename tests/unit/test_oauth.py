@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import requests
 
+from dicomtrolley.credentials import ConfigError
 from dicomtrolley.exceptions import (
     DICOMTrolleyAuthError,
     ResponseFormatError,
@@ -164,5 +165,7 @@ def test_a_second_401_is_returned_as_it_is() -> None:
 def test_repr_hides_the_secret() -> None:
     auth = OAuth2ClientCredentials("https://idp/token", "c", "topsecret")
     assert "topsecret" not in repr(auth)
-    with pytest.raises(ValueError, match="client_auth"):
+    with pytest.raises(ConfigError, match="client_auth"):
         OAuth2ClientCredentials("https://idp/token", "c", "s", client_auth="digest")
+    with pytest.raises(ConfigError, match="refresh_margin"):
+        OAuth2ClientCredentials("https://idp/token", "c", "s", refresh_margin=-1)
