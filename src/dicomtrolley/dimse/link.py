@@ -1,4 +1,5 @@
-"""An association driven from the calling thread: our requestor side for C-GET.
+"""An association driven from the calling thread: our requestor side for C-GET
+and C-MOVE, and the acceptor side of the C-MOVE storage SCP.
 
 pynetdicom runs each association on a reactor thread that polls the socket,
 passes every PDU through its state machine and hands DIMSE messages to the
@@ -17,6 +18,13 @@ context and role negotiation (:func:`pynetdicom.presentation.negotiate_as_reques
 Timeouts need no watchdog thread here: every wait on the socket is cut into
 short slices, between which the total deadline, the idle time since the peer
 last sent anything, and the caller's ``cancelled()`` are checked.
+
+As acceptor (:meth:`Link.accept`, for the storage SCP that receives C-MOVE
+sub-operations), the same loop runs once the A-ASSOCIATE-RQ is read, vetted
+(called and calling AE title, the peer's address) and answered with an
+A-ASSOCIATE-AC or -RJ (PS3.8 9.3.3, 9.3.4). The PDU codec is pynetdicom's
+public one, in :func:`decode_associate_rq`, :func:`encode_associate_ac` and
+:func:`encode_associate_rj` only.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
@@ -47,7 +56,7 @@ from dicomtrolley.dimse.errors import (
     DIMSETimeoutError,
     ServiceNotSupportedError,
 )
-from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
+from dicomtrolley.dimse.settings import DIMSETimeouts, Peer, check_ae_title
 from dicomtrolley.formats import dul
 from dicomtrolley.formats.part10 import (
     IMPLEMENTATION_CLASS_UID,
@@ -69,6 +78,8 @@ SLICE = 0.2
 RELEASE_TIMEOUT = 5.0
 
 Cancelled = Callable[[], bool]
+#: time.monotonic() of the last sign of life elsewhere (the C-MOVE storage SCP)
+Heard = Callable[[], float]
 
 
 def _never() -> bool:
@@ -167,6 +178,73 @@ class Link:
         link.extended = answers
         return link
 
+    @classmethod
+    def accept(
+        cls,
+        sock: socket.socket,
+        address: tuple[Any, ...],
+        *,
+        aet: str,
+        vet: Vet,
+        negotiate: Negotiate,
+        operation: str,
+        timeouts: DIMSETimeouts,
+    ) -> Link:
+        """Take an association request on sock, a connection accepted from address.
+
+        ``vet`` looks at the request and the peer's address and says why it is
+        refused (None: accepted); ``negotiate`` answers each proposed
+        presentation context (see :func:`~dicomtrolley.dimse.contexts.
+        accept_storage`). The returned link's ``peer`` is the requestor: its
+        address, ``aet`` ours, ``aec`` its calling AE title.
+
+        Raises
+        ------
+        AssociationRejectedError
+            The request was refused (``vet``, or a wrong called AE title); the
+            A-ASSOCIATE-RJ was sent.
+        DIMSETimeoutError
+            No association request within ``timeouts.connect``.
+        AssociationAbortedError
+            The peer closed the connection or sent something else.
+        """
+        host, port = str(address[0]), int(address[1])
+        unknown = Peer(host, port, aet, "?")
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.settimeout(timeouts.connect)
+            raw = _read_association_answer(
+                sock, unknown, timeouts, operation, _REQUESTS
+            )
+            if raw.type == dul.A_ABORT:
+                raise _aborted_during_negotiation(unknown, operation, "A-ABORT")
+            request = decode_associate_rq(raw.raw, unknown, operation)
+            refusal = _vet_titles(request, aet) or vet(request, host)
+            if refusal is not None:
+                sock.sendall(encode_associate_rj(refusal))
+                raise AssociationRejectedError(
+                    f"association from {request.calling_aet!r} refused: {refusal.why}",
+                    peer=unknown,
+                    operation=operation,
+                )
+            results = negotiate(request.contexts)
+            sock.sendall(encode_associate_ac(request, results))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                sock.close()
+            raise
+        peer = Peer(host, port, aet, request.calling_aet)
+        accepted = {int(cx.context_id or 0): cx for cx in results if cx.result == 0}
+        logger.debug(
+            "association from %s accepted: %d of %d contexts, peer's maximum PDU %d",
+            peer,
+            len(accepted),
+            len(results),
+            request.max_pdu,
+        )
+        return cls(sock, peer, timeouts, accepted, request.max_pdu, operation)
+
     # -- using -----------------------------------------------------------------
 
     def context_for(self, abstract_syntax: str) -> PresentationContext | None:
@@ -204,9 +282,16 @@ class Link:
             raise self._broken(f"connection lost while sending: {error}") from error
 
     def receive(
-        self, deadline: float | None = None, cancelled: Cancelled = _never
+        self,
+        deadline: float | None = None,
+        cancelled: Cancelled = _never,
+        heard: Heard | None = None,
     ) -> list[dul.Event]:
         """The next PDUs and P-DATA fragments from the peer.
+
+        ``heard``: when the peer is busy elsewhere on our behalf (a C-MOVE's
+        sub-operations arriving at the storage SCP), the time it was last heard
+        of there; the idle timeout counts from the later of the two.
 
         Raises
         ------
@@ -226,6 +311,8 @@ class Link:
                 data = self.sock.recv(READ_BLOCK)
             except TimeoutError:
                 now = time.monotonic()
+                if heard is not None:
+                    last_heard = max(last_heard, heard())
                 if now - last_heard >= self.timeouts.idle:
                     self.abort()
                     raise DIMSETimeoutError(
@@ -367,16 +454,21 @@ def _associate_rq(
     primitive.calling_ae_title = peer.aet
     primitive.called_ae_title = peer.aec
     primitive.presentation_context_definition_list = contexts
+    primitive.user_information = [*_user_information(), *roles]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+def _user_information() -> list[Any]:
+    """Our maximum PDU length and implementation (PS3.7 D.3.3.1, D.3.3.2)."""
     maximum = MaximumLengthNotification()
     maximum.maximum_length_received = MAXIMUM_PDU_SIZE
     implementation = ImplementationClassUIDNotification()
     implementation.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     version = ImplementationVersionNameNotification()
     version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    primitive.user_information = [maximum, implementation, version, *roles]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return bytes(pdu.encode())
+    return [maximum, implementation, version]
 
 
 def _connect(peer: Peer, timeouts: DIMSETimeouts, operation: str) -> socket.socket:
@@ -398,8 +490,16 @@ def _connect(peer: Peer, timeouts: DIMSETimeouts, operation: str) -> socket.sock
     return sock
 
 
+_ANSWERS = frozenset({dul.A_ASSOCIATE_AC, dul.A_ASSOCIATE_RJ, dul.A_ABORT})
+_REQUESTS = frozenset({dul.A_ASSOCIATE_RQ, dul.A_ABORT})
+
+
 def _read_association_answer(
-    sock: socket.socket, peer: Peer, timeouts: DIMSETimeouts, operation: str
+    sock: socket.socket,
+    peer: Peer,
+    timeouts: DIMSETimeouts,
+    operation: str,
+    wanted: frozenset[int] = _ANSWERS,
 ) -> dul.PDU:
     reader = dul.PDUReader(max_length=1024 * 1024)
     deadline = time.monotonic() + timeouts.connect
@@ -421,11 +521,7 @@ def _read_association_answer(
         except dul.DULProtocolError as error:
             raise _aborted_during_negotiation(peer, operation, str(error)) from error
         for event in events:
-            if isinstance(event, dul.PDU) and event.type in (
-                dul.A_ASSOCIATE_AC,
-                dul.A_ASSOCIATE_RJ,
-                dul.A_ABORT,
-            ):
+            if isinstance(event, dul.PDU) and event.type in wanted:
                 return event
             raise _aborted_during_negotiation(
                 peer, operation, "unexpected answer to the association request"
@@ -537,3 +633,100 @@ def _aborted_during_negotiation(peer: Peer, operation: str, detail: str) -> DIMS
         peer=peer,
         operation=operation,
     )
+
+
+# -- accepting associations (pynetdicom's PDU classes, only here) -------------------
+
+
+@dataclass(frozen=True)
+class AssociationRequest:
+    """What a requestor asks for in its A-ASSOCIATE-RQ (PS3.8 9.3.2)."""
+
+    calling_aet: str
+    called_aet: str
+    application_context: str
+    contexts: tuple[PresentationContext, ...]
+    max_pdu: int
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An A-ASSOCIATE-RJ to answer (PS3.8 9.3.4) and why, for the log.
+
+    ``result`` 1: rejected-permanent, 2: rejected-transient. ``source`` 1:
+    service user (``reason`` 1 none given, 2 application context name not
+    supported, 3 calling AE title not recognized, 7 called AE title not
+    recognized); 3: service provider, presentation (``reason`` 1 temporary
+    congestion, 2 local limit exceeded).
+    """
+
+    result: int
+    source: int
+    reason: int
+    why: str
+
+
+Vet = Callable[[AssociationRequest, str], Rejection | None]
+"""(request, peer address) -> why it is refused, or None to accept it."""
+Negotiate = Callable[[Sequence[PresentationContext]], Sequence[PresentationContext]]
+"""Proposed contexts -> one result each (result 0: accepted, with its one syntax)."""
+
+
+def _vet_titles(request: AssociationRequest, aet: str) -> Rejection | None:
+    """The checks every acceptor makes: application context, both AE titles."""
+    if request.application_context != APPLICATION_CONTEXT_NAME:
+        return Rejection(
+            1, 1, 2, f"application context {request.application_context} unknown"
+        )
+    if request.called_aet != aet:
+        return Rejection(1, 1, 7, f"called AE title {request.called_aet!r} not ours")
+    try:
+        check_ae_title(request.calling_aet)
+    except ValueError:
+        return Rejection(1, 1, 3, f"calling AE title {request.calling_aet!r} invalid")
+    return None
+
+
+def decode_associate_rq(raw: bytes, peer: Peer, operation: str) -> AssociationRequest:
+    """The parts of an A-ASSOCIATE-RQ PDU an acceptor needs."""
+    pdu = A_ASSOCIATE_RQ()
+    try:
+        pdu.decode(raw)
+        primitive = pdu.to_primitive()
+        return AssociationRequest(
+            calling_aet=str(primitive.calling_ae_title or "").strip(),
+            called_aet=str(primitive.called_ae_title or "").strip(),
+            application_context=str(primitive.application_context_name or ""),
+            contexts=tuple(primitive.presentation_context_definition_list),
+            max_pdu=int(primitive.maximum_length_received or 0),
+        )
+    except Exception as error:  # pynetdicom raises assorted errors on garbage
+        raise _aborted_during_negotiation(peer, operation, str(error)) from error
+
+
+def encode_associate_ac(
+    request: AssociationRequest, results: Sequence[PresentationContext]
+) -> bytes:
+    """The A-ASSOCIATE-AC answering request with the context results."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = APPLICATION_CONTEXT_NAME
+    primitive.calling_ae_title = request.calling_aet
+    primitive.called_ae_title = request.called_aet
+    primitive.result = 0x00
+    primitive.result_source = 0x01
+    primitive.presentation_context_definition_results_list = list(results)
+    primitive.user_information = _user_information()
+    pdu = A_ASSOCIATE_AC()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+def encode_associate_rj(rejection: Rejection) -> bytes:
+    """The A-ASSOCIATE-RJ PDU of rejection."""
+    primitive = A_ASSOCIATE()
+    primitive.result = rejection.result
+    primitive.result_source = rejection.source
+    primitive.diagnostic = rejection.reason
+    pdu = A_ASSOCIATE_RJ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
