@@ -72,7 +72,7 @@ from dicomtrolley.dimse.errors import (
     StoreSCPError,
     SubOperationError,
 )
-from dicomtrolley.dimse.find import FindRequest, search, set_value
+from dicomtrolley.dimse.find import FindRequest, search_iter, set_value
 from dicomtrolley.dimse.get import GetSession, get_contexts
 from dicomtrolley.dimse.memory import stream_datasets
 from dicomtrolley.dimse.move import MoveSession
@@ -287,6 +287,16 @@ class DICOMQR(Searcher):
 
     def send_c_find(self, query: DICOMQuery) -> list[Dataset]:
         """Every dataset C-FIND returns for query, over one association."""
+        return list(self.iter_c_find(query))
+
+    def iter_c_find(self, query: DICOMQuery) -> Iterator[Dataset]:
+        """The datasets of :meth:`send_c_find` as they arrive.
+
+        Stopping early (``break``, ``close()``, an exception in the loop)
+        cancels the query under way with a C-CANCEL and releases the
+        association; to stop at once whatever holds a reference to the
+        iterator, use ``contextlib.closing(searcher.iter_c_find(query))``.
+        """
         level = QueryRetrieveLevels.translate(query.query_level)
         patient_root = self.model == "patient"
         request = FindRequest(
@@ -294,7 +304,7 @@ class DICOMQR(Searcher):
             return_keys=query.as_parameters()["include_fields"],
             patient_root=patient_root,
         )
-        return search(
+        return search_iter(
             self.peer,
             request,
             level,

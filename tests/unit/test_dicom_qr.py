@@ -620,40 +620,6 @@ def test_watchdog_total_timeout_and_cancel() -> None:
     assert isinstance(dog.error(PEER, "C-GET"), AssociationAbortedError)
 
 
-class EndedAssociation(FakeAssociation):
-    """An association that ended just before a request: pynetdicom's send_c_find
-    raises RuntimeError (seen in the fault campaign against Orthanc)."""
-
-    def send_c_find(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.is_established:
-            raise RuntimeError("The association with a peer SCP must be established")
-        raise RuntimeError("a bug of ours, not a broken association")
-        yield  # a generator, as pynetdicom's
-
-
-def test_c_find_on_an_association_that_just_ended_is_transient() -> None:
-    assoc = EndedAssociation(dul=FakeDUL(idle=False))
-    with pytest.raises(AssociationAbortedError) as caught:
-        find.c_find(
-            assoc,  # type: ignore[arg-type]
-            Dataset(),
-            "1.2.840.10008.5.1.4.1.2.2.1",
-            peer=PEER,
-            timeouts=DIMSETimeouts(idle=10),
-        )
-    assert isinstance(caught.value, TransientError)
-    assert "without a final response" in str(caught.value)
-    established = EndedAssociation(dul=FakeDUL(idle=False), established=True)
-    with pytest.raises(RuntimeError, match="a bug of ours"):
-        find.c_find(
-            established,  # type: ignore[arg-type]
-            Dataset(),
-            "1.2.840.10008.5.1.4.1.2.2.1",
-            peer=PEER,
-            timeouts=DIMSETimeouts(idle=10),
-        )
-
-
 def test_timeouts_value_object() -> None:
     assert DIMSETimeouts.coerce(None) == DIMSETimeouts()
     assert DIMSETimeouts.coerce(5).idle == 5

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 
 import click
 import requests
-from pydicom.uid import UID
-from pynetdicom.presentation import build_context
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -34,12 +32,11 @@ from dicomtrolley.cli.connection import CONFIG_ENV, stdin_is_terminal
 from dicomtrolley.config import ConfigError, Profile, config_path, load_config
 from dicomtrolley.core import Query
 from dicomtrolley.credentials import Secrets
-from dicomtrolley.dimse.associations import open_association, release
+from dicomtrolley.dimse.echo import c_echo as send_c_echo
 from dicomtrolley.dimse.settings import Peer
 from dicomtrolley.exceptions import DICOMTrolleyError
 from dicomtrolley.oauth import OAuth2ClientCredentials
 
-VERIFICATION = UID("1.2.840.10008.1.1")
 #: A study UID no PACS holds: the check's C-FIND finds nothing, quickly.
 ABSENT_STUDY_UID = "2.25.1"
 
@@ -137,19 +134,7 @@ def c_echo(profile: Profile) -> str:
     """A C-ECHO to the profile's DIMSE server (raises DICOMTrolleyError)."""
     dimse = profile.require_dimse("C-ECHO")
     peer = Peer(dimse.host, dimse.port, dimse.aet, dimse.aec)
-    assoc = open_association(
-        peer,
-        [build_context(VERIFICATION)],
-        operation="C-ECHO",
-        timeouts=profile.timeouts.dimse(),
-    )
-    try:
-        status = assoc.send_c_echo()
-    finally:
-        release(assoc)
-    code = getattr(status, "Status", None)
-    if code != 0:
-        raise DICOMTrolleyError(f"C-ECHO to {peer} answered status {code!r}")
+    send_c_echo(peer, profile.timeouts.dimse())
     return f"{dimse.aec} at {dimse.host}:{dimse.port}"
 
 

@@ -1,4 +1,5 @@
-"""C-FIND (PS3.4 C.4.1): one query over an association, and searching deeper levels.
+"""C-FIND (PS3.4 C.4.1): queries over a :class:`~dicomtrolley.dimse.link.Link`,
+and searching deeper levels.
 
 C-FIND is hierarchical (PS3.4 C.4.1.2.2): a SERIES-level query names one study
 by its UID, an IMAGE-level query one series. To find the series of the studies
@@ -9,31 +10,46 @@ queries (PS3.4 C.4.1.2.3) do it in one go; SCPs that support them say so in
 SOP class extended negotiation (:func:`relational_requested`). Orthanc does
 not say so, but answers relational queries anyway: ``relational=True`` uses
 them without asking.
+
+Matches come as the peer sends them (:meth:`FindAssociation.matches`). A
+caller that stops early (``break``, ``close()``, an exception, Ctrl-C) has the
+request cancelled (C-CANCEL-FIND-RQ, PS3.7 9.3.2.3): the
+peer gets a C-CANCEL, its final response is awaited for at most
+:data:`STOP_WAIT` seconds, then the association is released, or aborted when
+the peer does not answer in that time. Timeouts are the Link's: ``idle``
+between any two PDUs, ``total`` for each C-FIND request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 from pynetdicom import build_context
-from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 
-from dicomtrolley.dimse.associations import (
-    Watchdog,
-    ended,
-    ended_before_sending,
-    open_association,
-    require_context,
-)
 from dicomtrolley.dimse.contexts import UNCOMPRESSED, qr_model
-from dicomtrolley.dimse.errors import describe_status, status_error
+from dicomtrolley.dimse.errors import (
+    DIMSEError,
+    ServiceNotSupportedError,
+    describe_status,
+    status_error,
+)
+from dicomtrolley.dimse.link import Link
+from dicomtrolley.dimse.messages import (
+    Command,
+    MessageReader,
+    decode_identifier,
+    encode_identifier,
+    transfer_syntax,
+)
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
 from dicomtrolley.fields import InstanceLevel, SeriesLevel, SeriesLevelPromotable
+from dicomtrolley.formats import dul
 from dicomtrolley.logs import get_module_logger
 
 logger = get_module_logger("dimse")
@@ -70,6 +86,13 @@ RELATIONAL_QUERIES = b"\x01"
 
 PENDING = (0xFF00, 0xFF01)
 CANCEL = 0xFE00
+OPERATION = "C-FIND"
+#: Command Field values (PS3.7 E.1) of C-FIND.
+C_FIND_RQ = 0x0020
+C_FIND_RSP = 0x8020
+#: Seconds a caller that stopped early waits, at most, for the peer's answers
+#: to the C-CANCEL and to the A-RELEASE-RQ together (Ctrl-C ends within 1 s).
+STOP_WAIT = 0.6
 
 
 def level_of(keyword: str) -> str:
@@ -91,10 +114,10 @@ def relational_requested(model_uid: str) -> SOPClassExtendedNegotiation:
     return item
 
 
-def relational_accepted(assoc: Association, model_uid: str) -> bool:
+def relational_accepted(link: Link, model_uid: str) -> bool:
     """True when the peer agreed to relational queries for model_uid."""
-    info = assoc.acceptor.sop_class_extended.get(UID(model_uid))
-    return info is not None and len(info) > 0 and info[0] & 1 == 1
+    info = link.extended.get(str(model_uid), b"")
+    return len(info) > 0 and info[0] & 1 == 1
 
 
 def set_value(dataset: Dataset, keyword: str, value: object) -> None:
@@ -109,56 +132,198 @@ def set_value(dataset: Dataset, keyword: str, value: object) -> None:
     setattr(dataset, keyword, value)
 
 
-def c_find(
-    assoc: Association,
-    identifier: Dataset,
-    model_uid: str,
-    *,
-    peer: Peer,
-    timeouts: DIMSETimeouts,
-    msg_id: int = 1,
-) -> list[Dataset]:
-    """Every match of one C-FIND request.
+class FindAssociation:
+    """C-FIND requests, one after the other, over one association (a Link).
 
-    Raises
-    ------
-    DIMSEStatusError
-        For a failure status (with its meaning and the peer's error comment).
-    DIMSETimeoutError, AssociationAbortedError
-        When the peer goes silent, time runs out or the association breaks.
+    Use as a context manager (or call :meth:`close`): the association is
+    released at the end, quickly when a request was stopped early.
+    ``relational`` says whether the peer accepted relational queries.
     """
-    matches: list[Dataset] = []
-    final: Dataset | None = None
-    with Watchdog(assoc, timeouts) as watchdog, ended_before_sending(assoc):
-        for status, match in assoc.send_c_find(identifier, model_uid, msg_id=msg_id):
-            code = status.get("Status")
-            if code is None:
-                break
-            if code in PENDING:
-                if match is not None:
-                    matches.append(match)
-                continue
-            final = status
-            break
-    if final is None:
-        raise watchdog.error(peer, "C-FIND")
-    code = int(final.Status)
-    if code == CANCEL:
-        logger.warning(
-            "C-FIND with %s stopped after %d matches (%s): the PACS limits the "
-            "number of results; narrow the search to see all",
+
+    def __init__(self, link: Link, model_uid: str) -> None:
+        context = link.context_for(model_uid)
+        if context is None:
+            raise ServiceNotSupportedError(
+                f"the peer does not support {getattr(model_uid, 'name', model_uid)} "
+                f"({model_uid})",
+                peer=link.peer,
+                operation=OPERATION,
+            )
+        self.link = link
+        self.model_uid = str(model_uid)
+        self.context_id = int(context.context_id or 0)
+        self.syntax = transfer_syntax(link, self.context_id)
+        self.relational = relational_accepted(link, self.model_uid)
+        self._stop_deadline: float | None = None
+        self._message_ids = iter(range(1, 65536))
+
+    @classmethod
+    def open(
+        cls,
+        peer: Peer,
+        model_uid: str,
+        *,
+        timeouts: DIMSETimeouts,
+        ask_relational: bool = False,
+        operation: str = OPERATION,
+    ) -> FindAssociation:
+        """Associate with peer for model_uid (asking for relational queries
+        in extended negotiation with ``ask_relational``).
+
+        Raises the errors of :meth:`Link.connect
+        <dicomtrolley.dimse.link.Link.connect>`, and ServiceNotSupportedError
+        when the peer did not accept the model.
+        """
+        extended = [relational_requested(model_uid)] if ask_relational else []
+        link = Link.connect(
             peer,
-            len(matches),
-            describe_status(code, "C-FIND"),
+            [build_context(model_uid, list(UNCOMPRESSED))],
+            operation=operation,
+            timeouts=timeouts,
+            extended=extended,
         )
-    elif code != 0x0000 and code & 0xF000 != 0xB000:
-        raise status_error(
-            code,
-            peer=peer,
-            operation="C-FIND",
-            comment=str(final.get("ErrorComment", "") or ""),
+        try:
+            return cls(link, model_uid)
+        except BaseException:
+            link.release()
+            raise
+
+    def __enter__(self) -> FindAssociation:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the association (abort it when the peer does not answer)."""
+        timeout = None
+        if self._stop_deadline is not None:  # what is left of STOP_WAIT
+            timeout = max(0.1, self._stop_deadline - time.monotonic())
+        self.link.release(timeout)
+
+    def find(self, identifier: Dataset) -> list[Dataset]:
+        """Every match of one C-FIND request (see :meth:`matches`)."""
+        return list(self.matches(identifier))
+
+    def matches(self, identifier: Dataset) -> Iterator[Dataset]:
+        """The matches of one C-FIND request, as they arrive.
+
+        Closing the iterator before the end cancels the request (C-CANCEL);
+        the association stays usable when the peer answers in time, else it is
+        aborted.
+
+        Raises
+        ------
+        DIMSEStatusError, DIMSEOutOfResourcesError
+            For a failure status (with its meaning and the peer's error comment).
+        DIMSETimeoutError, AssociationAbortedError
+            When the peer goes silent, time runs out or the association breaks.
+        """
+        link = self.link
+        msg_id = next(self._message_ids)
+        self._stop_deadline = None
+        total = link.timeouts.total
+        reader = MessageReader(
+            link, self.context_id, time.monotonic() + total if total else None
         )
-    return matches
+        command = dul.encode_command(
+            {
+                dul.AFFECTED_SOP_CLASS_UID: self.model_uid,
+                dul.COMMAND_FIELD: C_FIND_RQ,
+                dul.MESSAGE_ID: msg_id,
+                dul.PRIORITY: 0,
+                dul.COMMAND_DATA_SET_TYPE: 0x0000,
+            }
+        )
+        link.send(self.context_id, command, encode_identifier(identifier, self.syntax))
+        count = 0
+        final: Command | None = None
+        try:
+            while final is None:
+                response, data = reader.next()
+                status = self._status(response, msg_id)
+                if status not in PENDING:
+                    final = response
+                elif data is not None:
+                    count += 1
+                    yield decode_identifier(data, self.syntax, link)
+        except GeneratorExit:
+            self._cancel(reader, msg_id, count)
+            raise
+        except BaseException:
+            link.abort()
+            raise
+        self._final(final, count)
+
+    def _status(self, response: Command, msg_id: int) -> int:
+        """The status of a C-FIND response to msg_id (else a protocol error)."""
+        field = dul.command_int(response, dul.COMMAND_FIELD)
+        if field != C_FIND_RSP:
+            raise self.link.fail(
+                f"protocol error: unexpected DIMSE command 0x{field:04X}"
+            )
+        answered = dul.command_int(response, dul.MESSAGE_ID_BEING_RESPONDED_TO)
+        if answered != msg_id:
+            raise self.link.fail(
+                f"protocol error: a C-FIND response to message {answered}, not {msg_id}"
+            )
+        if dul.STATUS not in response:
+            raise self.link.fail("protocol error: a C-FIND response without status")
+        return dul.command_int(response, dul.STATUS)
+
+    def _final(self, response: Command, count: int) -> None:
+        code = dul.command_int(response, dul.STATUS)
+        if code == CANCEL:
+            logger.warning(
+                "C-FIND with %s stopped after %d matches (%s): the PACS limits the "
+                "number of results; narrow the search to see all",
+                self.link.peer,
+                count,
+                describe_status(code, OPERATION),
+            )
+        elif code != 0x0000 and code & 0xF000 != 0xB000:
+            raise status_error(
+                code,
+                peer=self.link.peer,
+                operation=OPERATION,
+                comment=dul.command_str(response, dul.ERROR_COMMENT),
+            )
+
+    def _cancel(self, reader: MessageReader, msg_id: int, count: int) -> None:
+        """Cancel request msg_id and wait (briefly) for its final response;
+        abort the association when that does not come."""
+        link = self.link
+        deadline = time.monotonic() + STOP_WAIT
+        self._stop_deadline = deadline
+        if not link.open:
+            return
+        logger.debug(
+            "C-FIND with %s: caller stopped after %d matches; cancelling",
+            link.peer,
+            count,
+        )
+        reader.deadline = min(reader.deadline or deadline, deadline)
+        cancel = dul.encode_command(
+            {
+                dul.COMMAND_FIELD: dul.C_CANCEL_RQ,
+                dul.MESSAGE_ID_BEING_RESPONDED_TO: msg_id,
+                dul.COMMAND_DATA_SET_TYPE: dul.NO_DATASET,
+            }
+        )
+        try:
+            link.send(self.context_id, cancel, None)
+            while self._status(reader.next()[0], msg_id) in PENDING:
+                pass
+        except DIMSEError:
+            logger.debug("C-FIND cancel with %s: no final answer", link.peer)
+        except BaseException:
+            link.abort()
+            raise
 
 
 @dataclass
@@ -236,6 +401,14 @@ def hierarchical_find(
     series and instance datasets, ready for
     :func:`~dicomtrolley.parsing.studies_from_datasets`.
     """
+    return [dataset for found in by_study(find, request, level) for dataset in found]
+
+
+def by_study(
+    find: Callable[[Dataset], list[Dataset]], request: FindRequest, level: str
+) -> Iterator[list[Dataset]]:
+    """The datasets of :func:`hierarchical_find`, one study at a time: its
+    dataset, then (below STUDY level) its series and instances."""
     patients: list[tuple[dict[str, str], Dataset | None]] = [({}, None)]
     if request.patient_root:
         patients = [
@@ -256,30 +429,71 @@ def hierarchical_find(
             studies.append(({**parents, "StudyInstanceUID": uid}, study))
     deeper = level != STUDY or request.has_criteria(SERIES)
     if not deeper:
-        return [study for _, study in studies]
-    results: list[Dataset] = []
+        yield from ([study] for _, study in studies)
+        return
     for parents, study in studies:
-        series_list = find(request.identifier(SERIES, parents))
-        below: list[Dataset] = []
-        for series in series_list:
-            series_uid = _uid(series, "SeriesInstanceUID")
-            if level != IMAGE:
-                below.append(series)
-                continue
-            if not series_uid:
-                continue
-            images = find(
-                request.identifier(IMAGE, {**parents, "SeriesInstanceUID": series_uid})
-            )
-            if images:
-                below.append(series)
-                below.extend(images)
+        below = _below(find, request, level, parents)
         if not below:
             continue  # no match at the query level in this study
-        results.append(study)
-        if level != STUDY:
-            results.extend(below)
-    return results
+        yield [study, *below] if level != STUDY else [study]
+
+
+def _below(
+    find: Callable[[Dataset], list[Dataset]],
+    request: FindRequest,
+    level: str,
+    parents: dict[str, str],
+) -> list[Dataset]:
+    """The series of one study and, at IMAGE level, their instances (only
+    series with instances that match)."""
+    below: list[Dataset] = []
+    for series in find(request.identifier(SERIES, parents)):
+        if level != IMAGE:
+            below.append(series)
+            continue
+        series_uid = _uid(series, "SeriesInstanceUID")
+        if not series_uid:
+            continue
+        images = find(
+            request.identifier(IMAGE, {**parents, "SeriesInstanceUID": series_uid})
+        )
+        if images:
+            below.append(series)
+            below.extend(images)
+    return below
+
+
+def search_iter(
+    peer: Peer,
+    request: FindRequest,
+    level: str,
+    *,
+    model: str,
+    timeouts: DIMSETimeouts,
+    relational: bool | None = None,
+) -> Iterator[Dataset]:
+    """Every dataset for a query at level, over one association, as found.
+
+    One relational query when ``relational`` is True, or None and the peer
+    accepts relational queries; else level by level (:func:`hierarchical_find`,
+    yielding a study's datasets when the study is complete). A STUDY-level
+    query without series keys is one query either way (in the Patient Root
+    model, hierarchical search asks for the patients first). Closing the
+    iterator early cancels the request under way (see
+    :meth:`FindAssociation.matches`) and releases the association.
+    """
+    model_uid = qr_model(model, "find")
+    with FindAssociation.open(
+        peer, model_uid, timeouts=timeouts, ask_relational=relational is None
+    ) as association:
+        if relational is None:
+            relational = association.relational
+        simple = level == STUDY and not request.has_criteria(SERIES)
+        if relational or (simple and not request.patient_root):
+            yield from association.matches(request.relational_identifier(level))
+            return
+        for found in by_study(association.find, request, level):
+            yield from found
 
 
 def search(
@@ -291,39 +505,9 @@ def search(
     timeouts: DIMSETimeouts,
     relational: bool | None = None,
 ) -> list[Dataset]:
-    """Every dataset for a query at level, over one association.
-
-    One relational query when ``relational`` is True, or None and the peer
-    accepts relational queries; else level by level (:func:`hierarchical_find`).
-    A STUDY-level query without series keys is one query either way (in the
-    Patient Root model, hierarchical search asks for the patients first).
-    """
-    model_uid = qr_model(model, "find")
-    ext_neg = [relational_requested(model_uid)] if relational is None else []
-    assoc = open_association(
-        peer,
-        [build_context(model_uid, list(UNCOMPRESSED))],
-        operation="C-FIND",
-        timeouts=timeouts,
-        ext_neg=ext_neg,
+    """Every dataset for a query at level (see :func:`search_iter`)."""
+    return list(
+        search_iter(
+            peer, request, level, model=model, timeouts=timeouts, relational=relational
+        )
     )
-    with ended(assoc):
-        require_context(assoc.accepted_contexts, model_uid, peer, "C-FIND")
-        message_ids = iter(range(1, 65536))
-
-        def find(identifier: Dataset) -> list[Dataset]:
-            return c_find(
-                assoc,
-                identifier,
-                model_uid,
-                peer=peer,
-                timeouts=timeouts,
-                msg_id=next(message_ids),
-            )
-
-        if relational is None:
-            relational = relational_accepted(assoc, model_uid)
-        simple = level == STUDY and not request.has_criteria(SERIES)
-        if relational or (simple and not request.patient_root):
-            return find(request.relational_identifier(level))
-        return hierarchical_find(find, request, level)

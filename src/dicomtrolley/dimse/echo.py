@@ -1,0 +1,73 @@
+"""C-ECHO (PS3.7 9.1.5, Verification SOP class PS3.4 annex A): is the peer there
+and does it accept us?
+
+One association with the Verification context, one C-ECHO-RQ, its response,
+release: the same :class:`~dicomtrolley.dimse.link.Link` and timeouts
+(connect, idle, total) as every other DIMSE operation.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pynetdicom import build_context
+
+from dicomtrolley.dimse.errors import ServiceNotSupportedError, status_error
+from dicomtrolley.dimse.link import Link
+from dicomtrolley.dimse.messages import MessageReader
+from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
+from dicomtrolley.formats import dul
+
+OPERATION = "C-ECHO"
+#: PS3.4 A.4: the Verification SOP class.
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+def c_echo(peer: Peer, timeouts: DIMSETimeouts) -> None:
+    """Associate with peer, send a C-ECHO and check that it answers Success.
+
+    Raises
+    ------
+    DIMSEError
+        The subclass that says what went wrong: no connection, rejected
+        association, no Verification context, timeout, or a status other than
+        Success (DIMSEStatusError, ``status`` holds it).
+    """
+    link = Link.connect(
+        peer, [build_context(VERIFICATION)], operation=OPERATION, timeouts=timeouts
+    )
+    try:
+        context = link.context_for(VERIFICATION)
+        if context is None:
+            raise ServiceNotSupportedError(
+                "the peer does not accept the Verification SOP class",
+                peer=peer,
+                operation=OPERATION,
+            )
+        context_id = int(context.context_id or 0)
+        deadline = time.monotonic() + timeouts.total if timeouts.total else None
+        link.send(
+            context_id,
+            dul.encode_command(
+                {
+                    dul.AFFECTED_SOP_CLASS_UID: VERIFICATION,
+                    dul.COMMAND_FIELD: dul.C_ECHO_RQ,
+                    dul.MESSAGE_ID: 1,
+                    dul.COMMAND_DATA_SET_TYPE: dul.NO_DATASET,
+                }
+            ),
+            None,
+        )
+        response, _ = MessageReader(link, context_id, deadline).next()
+        field = dul.command_int(response, dul.COMMAND_FIELD)
+        if field != dul.C_ECHO_RSP or dul.STATUS not in response:
+            raise link.fail(
+                f"protocol error: answered a C-ECHO with command 0x{field:04X}"
+            )
+    except BaseException:
+        link.abort()
+        raise
+    link.release()
+    status = dul.command_int(response, dul.STATUS)
+    if status != 0x0000:
+        raise status_error(status, peer=peer, operation=OPERATION)
