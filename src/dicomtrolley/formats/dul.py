@@ -51,11 +51,17 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_GET_RQ = 0x0010
 C_GET_RSP = 0x8010
+C_FIND_RQ = 0x0020
+C_FIND_RSP = 0x8020
+C_MOVE_RQ = 0x0021
+C_MOVE_RSP = 0x8021
 C_CANCEL_RQ = 0x0FFF
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
 #: CommandDataSetType value meaning "no data set follows"
 NO_DATASET = 0x0101
+#: CommandDataSetType we send when a data set follows (any other value does)
+DATASET_PRESENT = 0x0001
 
 # Command elements (group 0000), by element number, and how their values are held
 COMMAND_GROUP_LENGTH = 0x0000
@@ -110,6 +116,11 @@ CommandValue = int | str | bytes
 
 class DULProtocolError(PermanentError):
     """The peer sent bytes that are not valid DICOM upper layer PDUs or commands."""
+
+
+class DULValueError(PermanentError):
+    """A value that cannot be encoded into a PDU or a command set (an AE title
+    that is not one, a UID too long, a number out of its range)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,8 +272,17 @@ def encode_command(elements: Mapping[int, CommandValue]) -> bytes:
         value = elements[element]
         encoded: bytes
         if isinstance(value, int):
+            if not 0 <= value <= 0xFFFF:
+                raise DULValueError(
+                    f"command element (0000,{element:04X}) value {value} is not "
+                    "within 0 to 65535"
+                )
             encoded = struct.pack("<H", value)
         elif isinstance(value, str):
+            if not value.isascii():
+                raise DULValueError(
+                    f"command element (0000,{element:04X}) value {value!r} is not ASCII"
+                )
             encoded = value.encode("ascii")
             if len(encoded) % 2:
                 encoded += _TEXT.get(element, b" ")
