@@ -1,4 +1,4 @@
-"""C-GET speed: dicomtrolley against DCMTK's getscu, same Orthanc, same study, one run.
+"""C-GET and C-MOVE speed: dicomtrolley against DCMTK, same Orthanc, same study, one run.
 
 For a large synthetic study (default 300 MB in instances of 20 MiB, and the
 105-instance demo set with ``--demo``):
@@ -8,15 +8,23 @@ For a large synthetic study (default 300 MB in instances of 20 MiB, and the
 2. dicomtrolley (``DICOMQRGet.save_all`` of a ``StudyReference`` into a
    ``TemplateStorage``, in a child process) retrieves the same study.
 
-Prints each one's best wall time, throughput, and the ratio dicomtrolley/getscu
-(the target of issue 5: at most 1.5). dicomtrolley's time is measured around
+With ``--move``, the same studies also by C-MOVE:
+
+3. DCMTK ``movescu`` moves the study into a DCMTK ``storescp`` started beforehand
+   (its start is not timed);
+4. dicomtrolley (``DICOMQRMove.save_all``, whose storage SCP starts and stops
+   inside the timed call) moves the same study.
+
+Prints each one's best wall time, throughput, and the ratios dicomtrolley/getscu
+(the target of issue 5: at most 1.5), dicomtrolley C-MOVE/movescu+storescp (issue
+12: at most 1) and dicomtrolley C-MOVE/dicomtrolley C-GET (issue 12: at most 1.5). dicomtrolley's time is measured around
 ``save_all`` (the interpreter start and imports of the child are left out; they
 are printed separately); getscu's is the whole process.
 
 Run it in the loopback-only namespace, as Orthanc binds every interface:
 
     bash scripts/loopback-only.sh .venv/bin/python benchmarks/dimse.py [--mb 300]
-        [--repeat 3] [--demo] [--workers 1]
+        [--repeat 3] [--demo] [--move] [--workers 1]
 """
 
 from __future__ import annotations
@@ -35,20 +43,35 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dicomtrolley import synthetic  # noqa: E402
-from tests.orthanc_server import OrthancServer, generate_studies  # noqa: E402
+from tests.orthanc_server import (  # noqa: E402
+    OrthancServer,
+    free_port,
+    generate_studies,
+)
 
 GETSCU = "/usr/bin/getscu"
+MOVESCU = "/usr/bin/movescu"
+STORESCP = "/usr/bin/storescp"
+ECHOSCU = "/usr/bin/echoscu"
+#: Move destinations Orthanc knows (AE title -> our port, chosen at start)
+TROLLEY_STORE = "TROLLEYSTORE"
+DCMTK_STORE = "DCMTKSTORE"
 
 CHILD = r"""
 import json, sys, time
 started = time.perf_counter()
 from dicomtrolley.core import StudyReference
-from dicomtrolley.dicom_qr import DICOMQRGet
+from dicomtrolley.dicom_qr import DICOMQRGet, DICOMQRMove
 from dicomtrolley.storage import TemplateStorage
 port, aec, out, workers = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
-studies = sys.argv[5:]
+move_port, studies = int(sys.argv[5]), sys.argv[6:]
 storage = TemplateStorage(out, "{StudyInstanceUID}/{SOPInstanceUID}.dcm")
-downloader = DICOMQRGet("127.0.0.1", port, aec=aec)
+if move_port:
+    downloader = DICOMQRMove(
+        "127.0.0.1", port, aec=aec, store_aet="TROLLEYSTORE", store_port=move_port
+    )
+else:
+    downloader = DICOMQRGet("127.0.0.1", port, aec=aec)
 ready = time.perf_counter()
 report = downloader.save_all(
     [StudyReference(uid) for uid in studies], storage, out, max_workers=workers
@@ -83,8 +106,60 @@ def getscu(
     return time.perf_counter() - start
 
 
+def movescu(port: int, aec: str, study_uids: list[str], store_port: int) -> float:
+    """Wall time of movescu moving the studies into a running storescp."""
+    environment = dict(os.environ, TCP_NODELAY="1")
+    start = time.perf_counter()
+    for uid in study_uids:
+        subprocess.run(
+            [
+                MOVESCU, "-S", "-aec", aec, "-aem", DCMTK_STORE, "-q",
+                "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}",
+                "127.0.0.1", str(port),
+            ],
+            check=True,
+            env=environment,
+        )  # fmt: skip
+    return time.perf_counter() - start
+
+
+class StoreSCP:
+    """DCMTK's storescp on store_port, writing into out, while in the with block."""
+
+    def __init__(self, store_port: int, out: Path, pdu: int) -> None:
+        self.command = [
+            STORESCP, "-aet", DCMTK_STORE, "+xa", "--max-pdu", str(pdu),
+            "-od", str(out), str(store_port),
+        ]  # fmt: skip
+        self.port = store_port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> StoreSCP:
+        environment = dict(os.environ, TCP_NODELAY="1")
+        self.process = subprocess.Popen(self.command, env=environment)
+        deadline = time.monotonic() + 10
+        while subprocess.run(
+            [ECHOSCU, "-aec", DCMTK_STORE, "127.0.0.1", str(self.port)],
+            capture_output=True,
+        ).returncode:
+            if time.monotonic() > deadline:
+                raise RuntimeError("storescp did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(10)
+
+
 def trolley(
-    port: int, aec: str, study_uids: list[str], out: Path, workers: int
+    port: int,
+    aec: str,
+    study_uids: list[str],
+    out: Path,
+    workers: int,
+    move_port: int = 0,
 ) -> dict[str, float]:
     result = subprocess.run(
         [
@@ -95,6 +170,7 @@ def trolley(
             aec,
             str(out),
             str(workers),
+            str(move_port),
             *study_uids,
         ],
         check=True,
@@ -149,6 +225,55 @@ def bench(
     }
 
 
+def bench_move(
+    name: str,
+    server: OrthancServer,
+    study_uids: list[str],
+    work: Path,
+    args: argparse.Namespace,
+    get_seconds: float,
+) -> dict[str, float]:
+    """C-MOVE: movescu into storescp, then dicomtrolley's DICOMQRMove."""
+    best_dcmtk = best_ours = float("inf")
+    size = files = 0
+    for attempt in range(args.repeat):
+        out = work / f"movescu-{name}-{attempt}"
+        out.mkdir()
+        with StoreSCP(args.dcmtk_store_port, out, args.pdu):
+            best_dcmtk = min(
+                best_dcmtk,
+                movescu(
+                    server.dicom_port, server.aet, study_uids, args.dcmtk_store_port
+                ),
+            )
+        dcmtk_files, _ = folder_bytes(out)
+        shutil.rmtree(out)
+        out = work / f"trolley-move-{name}-{attempt}"
+        result = trolley(
+            server.dicom_port,
+            server.aet,
+            study_uids,
+            out,
+            args.workers,
+            args.trolley_store_port,
+        )
+        shutil.rmtree(out)
+        best_ours = min(best_ours, result["seconds"])
+        size, files = int(result["bytes"]), int(result["files"])
+        if files != dcmtk_files:
+            raise RuntimeError(
+                f"movescu+storescp saved {dcmtk_files} files, dicomtrolley {files}"
+            )
+    return {
+        "files": files,
+        "mb": size / 1e6,
+        "movescu_s": best_dcmtk,
+        "trolley_s": best_ours,
+        "ratio": best_ours / best_dcmtk,
+        "vs_get": best_ours / get_seconds,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--mb", type=float, default=300, help="large study size, MB")
@@ -156,6 +281,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs; the best counts")
     parser.add_argument("--workers", type=int, default=1, help="dicomtrolley workers")
     parser.add_argument("--demo", action="store_true", help="also the demo set")
+    parser.add_argument("--move", action="store_true", help="also C-MOVE")
     parser.add_argument(
         "--pdu",
         type=int,
@@ -178,15 +304,29 @@ def main() -> int:
     )
     large_uid = _study_uid(paths[0])
     results = {}
-    with OrthancServer(extra_config={"MaximumPduLength": args.pdu}) as server:
+    moves = {}
+    args.trolley_store_port = free_port()
+    args.dcmtk_store_port = free_port()
+    modalities = {
+        "TROLLEY": [TROLLEY_STORE, "127.0.0.1", args.trolley_store_port],
+        "DCMTK": [DCMTK_STORE, "127.0.0.1", args.dcmtk_store_port],
+    }
+    with OrthancServer(
+        modalities=modalities, extra_config={"MaximumPduLength": args.pdu}
+    ) as server:
         server.upload(paths)
         shutil.rmtree(work / "large")
-        results["large"] = bench("large", server, [large_uid], work, args)
+        sets = {"large": [large_uid]}
         if args.demo:
             demo = generate_studies(work / "demo")
             server.upload(demo.paths)
-            uids = [study.study_uid for study in demo.studies]
-            results["demo"] = bench("demo", server, uids, work, args)
+            sets["demo"] = [study.study_uid for study in demo.studies]
+        for name, uids in sets.items():
+            results[name] = bench(name, server, uids, work, args)
+            if args.move:
+                moves[name] = bench_move(
+                    name, server, uids, work, args, results[name]["trolley_s"]
+                )
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     print()
@@ -200,6 +340,18 @@ def main() -> int:
             f"{r['trolley_s']:10.2f} {r['ratio']:6.2f} {r['mb'] / r['getscu_s']:12.0f} "
             f"{r['mb'] / r['trolley_s']:13.0f} {r['startup_s']:10.2f}"
         )
+    if moves:
+        print()
+        print(
+            f"{'C-MOVE':>6} {'files':>6} {'MB':>7} {'movescu s':>10} {'trolley s':>10} "
+            f"{'ratio':>6} {'vs C-GET':>9} {'trolley MB/s':>13}"
+        )
+        for name, r in moves.items():
+            print(
+                f"{name:>6} {r['files']:6.0f} {r['mb']:7.0f} {r['movescu_s']:10.2f} "
+                f"{r['trolley_s']:10.2f} {r['ratio']:6.2f} {r['vs_get']:9.2f} "
+                f"{r['mb'] / r['trolley_s']:13.0f}"
+            )
     return 0
 
 

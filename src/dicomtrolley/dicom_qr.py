@@ -37,6 +37,7 @@ both AE titles and the status.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import date, datetime
@@ -56,7 +57,6 @@ from dicomtrolley.core import (
     Searcher,
     Study,
 )
-from dicomtrolley.dimse.associations import receive_to_files
 from dicomtrolley.dimse.contexts import MODELS, sop_classes_of
 from dicomtrolley.dimse.errors import (
     AssociationAbortedError,
@@ -84,7 +84,7 @@ from dicomtrolley.dimse.retrieve import (
     disk_sink,
     plan_units,
 )
-from dicomtrolley.dimse.sessions import SessionPool
+from dicomtrolley.dimse.sessions import SessionPool, run_stoppable
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer, check_ae_title
 from dicomtrolley.dimse.storage_scp import StoreSCP
 from dicomtrolley.download import DownloadReport, NullProgress, Progress, run_transfers
@@ -425,10 +425,16 @@ class _Retriever(Downloader):
 
         ``spool``: where received instances are written before the sink takes
         them (the output folder, so that the sink's rename is on one file system;
-        None: the system temporary folder)."""
-        receive_to_files()
+        None: the system temporary folder). Ctrl-C or ``cancelled()`` abort the
+        associations under way within a fraction of a second."""
+        stop = threading.Event()
+        outer = cancelled or stop.is_set
+
+        def stopped() -> bool:
+            return stop.is_set() or outer()
+
         arrivals = Arrivals()
-        receiver = Receiver(arrivals.wrap(sink), report, progress, cancelled=cancelled)
+        receiver = Receiver(arrivals.wrap(sink), report, progress, cancelled=stopped)
         for unit in units:
             if unit.expected is not None:
                 progress.add_total(instances=len(unit.expected))
@@ -442,12 +448,16 @@ class _Retriever(Downloader):
                 list_instances=self._list_instances,
                 cancelled=receiver.cancelled,
             )
-            run_transfers(
-                units,
-                resume.retrieve,
-                report,
-                workers=workers,
-                uids_of=RetrieveUnit.uids,
+            run_stoppable(
+                lambda: run_transfers(
+                    units,
+                    resume.retrieve,
+                    report,
+                    workers=workers,
+                    uids_of=RetrieveUnit.uids,
+                ),
+                stop,
+                workers,
             )
 
     def _list_instances(self, unit: RetrieveUnit) -> list[InstanceReference]:
@@ -511,9 +521,10 @@ class DICOMQRMove(_Retriever):
     The PACS must know the move destination: AE title ``store_aet`` (default: our
     ``aet``) at this machine's address and ``store_port``. The SCP binds
     ``store_bind`` (default: 127.0.0.1 when the PACS is on this machine, else
-    every interface) and only stores what comes from the PACS's address
-    (``accept_from``: other addresses, or None for any). ``retry`` as for
-    :class:`DICOMQRGet`.
+    every interface) and only accepts associations from the PACS's address
+    (``accept_from``: other addresses, or None for any) and, when
+    ``accept_aets`` is given, with one of those calling AE titles. ``retry`` as
+    for :class:`DICOMQRGet`.
     """
 
     operation = "C-MOVE"
@@ -529,6 +540,7 @@ class DICOMQRMove(_Retriever):
         *,
         store_bind: str | None = None,
         accept_from: Iterable[str] | str | None = "pacs",
+        accept_aets: Iterable[str] | None = None,
         model: str = "study",
         timeout: DIMSETimeouts | float | None = None,
         max_workers: int | None = None,
@@ -550,6 +562,7 @@ class DICOMQRMove(_Retriever):
         self.store_port = int(store_port)
         self.store_bind = store_bind
         self.accept_from = accept_from
+        self.accept_aets = None if accept_aets is None else list(accept_aets)
 
     @contextlib.contextmanager
     def _sessions(
@@ -568,6 +581,8 @@ class DICOMQRMove(_Retriever):
             timeouts=self.timeouts,
             bind_address=self.store_bind,
             accept_from=self.accept_from,
+            accept_aets=self.accept_aets,
+            spool=spool,
         )
 
         def session() -> MoveSession:

@@ -14,16 +14,22 @@ presentation states, PDF) only get the uncompressed one. The classes come from
 the search when it found them (``SOPClassUID`` of instances, ``SOPClassesInStudy``
 of studies), else from :data:`COMMON_STORAGE_CLASSES`.
 
+The storage SCP that receives C-MOVE sub-operations answers the contexts a
+PACS proposes with :func:`accept_storage`: every storage SOP class (and
+Verification), each in the first of :data:`ACCEPTED_SYNTAXES` the PACS offers.
+
 Everything here is pure: it builds pynetdicom objects without any I/O.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 from pydicom.uid import (
     JPEG2000,
     UID,
+    AllTransferSyntaxes,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -35,11 +41,13 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import build_context, build_role
+from pynetdicom import AllStoragePresentationContexts, build_context, build_role
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext
 
 from dicomtrolley.core import DICOMDownloadable, Instance, Series, Study
+from dicomtrolley.dimse.errors import ServiceNotSupportedError
+from dicomtrolley.dimse.settings import Peer
 
 #: PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255.
 MAX_CONTEXTS = 128
@@ -243,3 +251,71 @@ def _multi(value: object) -> list[str]:
     if isinstance(value, Iterable):
         return [str(part) for part in value if part]
     return [str(value)]
+
+
+def require_context(
+    accepted: Iterable[PresentationContext], sop_class: str, peer: Peer, operation: str
+) -> None:
+    """Raise ServiceNotSupportedError when the accepted contexts lack sop_class."""
+    if not any(cx.abstract_syntax == sop_class for cx in accepted):
+        name = getattr(sop_class, "name", sop_class)
+        raise ServiceNotSupportedError(
+            f"the peer does not support {name} ({sop_class})",
+            peer=peer,
+            operation=operation,
+        )
+
+
+# -- the storage SCP's side ---------------------------------------------------------
+
+VERIFICATION = "1.2.840.10008.1.1"
+#: Every standard storage SOP class UID starts with this (PS3.4 B.5).
+STORAGE_ROOT = "1.2.840.10008.5.1.4.1.1."
+#: What the storage SCP takes, most wanted first: uncompressed as C-GET asks,
+#: then whatever the PACS holds (stored as received, never transcoded by us).
+ACCEPTED_SYNTAXES: tuple[str, ...] = tuple(
+    dict.fromkeys([*UNCOMPRESSED, *COMPRESSED, *AllTransferSyntaxes])
+)
+
+#: Presentation context results (PS3.8 9.3.3.2)
+ACCEPTANCE = 0
+ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
+TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
+
+
+@functools.cache
+def _storage_classes() -> frozenset[str]:
+    """The storage SOP classes pynetdicom knows (some outside STORAGE_ROOT)."""
+    return frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+
+
+def is_storage_class(sop_class: str) -> bool:
+    return sop_class.startswith(STORAGE_ROOT) or sop_class in _storage_classes()
+
+
+def accept_storage(
+    proposed: Sequence[PresentationContext],
+) -> list[PresentationContext]:
+    """The storage SCP's answer to each proposed context (same context ID).
+
+    Storage classes and Verification are accepted in the first of
+    :data:`ACCEPTED_SYNTAXES` the requestor offers; other abstract syntaxes,
+    and contexts without any syntax we know, are refused. The requestor keeps
+    its default role (SCU), so role selection items need no answer.
+    """
+    results = []
+    for context in proposed:
+        abstract = str(context.abstract_syntax)
+        offered = [str(uid) for uid in context.transfer_syntax]
+        result = PresentationContext()
+        result.context_id = context.context_id
+        result.abstract_syntax = context.abstract_syntax
+        if abstract != VERIFICATION and not is_storage_class(abstract):
+            result.result = ABSTRACT_SYNTAX_NOT_SUPPORTED
+            chosen = offered[:1]
+        else:
+            chosen = [uid for uid in ACCEPTED_SYNTAXES if uid in offered][:1]
+            result.result = ACCEPTANCE if chosen else TRANSFER_SYNTAXES_NOT_SUPPORTED
+        result.transfer_syntax = [UID(chosen[0] if chosen else UNCOMPRESSED[1])]
+        results.append(result)
+    return results

@@ -396,6 +396,12 @@ class Link:
         finally:
             self._lost()
 
+    def answer_release(self) -> None:
+        """Answer the peer's A-RELEASE-RQ and close (an acceptor's normal end)."""
+        with contextlib.suppress(OSError):
+            self.sock.sendall(dul.release_rp())
+        self._lost()
+
     def abort(self) -> None:
         """Send an A-ABORT (best effort) and close the connection."""
         if not self.open:

@@ -4,7 +4,8 @@
 C-MOVE runs in a worker thread and passes each received instance through a
 small queue, so it is at most a few instances ahead of the caller (the PACS
 waits for our C-STORE response meanwhile). When the caller stops early the
-transfer is cancelled: the Watchdog aborts the association.
+transfer is cancelled: the association is aborted at its next look
+(within :data:`~dicomtrolley.dimse.link.SLICE` seconds).
 """
 
 from __future__ import annotations

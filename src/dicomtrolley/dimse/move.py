@@ -1,28 +1,33 @@
 """C-MOVE (PS3.4 C.4.2): the PACS sends instances to a storage SCP of ours.
 
-The :class:`~dicomtrolley.dimse.storage_scp.StoreSCP` receives them on another
-association that the PACS opens; the Move Originator Message ID in its C-STORE
-requests (PS3.7 9.1.1.1) tells which of our C-MOVE requests they answer.
+The :class:`~dicomtrolley.dimse.storage_scp.StoreSCP` receives them on the
+associations the PACS opens to it; the Move Originator Message ID in its
+C-STORE requests (PS3.7 9.1.1.1) tells which of our C-MOVE requests they
+answer. Our own association carries only the request and its responses; while
+the PACS is busy storing, its pending responses may be far apart, so the idle
+timeout counts the storage SCP's activity as well (``Link.receive(heard=)``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
 from typing import Any
 
 from pynetdicom import build_context
-from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
 
-from dicomtrolley.dimse.associations import (
-    open_association,
-    release,
-    require_context,
-)
 from dicomtrolley.dimse.contexts import UNCOMPRESSED, qr_model
-from dicomtrolley.dimse.errors import MOVE_DESTINATION_UNKNOWN, ServiceNotSupportedError
-from dicomtrolley.dimse.retrieve import RetrieveUnit
-from dicomtrolley.dimse.sessions import Responses, RetrieveSession
+from dicomtrolley.dimse.errors import MOVE_DESTINATION_UNKNOWN
+from dicomtrolley.dimse.incoming import Command
+from dicomtrolley.dimse.link import Heard
+from dicomtrolley.dimse.sessions import RetrieveSession
 from dicomtrolley.dimse.storage_scp import StoreSCP
+from dicomtrolley.formats import dul
+
+OPERATION = "C-MOVE"
+#: Command fields (PS3.7 E.1)
+C_MOVE_RQ = 0x0021
+C_MOVE_RSP = 0x8021
 
 
 def destination_hint(code: int, store_aet: str, address: str, port: int) -> str:
@@ -43,39 +48,33 @@ def destination_hint(code: int, store_aet: str, address: str, port: int) -> str:
 class MoveSession(RetrieveSession):
     """C-MOVE requests over one association, to scp (see RetrieveSession)."""
 
-    operation = "C-MOVE"
+    operation = OPERATION
+    request_field = C_MOVE_RQ
+    response_field = C_MOVE_RSP
 
     def __init__(self, *args: Any, scp: StoreSCP, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            *args,
+            model_uid=qr_model(kwargs["model"], "move"),
+            spool=scp.spool,
+            **kwargs,
+        )
         self.scp = scp
-        self.model_uid = qr_model(self.model, "move")
 
-    def open(self) -> Association:
-        assoc = open_association(
-            self.peer,
-            [build_context(self.model_uid, list(UNCOMPRESSED))],
-            operation=self.operation,
-            timeouts=self.timeouts,
-            fast_poll=False,  # the instances come over the SCP's associations
-        )
-        try:
-            require_context(
-                assoc.accepted_contexts, self.model_uid, self.peer, self.operation
-            )
-        except ServiceNotSupportedError:
-            release(assoc)
-            raise
-        return assoc
+    def contexts(self) -> list[PresentationContext]:
+        return [build_context(self.model_uid, list(UNCOMPRESSED))]
 
-    def send(self, assoc: Association, unit: RetrieveUnit, msg_id: int) -> Responses:
-        identifier = unit.identifier(patient_root=self.model == "patient")
-        return assoc.send_c_move(
-            identifier, self.scp.aet, self.model_uid, msg_id=msg_id
-        )
+    def command(self, msg_id: int) -> Command:
+        command = super().command(msg_id)
+        command[dul.MOVE_DESTINATION] = self.scp.aet
+        return command
 
-    def alive(self) -> list[Callable[[], bool]]:
-        return [self.receiver.busy, self.scp.active]
+    def heard(self) -> Heard:
+        return self.scp.last_heard
 
-    def hint(self, status: int, assoc: Association) -> str:
-        address = str(assoc.requestor.address or self.scp.bind_address)
+    def hint(self, status: int) -> str:
+        address = self.scp.bind_address
+        if address in ("0.0.0.0", "::") and self.link is not None:
+            with contextlib.suppress(OSError):  # our address as the PACS sees it
+                address = str(self.link.sock.getsockname()[0])
         return destination_hint(status, self.scp.aet, address, self.scp.port)

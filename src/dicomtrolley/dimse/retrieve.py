@@ -4,11 +4,11 @@
   list of instances of one series (PS3.4 C.4.2.2.1: several UIDs in one unique
   key, "list of UID matching"). :func:`plan_units` makes them from what the
   user asked for.
-* :class:`Receiver` is the C-STORE handler. pynetdicom has written the
-  incoming dataset to a temporary file (:func:`~dicomtrolley.dimse.associations.
-  receive_to_files`); the receiver hands that file to the storage writer
-  (temporary name in the output folder, verified, renamed), so no dataset is
-  ever held in memory whole on its way to disk.
+* :class:`Receiver` takes every received instance, of C-GET and C-MOVE alike:
+  :class:`~dicomtrolley.dimse.incoming.StoreIntake` has written the incoming
+  data set to a temporary file; the receiver hands that file to the sink
+  (for disk: the storage writer, verified, renamed into place), so no data set
+  is ever held in memory whole on its way to disk.
 * :func:`check_outcome` compares what arrived with what the PACS reported in
   its final response (completed, failed and warning sub-operations, PS3.4
   C.4.2.1.5 / C.4.3.1.5) and reports every instance that did not arrive.
@@ -20,7 +20,6 @@ import contextlib
 import errno
 import os
 import shutil
-import tempfile
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -226,11 +225,11 @@ DICOMTrolleyError when it cannot keep it."""
 
 
 class Receiver:
-    """The C-STORE handler of C-GET and C-MOVE: each instance into the sink.
+    """Where every received instance goes: :meth:`store` puts it into the sink.
 
-    Routing: a C-GET session passes the tally of its current request; the
-    C-MOVE storage SCP finds the tally through the Move Originator Message ID
-    the PACS puts into its C-STORE requests (:meth:`route`), or by the SOP
+    Routing: a C-GET passes the tally of its current request; the C-MOVE
+    storage SCP finds it with :meth:`tally_for`, by the Move Originator Message
+    ID the PACS puts into its C-STORE requests (PS3.7 9.1.1.1), or by the SOP
     Instance UID when the search listed it.
     """
 
@@ -244,15 +243,10 @@ class Receiver:
         self.sink = sink
         self.report = report
         self.progress = progress
-        #: True when the caller went away: the Watchdog aborts the transfer
+        #: True when the caller went away: transfers stop at the next check
         self.cancelled: Callable[[], bool] = cancelled or (lambda: False)
-        self._busy = 0
         self._lock = threading.Lock()
         self._routes: dict[int, Tally] = {}
-
-    def busy(self) -> bool:
-        """True while an instance is being saved (a sign of life for the Watchdog)."""
-        return self._busy > 0
 
     def register(self, msg_id: int, tally: Tally) -> None:
         with self._lock:
@@ -262,11 +256,12 @@ class Receiver:
         with self._lock:
             self._routes.pop(msg_id, None)
 
-    def route(self, event: Any) -> int:
-        """C-STORE handler of the storage SCP: find the request's tally."""
-        request = event.request
-        msg_id = request.MoveOriginatorMessageID
-        sop_uid = str(request.AffectedSOPInstanceUID or "")
+    def tally_for(self, msg_id: int | None, sop_uid: str) -> Tally | None:
+        """The waiting C-MOVE an instance belongs to (None: none of ours).
+
+        By message ID; else the one whose listed instances hold sop_uid; else,
+        when one C-MOVE waits, that one (a PACS may leave the originator out).
+        """
         with self._lock:
             tally = self._routes.get(msg_id) if msg_id is not None else None
             if tally is None:
@@ -279,29 +274,15 @@ class Receiver:
                     ),
                     None,
                 )
-            if tally is None and len(self._routes) == 1:
+            if tally is None and msg_id is None and len(self._routes) == 1:
                 tally = next(iter(self._routes.values()))
-        if tally is None:
-            _discard(event)
-            logger.warning(
-                "refused C-STORE of %s from %s: no C-MOVE of ours is waiting for it",
-                sop_uid,
-                event.assoc.requestor.ae_title,
-            )
-            return STATUS_OUT_OF_RESOURCES
-        return self.handle(event, tally)
-
-    def handle(self, event: Any, tally: Tally) -> int:
-        """Save one instance pynetdicom received; the status goes back to the PACS."""
-        sop_uid = str(event.request.AffectedSOPInstanceUID or "")
-        return self.store(sop_uid, tally, lambda: _received_file(event))
+        return tally
 
     def store(self, sop_uid: str, tally: Tally, received: Callable[[], Path]) -> int:
         """Save one received instance: ``received()`` gives its complete temporary
-        file (or raises why there is none). Returns the C-STORE status."""
+        file (or raises why there is none). Returns the C-STORE status: success
+        only for an instance the sink kept."""
         path: Path | None = None
-        with self._lock:
-            self._busy += 1
         try:
             path = received()
             self.sink(path, sop_uid, tally)
@@ -328,35 +309,16 @@ class Receiver:
             if path is not None:
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
-            with self._lock:
-                self._busy -= 1
         with self._lock:
             tally.received.add(sop_uid)
         return STATUS_SUCCESS
 
 
-def _received_file(event: Any) -> Path:
-    """The file pynetdicom wrote the dataset to (or one written from memory)."""
-    try:
-        return Path(event.dataset_path)
-    except AttributeError:  # STORE_RECV_CHUNKED_DATASET was switched off
-        pass
-    fd, name = tempfile.mkstemp(prefix=".dicomtrolley-", suffix=".dcm")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(event.encoded_dataset())
-    return Path(name)
-
-
-def _discard(event: Any) -> None:
-    with contextlib.suppress(AttributeError, OSError, TypeError):
-        Path(event.dataset_path).unlink(missing_ok=True)
-
-
 def adopt_file(writer: Any, path: Path) -> int:
     """Put the complete file at path into writer; returns its size.
 
-    A rename when both are on one file system (pynetdicom's temporary folder
-    and the output folder), else a copy in chunks.
+    A rename when both are on one file system (the spool folder and the
+    output folder), else a copy in chunks.
     """
     size = path.stat().st_size
     if isinstance(writer, InstanceWriter):

@@ -2,41 +2,67 @@
 
 Opening an association with a hundred presentation contexts costs tens of
 milliseconds; a study of many series, or many studies, would pay it for every
-request. A :class:`RetrieveSession` keeps its association open between
-requests (PS3.7 allows any number of operations on one association) and opens
-a new one only when the last one broke. A :class:`SessionPool` gives each
-worker thread its own session and closes them all at the end.
+request. A :class:`RetrieveSession` keeps its :class:`~dicomtrolley.dimse.
+link.Link` open between requests (PS3.7 allows any number of operations on one
+association) and opens a new one only when the last one broke. A
+:class:`SessionPool` gives each worker thread its own session and closes them
+all at the end.
+
+C-GET and C-MOVE differ only in what the request carries and where the
+instances arrive; :class:`RetrieveSession` runs the request, reads the pending
+and final responses (PS3.4 C.4.2.1.5, C.4.3.1.5) with :class:`_Exchange`, and
+checks what arrived against the final counts. Its subclasses
+(:class:`~dicomtrolley.dimse.get.GetSession`, :class:`~dicomtrolley.dimse.move.
+MoveSession`) say which contexts to propose, what goes into the command, and,
+for C-GET, take the C-STORE requests that come on the same association.
+
+Stopping: the caller's ``cancelled()`` is looked at between socket reads (at
+least every :data:`~dicomtrolley.dimse.link.SLICE` seconds) and aborts the
+association; so does any exception in the caller's thread, Ctrl-C included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
 from pydicom.dataset import Dataset
-from pynetdicom.association import Association
+from pydicom.uid import UID, ImplicitVRLittleEndian
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.presentation import PresentationContext
 
-from dicomtrolley.dimse.associations import (
-    Watchdog,
-    ended_before_sending,
-    release,
-)
+from dicomtrolley.dimse.contexts import require_context
 from dicomtrolley.dimse.errors import DIMSEError, DIMSEStatusError
-from dicomtrolley.dimse.find import PENDING
+from dicomtrolley.dimse.incoming import Command, CommandAssembler, StoreIntake
+from dicomtrolley.dimse.link import Heard, Link
 from dicomtrolley.dimse.retrieve import Receiver, RetrieveUnit, Tally, check_outcome
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
 from dicomtrolley.download import DownloadReport, Progress
+from dicomtrolley.exceptions import PermanentError, StorageError
+from dicomtrolley.formats import dul
 from dicomtrolley.logs import get_module_logger
 
 logger = get_module_logger("dimse")
 
+PENDING = (0xFF00, 0xFF01)
+
 _message_ids = itertools.cycle(range(1, 65536))
 _message_ids_lock = threading.Lock()
 
-Responses = Iterator[tuple[Dataset, Dataset | None]]
+#: Sub-operation counts of a C-GET/C-MOVE response, by Dataset keyword
+COUNTS = {
+    "NumberOfRemainingSuboperations": dul.REMAINING,
+    "NumberOfCompletedSuboperations": dul.COMPLETED,
+    "NumberOfFailedSuboperations": dul.FAILED,
+    "NumberOfWarningSuboperations": dul.WARNING,
+}
 
 
 def next_message_id() -> int:
@@ -45,27 +71,24 @@ def next_message_id() -> int:
         return next(_message_ids)
 
 
-def sub_operations(status: Dataset) -> int:
-    """Remaining + completed + failed + warning sub-operations of a response."""
-    return sum(
-        int(status.get(name, 0) or 0)
-        for name in (
-            "NumberOfRemainingSuboperations",
-            "NumberOfCompletedSuboperations",
-            "NumberOfFailedSuboperations",
-            "NumberOfWarningSuboperations",
-        )
-    )
+def transfer_syntax(context: PresentationContext | None) -> UID:
+    if context is None:
+        return ImplicitVRLittleEndian
+    return UID(str(context.transfer_syntax[0]))
 
 
 class RetrieveSession:
     """One association for successive C-GET or C-MOVE requests.
 
-    Subclasses say how to open the association (:meth:`open`), how to send one
-    request (:meth:`send`) and what else shows the transfer is alive.
+    Subclasses set ``operation`` and the request and response command fields,
+    and may override :meth:`contexts`, :meth:`roles`,
+    :meth:`check`, :meth:`command`, :meth:`intake`, :meth:`heard` and
+    :meth:`hint`.
     """
 
     operation = ""
+    request_field = 0
+    response_field = 0
 
     def __init__(
         self,
@@ -76,35 +99,83 @@ class RetrieveSession:
         timeouts: DIMSETimeouts,
         report: DownloadReport,
         progress: Progress,
+        model_uid: str,
+        spool: Path | None = None,
     ) -> None:
         self.peer = peer
         self.receiver = receiver
         self.model = model
+        self.model_uid = model_uid
         self.timeouts = timeouts
         self.report = report
         self.progress = progress
-        self.assoc: Association | None = None
-        #: the request whose instances arrive now (C-GET)
-        self.current: Tally | None = None
+        self.spool = spool
+        self.link: Link | None = None
 
-    def open(self) -> Association:
+    # -- what subclasses say ------------------------------------------------------
+
+    def contexts(self) -> list[PresentationContext]:
         raise NotImplementedError()
 
-    def send(self, assoc: Association, unit: RetrieveUnit, msg_id: int) -> Responses:
-        raise NotImplementedError()
+    def roles(self) -> list[object]:
+        return []
 
-    def alive(self) -> list[Callable[[], bool]]:
-        return [self.receiver.busy]
+    def check(self, link: Link) -> None:
+        """Raise when the accepted contexts cannot serve the request."""
 
-    def hint(self, status: int, assoc: Association) -> str:
+    def command(self, msg_id: int) -> Command:
+        return {
+            dul.AFFECTED_SOP_CLASS_UID: str(self.model_uid),
+            dul.COMMAND_FIELD: self.request_field,
+            dul.MESSAGE_ID: msg_id,
+            dul.PRIORITY: 0,
+            dul.COMMAND_DATA_SET_TYPE: 0x0000,
+        }
+
+    def intake(self, link: Link, tally: Tally) -> StoreIntake | None:
+        """Who takes C-STORE requests on our own association (None: nobody)."""
+        return None
+
+    def heard(self) -> Heard | None:
+        """Signs of life of the peer outside our association (Link.receive)."""
+        return None
+
+    def hint(self, status: int) -> str:
         """Advice to add to a failure status ('' for none)."""
         return ""
 
-    def association(self) -> Association:
-        if self.assoc is None or not self.assoc.is_established:
+    # -- the association ----------------------------------------------------------
+
+    def open(self) -> Link:
+        link = Link.connect(
+            self.peer,
+            self.contexts(),
+            operation=self.operation,
+            timeouts=self.timeouts,
+            roles=self.roles(),  # type: ignore[arg-type]
+        )
+        try:
+            accepted = list(link.contexts.values())
+            require_context(accepted, self.model_uid, self.peer, self.operation)
+            self.check(link)
+        except DIMSEError:
+            link.release()
+            raise
+        return link
+
+    def association(self) -> Link:
+        if self.link is None or not self.link.open:
             self.close()
-            self.assoc = self.open()
-        return self.assoc
+            self.link = self.open()
+        return self.link
+
+    def close(self) -> None:
+        """Release the association (abort it when the peer does not answer)."""
+        link, self.link = self.link, None
+        if link is not None:
+            link.release()
+
+    # -- one request --------------------------------------------------------------
 
     def retrieve(self, unit: RetrieveUnit) -> Tally:
         """Fetch unit; missing instances go into the report.
@@ -114,63 +185,190 @@ class RetrieveSession:
         DIMSEError
             When the request fails as a whole (status, timeout, broken association).
         """
-        assoc = self.association()
-        tally = Tally(unit)
-        self.current = tally
+        link = self.association()
+        context = link.context_for(self.model_uid)
+        assert context is not None  # checked by open()
+        syntax = transfer_syntax(context)
+        identifier = encode(
+            unit.identifier(patient_root=self.model == "patient"),
+            syntax.is_implicit_VR,
+            syntax.is_little_endian,
+        )
+        if identifier is None:
+            raise PermanentError(
+                f"cannot encode the {self.operation} identifier for {unit}",
+                uids=unit.uids(),
+            )
+        if self.spool is not None:
+            try:
+                self.spool.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise StorageError(
+                    f"cannot create {self.spool}: {error}", uids=unit.uids()
+                ) from error
         msg_id = next_message_id()
+        tally = Tally(unit)
+        deadline = (
+            time.monotonic() + self.timeouts.total if self.timeouts.total else None
+        )
+        logger.debug("%s of %s (message %d)", self.operation, unit, msg_id)
         self.receiver.register(msg_id, tally)
-        final: Dataset | None = None
-        identifier: Dataset | None = None
-        announced = unit.expected is not None
         try:
-            with (
-                Watchdog(
-                    assoc,
-                    self.timeouts,
-                    alive=self.alive(),
-                    cancelled=self.receiver.cancelled,
-                ) as watchdog,
-                ended_before_sending(assoc),
-            ):
-                for status, match in self.send(assoc, unit, msg_id):
-                    code = status.get("Status")
-                    if code is None:
-                        break
-                    if code in PENDING:
-                        if not announced:
-                            self.progress.add_total(instances=sub_operations(status))
-                            announced = True
-                        continue
-                    final, identifier = status, match
-                    break
-            if final is None:
-                self.close()
-                raise watchdog.error(self.peer, self.operation, uids=unit.uids())
+            link.send(
+                int(context.context_id or 0),
+                dul.encode_command(self.command(msg_id)),
+                identifier,
+            )
+            final, found = _Exchange(self, link, tally, msg_id).run(deadline)
+        except DIMSEError as error:
+            if not error.uids:
+                error.uids = unit.uids()
+            raise
+        except BaseException:  # Ctrl-C, a bug: the peer must not wait for us
+            link.abort()
+            raise
         finally:
             self.receiver.unregister(msg_id)
-            self.current = None
-        if not announced:
-            self.progress.add_total(instances=len(tally.received) + len(tally.failed))
         check_outcome(
-            final,
-            identifier,
+            _status_dataset(final),
+            found,
             tally,
             peer=self.peer,
             operation=self.operation,
             report=self.report,
-            hint=self.hint(int(final.Status), assoc),
+            hint=self.hint(dul.command_int(final, dul.STATUS)),
         )
         return tally
 
-    def close(self) -> None:
-        """Release the association (abort it when the peer does not answer)."""
-        assoc, self.assoc = self.assoc, None
-        if assoc is not None:
-            release(assoc)
+
+def _status_dataset(final: Command) -> Dataset:
+    """The status elements of a final response, as check_outcome reads them."""
+    status = Dataset()
+    status.Status = dul.command_int(final, dul.STATUS)
+    for keyword, element in COUNTS.items():
+        if element in final:
+            setattr(status, keyword, dul.command_int(final, element))
+    comment = dul.command_str(final, dul.ERROR_COMMENT)
+    if comment:
+        status.ErrorComment = comment
+    return status
+
+
+class _Exchange:
+    """The messages of one C-GET or C-MOVE: pending responses (and, for C-GET,
+    C-STORE requests answered as they come) until the final response."""
+
+    def __init__(
+        self, session: RetrieveSession, link: Link, tally: Tally, msg_id: int
+    ) -> None:
+        self.session = session
+        self.link = link
+        self.tally = tally
+        self.msg_id = msg_id
+        self.intake = session.intake(link, tally)
+        self.announced = tally.unit.expected is not None
+        self.commands = CommandAssembler()
+        self.final: Command | None = None
+        self.identifier = bytearray()
+        self.skipping = False  # the data set of a pending response (not expected)
+        self.done = False
+
+    def run(self, deadline: float | None) -> tuple[Command, Dataset | None]:
+        link, session = self.link, self.session
+        heard = session.heard()
+        cancelled = session.receiver.cancelled
+        try:
+            while not self.done:
+                for event in link.receive(deadline, cancelled, heard):
+                    if isinstance(event, dul.PDU):
+                        raise link.unexpected(event)
+                    if event.command:
+                        self._command(event)
+                    else:
+                        self._data(event)
+        finally:
+            if self.intake is not None:
+                self.intake.discard()
+        if not self.announced:
+            session.progress.add_total(
+                instances=len(self.tally.received) + len(self.tally.failed)
+            )
+        assert self.final is not None
+        return self.final, self._decode_identifier() if self.identifier else None
+
+    def _command(self, fragment: dul.Fragment) -> None:
+        if self.final is not None or self.skipping:
+            raise self._protocol("a command arrived before the data set it follows")
+        if self.intake is not None and self.intake.busy:
+            raise self._protocol("a command arrived before the data set it follows")
+        try:
+            command = self.commands.feed(fragment)
+        except dul.DULProtocolError as error:
+            raise self._protocol(str(error)) from error
+        if command is None:
+            return
+        field = dul.command_int(command, dul.COMMAND_FIELD)
+        if field == dul.C_STORE_RQ and self.intake is not None:
+            self.intake.start(command, fragment.context_id)
+        elif field == self.session.response_field:
+            self._response(command)
+        else:
+            raise self._protocol(f"unexpected DIMSE command 0x{field:04X}")
+
+    def _data(self, fragment: dul.Fragment) -> None:
+        if self.skipping:
+            self.skipping = not fragment.last
+            return
+        if self.final is not None:
+            self.identifier += fragment.data
+            if fragment.last:
+                self.done = True
+            return
+        if self.intake is None:
+            raise self._protocol("a data set arrived without its command")
+        self.intake.data(fragment)
+
+    def _response(self, command: Command) -> None:
+        if dul.command_int(command, dul.MESSAGE_ID_BEING_RESPONDED_TO) != self.msg_id:
+            raise self._protocol(
+                f"a {self.session.operation} response to a request we did not send"
+            )
+        status = dul.command_int(command, dul.STATUS)
+        if status in PENDING:
+            # PS3.4 C.4.2.1.5: no identifier in pending responses; skip one if sent
+            self.skipping = dul.has_dataset(command)
+            if not self.announced:
+                self.session.progress.add_total(
+                    instances=sum(
+                        dul.command_int(command, element) for element in COUNTS.values()
+                    )
+                )
+                self.announced = True
+            return
+        self.final = command
+        self.done = not dul.has_dataset(command)
+
+    def _decode_identifier(self) -> Dataset | None:
+        syntax = transfer_syntax(self.link.context_for(self.session.model_uid))
+        try:
+            return decode(
+                BytesIO(bytes(self.identifier)),
+                syntax.is_implicit_VR,
+                syntax.is_little_endian,
+            )
+        except Exception:  # the counts still tell what went wrong
+            logger.warning(
+                "cannot decode the identifier of the final %s response",
+                self.session.operation,
+            )
+            return None
+
+    def _protocol(self, message: str) -> DIMSEError:
+        return self.link.fail(f"protocol error: {message}")
 
 
 class Session(Protocol):
-    """What a SessionPool needs of a session (RetrieveSession, GetSession)."""
+    """What a SessionPool needs of a session."""
 
     report: DownloadReport
 
@@ -246,3 +444,49 @@ class SessionPool:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def run_stoppable(
+    work: Callable[[], None], stop: threading.Event, workers: int
+) -> None:
+    """Run work; Ctrl-C (or any exception here) sets stop and waits for it to end.
+
+    With one worker, work runs in this thread: the exception reaches the
+    socket wait at once. With several, their threads do not see Ctrl-C, so
+    work runs in a thread of its own while this one waits; stop then tells
+    every transfer to abort, which each does at its next look (SLICE seconds).
+    """
+    if workers <= 1:
+        work()
+        return
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as error:  # handed over to the caller's thread
+            failure.append(error)
+
+    thread = threading.Thread(target=run, name="dicomtrolley-transfers", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.1)
+    except BaseException:
+        stop.set()
+        with contextlib.suppress(BaseException):
+            thread.join()
+        raise
+    if failure:
+        raise failure[0]
+
+
+__all__ = [
+    "PENDING",
+    "RetrieveSession",
+    "Session",
+    "SessionPool",
+    "next_message_id",
+    "run_stoppable",
+    "transfer_syntax",
+]

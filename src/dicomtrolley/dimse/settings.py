@@ -79,7 +79,7 @@ class DIMSETimeouts:
     ----------
     connect:
         For the TCP connection and, again, for the answer to the association
-        request (pynetdicom's ``connection_timeout`` and ``acse_timeout``).
+        request (as acceptor: for the association request).
     idle:
         The longest silence from the peer: no PDU received (and, for C-MOVE, no
         data on the storage association either) for this long aborts the

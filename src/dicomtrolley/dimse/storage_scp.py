@@ -8,53 +8,54 @@ a download and stops it afterwards.
 Where it listens: the PACS must be able to connect to it, so by default it
 binds every interface (``0.0.0.0``), except when the PACS is on this machine
 (its host is a loopback address), when it binds ``127.0.0.1``. Pass
-``bind_address`` to choose. Whatever the bind address, it only stores what
-arrives from the PACS's own address(es) and while a C-MOVE of ours waits for it;
-other C-STORE requests are refused (status A700) and logged.
+``bind_address`` to choose.
 
-Starting and stopping it is cheap: the presentation contexts it accepts (every
-storage SOP class with every transfer syntax, about 7,600 UIDs to validate)
-are built once per process, and its accept loop looks for the stop request
-every :data:`SERVER_POLL_INTERVAL` seconds rather than pynetdicom's default
-0.5 s, which each download would otherwise wait out when the SCP stops.
+Who may store: an association is rejected (A-ASSOCIATE-RJ, PS3.8 9.3.4) unless
+it calls our AE title, comes from the PACS's own address(es) (``accept_from``)
+and, when ``accept_aets`` is given, with one of those calling AE titles. Each
+accepted association runs on a :class:`~dicomtrolley.dimse.link.Link` in a
+thread of its own; its C-STORE requests go through the same
+:class:`~dicomtrolley.dimse.incoming.StoreIntake` as C-GET's, routed to the
+C-MOVE of ours that waits for them (several may run at once); an instance none
+of them waits for is refused (status A700) and logged.
+
+Starting and stopping is cheap: one listening socket and a thread that waits
+for connections or a wake-up byte; stopping shuts the open associations'
+sockets, so their threads end at once.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import ipaddress
+import select
 import socket
-import socketserver
+import tempfile
 import threading
+import time
 from collections.abc import Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.transport import ThreadedAssociationServer
-
-from dicomtrolley.dimse.associations import new_ae, no_delay, quiet
-from dicomtrolley.dimse.errors import StoreSCPError
-from dicomtrolley.dimse.retrieve import STATUS_OUT_OF_RESOURCES, Receiver
+from dicomtrolley.dimse.contexts import accept_storage
+from dicomtrolley.dimse.errors import (
+    AssociationRejectedError,
+    DIMSEError,
+    StoreSCPError,
+)
+from dicomtrolley.dimse.incoming import Command, CommandAssembler, StoreIntake
+from dicomtrolley.dimse.link import AssociationRequest, Link, Rejection
+from dicomtrolley.dimse.retrieve import Receiver, Tally
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
+from dicomtrolley.formats import dul
 from dicomtrolley.logs import get_module_logger
 
 logger = get_module_logger("dimse")
 
-VERIFICATION = "1.2.840.10008.1.1"
-#: Seconds between the accept loop's looks for a stop request.
-SERVER_POLL_INTERVAL = 0.02
-
-
-@functools.cache
-def storage_contexts() -> tuple[PresentationContext, ...]:
-    """What the SCP accepts: every storage SOP class in every transfer syntax,
-    and Verification."""
-    abstract = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
-    return tuple(
-        build_context(uid, ALL_TRANSFER_SYNTAXES) for uid in [*abstract, VERIFICATION]
-    )
+OPERATION = "C-MOVE"
+#: Storage associations served at once; more are rejected (transient).
+MAX_ASSOCIATIONS = 32
 
 
 def addresses_of(host: str) -> set[str]:
@@ -82,16 +83,26 @@ class StoreSCP:
     Parameters
     ----------
     aet, port:
-        The move destination: the AE title and port registered on the PACS.
+        The move destination: the AE title and port registered on the PACS
+        (port 0: any free port, in :attr:`port` once started).
     pacs:
         The PACS the moves go to.
-    accept_from:
-        Who may store: ``"pacs"`` (default) the addresses the PACS host resolves
-        to, else the given address(es), or None for anyone.
     receiver:
-        Saves what arrives (routes it to the waiting C-MOVE).
+        Saves what arrives (routed to the waiting C-MOVE).
+    timeouts:
+        ``connect`` for the association request, ``idle`` for silence on an
+        open association.
     bind_address:
         Where to listen; default :func:`default_bind_address` of the PACS host.
+    accept_from:
+        Who may connect: ``"pacs"`` (default) the addresses the PACS host
+        resolves to, else the given address(es), or None for anyone.
+    accept_aets:
+        The calling AE titles allowed (None: any).
+    spool:
+        Where instances are written as they arrive (default: the system
+        temporary folder; the output folder keeps the final rename on one
+        file system).
     """
 
     def __init__(
@@ -104,6 +115,8 @@ class StoreSCP:
         timeouts: DIMSETimeouts,
         bind_address: str | None = None,
         accept_from: Iterable[str] | str | None = "pacs",
+        accept_aets: Iterable[str] | None = None,
+        spool: Path | None = None,
     ) -> None:
         self.aet = aet
         self.port = port
@@ -111,41 +124,27 @@ class StoreSCP:
         self.receiver = receiver
         self.timeouts = timeouts
         self.bind_address = bind_address or default_bind_address(pacs.host)
-        if accept_from == "pacs":
-            addresses = addresses_of(pacs.host)
-            self.accept_from: set[str] | None = addresses or None
-            if not addresses:
-                logger.warning(
-                    "%s cannot resolve %s; it will store what any host sends",
-                    self,
-                    pacs.host,
-                )
-        elif accept_from is None:
-            self.accept_from = None
-        elif isinstance(accept_from, str):
-            self.accept_from = {accept_from}
-        else:
-            self.accept_from = set(accept_from)
-        if self.accept_from and is_loopback(self.accept_from):
-            self.accept_from |= {"127.0.0.1", "::1"}
-        self._server: ThreadedAssociationServer | None = None
+        self.accept_from = _allowed_addresses(accept_from, pacs, self)
+        self.accept_aets = None if accept_aets is None else set(accept_aets)
+        self.spool = spool or Path(tempfile.gettempdir())
+        self._heard = 0.0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._listener: socket.socket | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None
         self._thread: threading.Thread | None = None
+        self._serving: dict[threading.Thread, socket.socket] = {}
 
     def __str__(self) -> str:
         return f"storage SCP {self.aet} on {self.bind_address}:{self.port}"
 
+    # -- starting and stopping ----------------------------------------------------
+
     def start(self) -> StoreSCP:
-        ae = new_ae(self.aet, self.timeouts)
-        ae.require_called_aet = True
+        family = socket.AF_INET6 if ":" in self.bind_address else socket.AF_INET
         try:
-            server = ae.make_server(
-                (self.bind_address, self.port),
-                contexts=list(storage_contexts()),
-                evt_handlers=[
-                    (evt.EVT_C_STORE, self._on_store),
-                    (evt.EVT_CONN_OPEN, self._on_open),
-                ],
-                server_class=ThreadedAssociationServer,
+            listener = socket.create_server(
+                (self.bind_address, self.port), family=family, backlog=16
             )
         except OSError as error:
             raise StoreSCPError(
@@ -153,30 +152,40 @@ class StoreSCP:
                 f"sub-operations: {error}. Choose another store_port (it must be "
                 "the one registered on the PACS for the move destination)",
                 peer=self.pacs,
-                operation="C-MOVE",
+                operation=OPERATION,
             ) from error
-        self._server = server
+        self.port = int(listener.getsockname()[1])
+        self._listener = listener
+        self._wake = socket.socketpair()
+        self._stopping.clear()
         self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": SERVER_POLL_INTERVAL},
-            name=f"dicomtrolley-{self}",
-            daemon=True,
+            target=self._listen, name=f"dicomtrolley-{self}", daemon=True
         )
         self._thread.start()
         logger.info("started %s", self)
         return self
 
     def stop(self) -> None:
-        server, self._server = self._server, None
+        """Stop listening and end every open association now."""
         thread, self._thread = self._thread, None
-        if server is None:
+        if thread is None:
             return
-        # The server was not started by its AE (see the module docstring), so
-        # the stop is socketserver's, without pynetdicom's AE bookkeeping
-        socketserver.BaseServer.shutdown(server)
-        server.server_close()
-        if thread is not None:
-            thread.join()
+        self._stopping.set()
+        assert self._wake is not None and self._listener is not None
+        with contextlib.suppress(OSError):
+            self._wake[1].send(b"x")
+        thread.join()
+        with self._lock:
+            serving = dict(self._serving)
+        for sock in serving.values():  # wakes its thread's recv at once
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for worker in serving:
+            worker.join()
+        self._listener.close()
+        for end in self._wake:
+            end.close()
+        self._listener = self._wake = None
         logger.info("stopped %s", self)
 
     def __enter__(self) -> StoreSCP:
@@ -190,29 +199,164 @@ class StoreSCP:
     ) -> None:
         self.stop()
 
-    def active(self) -> bool:
-        """True while a storage association received something within the idle time."""
-        server = self._server
-        if server is None:
-            return False
-        return any(
-            assoc.dul is not None and not assoc.dul.idle_timer_expired()
-            for assoc in server.active_associations
-        )
+    def last_heard(self) -> float:
+        """time.monotonic() when a storage association last received something."""
+        return self._heard
 
-    def _on_open(self, event: Any) -> None:
-        no_delay(event)
-        quiet(event.assoc)
+    # -- connections --------------------------------------------------------------
 
-    def _on_store(self, event: Any) -> int:
-        address = str(event.assoc.requestor.address)
-        if self.accept_from is not None and address not in self.accept_from:
-            logger.warning(
-                "%s refused a C-STORE from %s (%s): not the PACS %s",
-                self,
-                address,
-                event.assoc.requestor.ae_title,
-                self.pacs.host,
+    def _listen(self) -> None:
+        assert self._listener is not None and self._wake is not None
+        listener, wake = self._listener, self._wake[0]
+        while not self._stopping.is_set():
+            try:
+                ready, _, _ = select.select([listener, wake], [], [])
+            except OSError:
+                return
+            if wake in ready:
+                return
+            try:
+                sock, address = listener.accept()
+            except OSError:
+                continue
+            worker = threading.Thread(
+                target=self._serve,
+                args=(sock, address),
+                name=f"dicomtrolley-{self.aet}-{address[0]}:{address[1]}",
+                daemon=True,
             )
-            return STATUS_OUT_OF_RESOURCES
-        return self.receiver.route(event)
+            with self._lock:
+                self._serving[worker] = sock
+            worker.start()
+
+    def _serve(self, sock: socket.socket, address: tuple[Any, ...]) -> None:
+        me = threading.current_thread()
+        try:
+            link = Link.accept(
+                sock,
+                address,
+                aet=self.aet,
+                vet=self._vet,
+                negotiate=accept_storage,
+                operation=OPERATION,
+                timeouts=self.timeouts,
+            )
+        except AssociationRejectedError as error:
+            logger.warning("%s: %s", self, error)
+            self._forget(me)
+            return
+        except DIMSEError as error:
+            logger.info("%s: %s", self, error)
+            self._forget(me)
+            return
+        if self._stopping.is_set():
+            link.abort()
+        try:
+            self._associated(link)
+        except DIMSEError as error:
+            if not self._stopping.is_set():
+                logger.warning("%s: %s", self, error)
+        finally:
+            link.abort()
+            self._forget(me)
+
+    def _forget(self, worker: threading.Thread) -> None:
+        with self._lock:
+            self._serving.pop(worker, None)
+
+    def _vet(self, request: AssociationRequest, address: str) -> Rejection | None:
+        if self.accept_from is not None and address not in self.accept_from:
+            return Rejection(1, 1, 1, f"{address} is not the PACS {self.pacs.host}")
+        if self.accept_aets is not None and request.calling_aet not in self.accept_aets:
+            return Rejection(
+                1, 1, 3, f"calling AE title {request.calling_aet!r} not allowed"
+            )
+        with self._lock:
+            busy = len(self._serving)
+        if busy > MAX_ASSOCIATIONS:
+            return Rejection(2, 3, 2, f"{busy} associations open already")
+        return None
+
+    def _associated(self, link: Link) -> None:
+        """Serve one association: C-STORE and C-ECHO, until released or aborted."""
+        intake = StoreIntake(link, self.receiver, self.spool, self._route)
+        commands = CommandAssembler()
+        try:
+            while link.open:
+                events = link.receive(None, self._stopping.is_set)
+                self._heard = time.monotonic()
+                for event in events:
+                    if isinstance(event, dul.PDU):
+                        if event.type == dul.A_RELEASE_RQ and not intake.busy:
+                            link.answer_release()
+                            return
+                        raise link.unexpected(event)
+                    if not event.command:
+                        intake.data(event)
+                        continue
+                    if intake.busy:
+                        raise link.fail("protocol error: a command inside a data set")
+                    try:
+                        command = commands.feed(event)
+                    except dul.DULProtocolError as error:
+                        raise link.fail(f"protocol error: {error}") from error
+                    if command is not None:
+                        self._command(link, intake, command, event.context_id)
+        finally:
+            intake.discard()
+
+    def _command(
+        self, link: Link, intake: StoreIntake, command: Command, context_id: int
+    ) -> None:
+        field = dul.command_int(command, dul.COMMAND_FIELD)
+        if field == dul.C_STORE_RQ:
+            intake.start(command, context_id)
+        elif field == dul.C_ECHO_RQ:
+            answer: Command = {
+                dul.AFFECTED_SOP_CLASS_UID: dul.command_str(
+                    command, dul.AFFECTED_SOP_CLASS_UID
+                ),
+                dul.COMMAND_FIELD: dul.C_ECHO_RSP,
+                dul.MESSAGE_ID_BEING_RESPONDED_TO: dul.command_int(
+                    command, dul.MESSAGE_ID
+                ),
+                dul.COMMAND_DATA_SET_TYPE: dul.NO_DATASET,
+                dul.STATUS: 0x0000,
+            }
+            link.send(context_id, dul.encode_command(answer), None)
+        else:
+            raise link.fail(f"protocol error: unexpected DIMSE command 0x{field:04X}")
+
+    def _route(self, command: Command) -> Tally | None:
+        """The C-MOVE of ours this C-STORE request belongs to (PS3.7 9.1.1.1).
+
+        By Move Originator Message ID; not by Move Originator AE Title, which
+        some SCPs fill in with their own title (pynetdicom's C-MOVE SCP).
+        """
+        value = command.get(dul.MOVE_ORIGINATOR_MESSAGE_ID)
+        msg_id = value if isinstance(value, int) else None
+        sop_uid = dul.command_str(command, dul.AFFECTED_SOP_INSTANCE_UID)
+        return self.receiver.tally_for(msg_id, sop_uid)
+
+
+def _allowed_addresses(
+    accept_from: Iterable[str] | str | None, pacs: Peer, scp: StoreSCP
+) -> set[str] | None:
+    if accept_from == "pacs":
+        found = addresses_of(pacs.host)
+        if not found:
+            logger.warning(
+                "%s cannot resolve %s; it will store what any host sends",
+                scp,
+                pacs.host,
+            )
+            return None
+    elif accept_from is None:
+        return None
+    elif isinstance(accept_from, str):
+        found = {accept_from}
+    else:
+        found = set(accept_from)
+    if is_loopback(found):
+        found |= {"127.0.0.1", "::1"}
+    return found

@@ -1,0 +1,211 @@
+"""C-STORE requests received on a :class:`~dicomtrolley.dimse.link.Link`.
+
+Instances reach us as C-STORE requests (PS3.4 B.2, PS3.7 9.1.1) in two places:
+on our own C-GET association, and on the associations a PACS opens to the
+storage SCP for the sub-operations of a C-MOVE. Both go through a
+:class:`StoreIntake`: each data set is written, fragment by fragment as it
+arrives, behind a Part 10 file header into a temporary file in the spool folder
+(the output folder, so that the final rename stays on one file system), handed
+to the one :class:`~dicomtrolley.dimse.retrieve.Receiver` entry point
+(:meth:`~dicomtrolley.dimse.retrieve.Receiver.store`: verified, renamed into
+place) and answered with the status it gives. An instance that no request of
+ours waits for is read to its end, thrown away and refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from dicomtrolley.dimse.errors import DIMSEError
+from dicomtrolley.dimse.link import Link
+from dicomtrolley.dimse.retrieve import STATUS_OUT_OF_RESOURCES, Receiver, Tally
+from dicomtrolley.exceptions import StorageError
+from dicomtrolley.formats import dul
+from dicomtrolley.formats.part10 import file_header
+from dicomtrolley.logs import get_module_logger
+from dicomtrolley.storage import make_temp_file
+
+logger = get_module_logger("dimse")
+
+Command = dict[int, dul.CommandValue]
+Route = Callable[[Command], Tally | None]
+"""Which request a C-STORE request belongs to (None: none of ours)."""
+
+
+class CommandAssembler:
+    """Command sets out of their fragments (a command may span several PDUs)."""
+
+    def __init__(self) -> None:
+        self._pieces = bytearray()
+
+    def feed(self, fragment: dul.Fragment) -> Command | None:
+        """The command once its last fragment came (raises DULProtocolError)."""
+        self._pieces += fragment.data
+        if not fragment.last:
+            return None
+        try:
+            return dul.decode_command(self._pieces)
+        finally:
+            self._pieces = bytearray()
+
+
+class _Incoming:
+    """One C-STORE data set on its way into a temporary file."""
+
+    def __init__(self, command: Command, spool: Path, header: bytes) -> None:
+        self.command = command
+        self.sop_uid = dul.command_str(command, dul.AFFECTED_SOP_INSTANCE_UID)
+        self.path: Path | None = None
+        self.error: BaseException | None = None
+        self._file: IO[bytes] | None = None
+        try:
+            fd, name = make_temp_file(spool)
+            self.path = Path(name)
+            self._file = os.fdopen(fd, "wb")
+            self._file.write(header)
+        except OSError as error:
+            self._fail(error)
+
+    def write(self, data: memoryview) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(data)
+        except OSError as error:
+            self._fail(error)
+
+    def finish(self) -> Path:
+        """The complete file (raises StorageError when it could not be written)."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as error:
+                self._fail(error)
+            self._file = None
+        if self.error is not None or self.path is None:
+            raise StorageError(
+                f"cannot write received instance {self.sop_uid}: {self.error}",
+                uids=[self.sop_uid],
+            )
+        return self.path
+
+    def discard(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)
+
+    def _fail(self, error: BaseException) -> None:
+        self.error = error
+        self.discard()
+        self.path = None
+
+
+class StoreIntake:
+    """The C-STORE requests of one association: files, statuses, responses.
+
+    Call :meth:`start` with each C-STORE request command, :meth:`data` with
+    every data fragment, and :meth:`discard` when the association ends.
+    """
+
+    def __init__(
+        self, link: Link, receiver: Receiver, spool: Path, route: Route
+    ) -> None:
+        self.link = link
+        self.receiver = receiver
+        self.spool = spool
+        self.route = route
+        self.incoming: _Incoming | None = None
+        self.tally: Tally | None = None
+        self.context_id = 0
+        self.refusing = False  # reading a data set nobody waits for
+        self._refused: Command = {}
+
+    @property
+    def busy(self) -> bool:
+        """True between a C-STORE request and the end of its data set."""
+        return self.incoming is not None or self.refusing
+
+    def start(self, command: Command, context_id: int) -> None:
+        if self.busy:
+            raise self._protocol("a command arrived before the data set it follows")
+        context = self.link.contexts.get(context_id)
+        if context is None or not dul.has_dataset(command):
+            raise self._protocol(
+                f"C-STORE request on unknown context {context_id} or without data"
+            )
+        self.context_id = context_id
+        self.tally = self.route(command)
+        if self.tally is None:
+            self.refusing = True
+            self._refused = command
+            return
+        header = file_header(
+            dul.command_str(command, dul.AFFECTED_SOP_CLASS_UID),
+            dul.command_str(command, dul.AFFECTED_SOP_INSTANCE_UID),
+            str(context.transfer_syntax[0]),
+            self.link.peer.aec,
+        )
+        self.incoming = _Incoming(command, self.spool, header)
+
+    def data(self, fragment: dul.Fragment) -> None:
+        if not self.busy or fragment.context_id != self.context_id:
+            raise self._protocol("a data set arrived without its command")
+        if self.refusing:
+            if fragment.last:
+                self.refusing = False
+                self._refuse(self._refused)
+            return
+        incoming = self.incoming
+        assert incoming is not None and self.tally is not None
+        incoming.write(fragment.data)
+        if not fragment.last:
+            return
+        self.incoming = None
+        status = self.receiver.store(incoming.sop_uid, self.tally, incoming.finish)
+        logger.debug("C-STORE of %s: status 0x%04X", incoming.sop_uid, status)
+        self._respond(incoming.command, status)
+
+    def discard(self) -> None:
+        """Throw away an instance cut off by the end of the association."""
+        if self.incoming is not None:
+            self.incoming.discard()
+            self.incoming = None
+        self.refusing = False
+
+    def _refuse(self, command: Command) -> None:
+        logger.warning(
+            "refused C-STORE of %s from %s: no request of ours waits for it",
+            dul.command_str(command, dul.AFFECTED_SOP_INSTANCE_UID) or "?",
+            self.link.peer,
+        )
+        self._respond(command, STATUS_OUT_OF_RESOURCES)
+
+    def _respond(self, command: Command, status: int) -> None:
+        response = dul.encode_command(
+            {
+                dul.AFFECTED_SOP_CLASS_UID: dul.command_str(
+                    command, dul.AFFECTED_SOP_CLASS_UID
+                ),
+                dul.COMMAND_FIELD: dul.C_STORE_RSP,
+                dul.MESSAGE_ID_BEING_RESPONDED_TO: dul.command_int(
+                    command, dul.MESSAGE_ID
+                ),
+                dul.COMMAND_DATA_SET_TYPE: dul.NO_DATASET,
+                dul.STATUS: status,
+                dul.AFFECTED_SOP_INSTANCE_UID: dul.command_str(
+                    command, dul.AFFECTED_SOP_INSTANCE_UID
+                ),
+            }
+        )
+        self.link.send(self.context_id, response, None)
+
+    def _protocol(self, message: str) -> DIMSEError:
+        return self.link.fail(f"protocol error: {message}")
