@@ -17,7 +17,7 @@ not fit, a missing application context or a repeated maximum length raise
 byte offset in the PDU; AE titles and result codes are returned as sent, for
 the acceptor to answer with an A-ASSOCIATE-RJ rather than an abort. Encoding
 validates what we send (:func:`check_ae_title`, UID lengths, context IDs) and
-raises :class:`DULValueError`.
+raises :class:`~dicomtrolley.formats.dul.DULValueError`.
 
 Negotiation over these objects is in :mod:`dicomtrolley.formats.negotiation`.
 """

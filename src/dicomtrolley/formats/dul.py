@@ -7,13 +7,15 @@ parts, none of which does I/O:
 * :class:`PDUReader` is fed whatever the socket returned, in pieces split
   anywhere, and yields complete PDUs: a :class:`Fragment` per presentation data
   value of a P-DATA-TF PDU (a zero-copy view of the fed bytes), a :class:`PDU`
-  (type and whole raw bytes) for the others, which pynetdicom's PDU classes
-  decode (A-ASSOCIATE-AC/RJ) or which are trivial (A-RELEASE, A-ABORT).
+  (type and whole raw bytes) for the others. A-ASSOCIATE-RQ/AC/RJ are decoded
+  and encoded by :mod:`dicomtrolley.formats.association` (negotiation in
+  :mod:`dicomtrolley.formats.negotiation`); A-RELEASE and A-ABORT are trivial.
 * :func:`p_data` splits a DIMSE message into P-DATA-TF PDUs within the peer's
   maximum length; :func:`release_rq`, :func:`release_rp` and :func:`abort`
   encode the small PDUs.
 * :func:`encode_command` / :func:`decode_command` handle DIMSE command sets:
-  group 0000 in Implicit VR Little Endian, always (PS3.7 6.3.1).
+  group 0000 in Implicit VR Little Endian, always (PS3.7 6.3.1). One builder
+  per DIMSE-C message is in :mod:`dicomtrolley.formats.dimse_commands`.
 
 Why by hand: pynetdicom encodes and decodes command sets through pydicom
 Datasets and passes every PDU through its state machine and two queues on a
