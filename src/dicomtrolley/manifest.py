@@ -68,11 +68,16 @@ class Manifest:
     """The manifest file of an output folder (or any path), appended to.
 
     Thread-safe: each line is written with one ``os.write`` on an
-    ``O_APPEND`` descriptor under a lock.
+    ``O_APPEND`` descriptor under a lock. One Manifest object is one run: every
+    line written through it (by any number of ``Trolley.download`` calls, as
+    ``dicomtrolley batch`` makes one per study) carries its ``run`` id and
+    ``run_started`` time, so ``dicomtrolley report`` counts runs, not calls.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.run = uuid.uuid4().hex
+        self.run_started = utc_now()
         self._lock = threading.Lock()
         self._fd: int | None = None
 
@@ -187,8 +192,12 @@ class Outcomes:
     protocol: str = ""
     row: Any = None
     query: str | None = None
-    run: str = field(default_factory=lambda: uuid.uuid4().hex)
-    run_started: str = field(default_factory=utc_now)
+    run: str = ""  # default: the manifest's run
+    run_started: str = ""
+
+    def __post_init__(self) -> None:
+        self.run = self.run or self.manifest.run
+        self.run_started = self.run_started or self.manifest.run_started
 
     def saved(self, path: Path | None, nbytes: int = 0) -> None:
         self._file(SAVED, path, nbytes)

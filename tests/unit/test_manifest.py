@@ -76,10 +76,15 @@ def test_outcomes_summary_and_report(tmp_path: Path) -> None:
     assert (summary.instances, summary.studies, summary.failed) == (2, 1, 2)
     assert len(summary.failures) == 2
 
-    later = Outcomes(manifest, tmp_path)  # a second run gets instance 3
+    # another download call through the same Manifest is the same run
+    Outcomes(manifest, tmp_path, row=4).skipped(one)
+    assert summarize(tmp_path).runs == 1
+    manifest.close()
+    rerun = Manifest.in_folder(tmp_path)
+    later = Outcomes(rerun, tmp_path)  # a second run gets instance 3
     three = saved(tmp_path, 3)
     later.saved(three, three.stat().st_size)
-    later.skipped(one)
+    rerun.close()
     summary = summarize(tmp_path)
     assert summary.runs == 2 and summary.saved == 3 and summary.skipped == 1
     assert [f["uids"] for f in summary.failures] == [[STUDY, "1.2.9"]]
