@@ -11,14 +11,8 @@ SIGINT or SIGKILL at seeded random points, then run again.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import random
-import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,102 +25,36 @@ import requests
 from dicomtrolley.catalog import STATE_FOLDER, Catalog
 from dicomtrolley.core import Query, QueryLevels
 from dicomtrolley.dicom_qr import DICOMQR, DICOMQRGet
-from dicomtrolley.emulator import DimseService, Emulator, default_services
+from dicomtrolley.emulator import Emulator
 from dicomtrolley.manifest import Manifest, read_manifest
 from dicomtrolley.qido_rs import QidoRS
 from dicomtrolley.storage import (
     StorageDir,
     TemplateStorage,
-    is_temp_name,
-    verify_dicom_file,
 )
 from dicomtrolley.trolley import Trolley
 from dicomtrolley.wado_rs import WadoRS
 from dicomtrolley.wado_uri import WadoURI
 from tests.emulator.conftest import PASSWORD, USER, DemoData
-from tests.fakes import tree
+from tests.emulator.transfer_helpers import (
+    CountingDimse,
+    RequestLog,
+    assert_complete,
+    cli_command,
+    counting_emulator,
+    on_disk,
+    run_cli,
+    stop_at_retrieve,
+)
 
 HOST = "127.0.0.1"
 LAYOUT = "{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
-REPO = Path(__file__).resolve().parents[2]
-_RETRIEVE = re.compile(
-    r"^/dicom-web/studies/([^/?]+)(?:/series/([^/?]+)(?:/instances/([^/?]+))?)?$"
-)
-
-
-class CountingDimse(DimseService):
-    """The emulator's DIMSE service, keeping the UIDs each retrieve sent."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.lock = threading.Lock()
-        self.sent: list[str] = []
-
-    def _instances(self, event: Any) -> Any:
-        model, instances = super()._instances(event)
-        with self.lock:
-            self.sent.extend(record.uid for record in instances)
-        return model, instances
-
-
-class RequestLog(logging.Handler):
-    """The request lines the emulator logs (``GET /path HTTP/1.1``)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self._guard = threading.Lock()
-        self.lines: list[str] = []
-        self.on_request: Any = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        match = re.search(r'"(GET|POST) (\S+) HTTP', message)
-        if match:
-            with self._guard:
-                self.lines.append(match.group(2))
-                count = len(self.lines)
-            if self.on_request is not None:
-                self.on_request(match.group(2), count)
-
-    def clear(self) -> None:
-        with self._guard:
-            self.lines = []
-
-    def retrieved(self, demo: DemoData) -> list[str]:
-        """SOP Instance UIDs the WADO-RS/WADO-URI requests asked for (repeats kept)."""
-        uids: list[str] = []
-        with self._guard:
-            lines = list(self.lines)
-        for line in lines:
-            path, _, query = line.partition("?")
-            if path == "/wado" and "objectUID=" in query:
-                uids.append(re.search(r"objectUID=([^&]+)", query).group(1))  # type: ignore[union-attr]
-                continue
-            match = _RETRIEVE.match(path)
-            if match is None:
-                continue
-            study, series, instance = match.groups()
-            if instance:
-                uids.append(instance)
-            else:
-                uids.extend(demo.files_of(study, series or ""))
-        return uids
 
 
 @pytest.fixture(scope="module")
 def served(demo: DemoData) -> Iterator[tuple[Emulator, RequestLog]]:
-    log = RequestLog()
-    logger = logging.getLogger("trolley.emulator")
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(log)
-    services = [*default_services(), CountingDimse()]
-    try:
-        with Emulator(demo.root, services=services, rescan_interval=None) as running:
-            yield running, log
-    finally:
-        logger.removeHandler(log)
-        logger.setLevel(level)
+    with counting_emulator(demo.root) as running:
+        yield running
 
 
 @pytest.fixture
@@ -137,7 +65,6 @@ def emulator(served: tuple[Emulator, RequestLog]) -> Emulator:
 @pytest.fixture
 def log(served: tuple[Emulator, RequestLog]) -> RequestLog:
     served[1].clear()
-    served[1].on_request = None
     return served[1]
 
 
@@ -157,36 +84,6 @@ def expected_files(demo: DemoData, *patients: str) -> dict[str, bytes]:
     for uid in study_uids(demo, *patients):
         found.update(demo.files_of(uid))
     return found
-
-
-def on_disk(folder: Path) -> dict[str, Path]:
-    """SOP UID -> complete file below folder (temporary files left out)."""
-    found: dict[str, Path] = {}
-    for path in tree(folder):
-        if path.is_file() and not is_temp_name(path.name):
-            if path.name == "manifest.jsonl":
-                continue
-            try:
-                dataset = pydicom.dcmread(path, stop_before_pixels=True)
-            except Exception:
-                continue
-            found[str(dataset.SOPInstanceUID)] = path
-    return found
-
-
-def assert_complete(
-    folder: Path, expected: dict[str, bytes], exact: bool = True
-) -> None:
-    """Every expected instance on disk, intact (byte for byte when exact; C-GET
-    sends the data set with a file header of its own), no temporary file."""
-    files = on_disk(folder)
-    assert set(files) == set(expected)
-    for uid, path in files.items():
-        if exact:
-            assert path.read_bytes() == expected[uid], uid
-        else:
-            verify_dicom_file(path)
-    assert not [p for p in tree(folder) if is_temp_name(p.name)]
 
 
 def wado_trolley(session: requests.Session, emulator: Emulator, out: Path) -> Trolley:
@@ -352,10 +249,7 @@ def test_another_layout_in_the_same_folder_saves_its_own_copy(
 
 
 def cli(emulator: Emulator, out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "dicomtrolley.cli.main",
+    return cli_command(
         "download",
         "--url",
         emulator.dicomweb_url,
@@ -369,13 +263,6 @@ def cli(emulator: Emulator, out: Path, *extra: str) -> list[str]:
         str(out),
         "--no-progress",
         *extra,
-    ]
-
-
-def run_cli(args: list[str]) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DICOMTROLLEY_PASSWORD": PASSWORD}
-    return subprocess.run(
-        args, capture_output=True, text=True, timeout=120, cwd=REPO, env=env
     )
 
 
@@ -396,16 +283,7 @@ def test_cli_rerun_with_the_default_layout_fetches_nothing(
     assert [line["status"] for line in lines].count("saved") == len(expected)
     assert [line["status"] for line in lines].count("skipped") == len(expected)
     assert (tmp_path / "m.csv").read_text().count("\n") == len(expected) + 1
-    report = run_cli(
-        [
-            sys.executable,
-            "-m",
-            "dicomtrolley.cli.main",
-            "report",
-            str(tmp_path),
-            "--json",
-        ]
-    )
+    report = run_cli(cli_command("report", str(tmp_path), "--json"))
     summary = json.loads(report.stdout)
     assert summary["instances"] == len(expected) and summary["studies"] == 3
     assert summary["saved"] == summary["skipped"] == len(expected)
@@ -442,37 +320,10 @@ def test_stopped_download_then_rerun(
     stop_after = rng.randint(1, 6 if protocol == "wado-rs" else 60)
     delay = rng.uniform(0.0, 0.05)
     args = cli(emulator, tmp_path, "--protocol", protocol, "--workers", "2")
-    env = {**os.environ, "DICOMTROLLEY_PASSWORD": PASSWORD}
-    process = subprocess.Popen(
-        args,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    retrieves = 0
-    fired = threading.Event()
-
-    def on_request(path: str, count: int) -> None:
-        nonlocal retrieves
-        if path.startswith("/wado?") or _RETRIEVE.match(path.partition("?")[0]):
-            retrieves += 1
-            if retrieves == stop_after and not fired.is_set():
-                fired.set()
-                threading.Timer(delay, process.send_signal, args=(sig,)).start()
-
-    log.on_request = on_request
-    try:
-        process.communicate(timeout=120)
-    finally:
-        log.on_request = None
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert fired.is_set()
-    if sig == signal.SIGINT and process.returncode not in (0,):
-        assert process.returncode == 130
+    process, fired = stop_at_retrieve(args, log, sig, stop_after, delay)
+    assert fired
+    # 0: a late signal found every transfer done (after SIGINT those under way end)
+    assert process.returncode in (0, 130 if sig == signal.SIGINT else -sig)
     time.sleep(0.05)
     before = on_disk(tmp_path)
     for uid, path in before.items():
