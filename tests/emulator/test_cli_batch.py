@@ -7,16 +7,14 @@ import csv
 import io
 import json
 import os
+import random
 import re
 import signal
 import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pydicom
 import pytest
 from click.testing import CliRunner, Result
 
@@ -26,8 +24,19 @@ from dicomtrolley.emulator.dicomweb import DicomWebService
 from dicomtrolley.manifest import read_manifest
 from dicomtrolley.synthetic import cohort_studies, write_studies
 from tests.emulator.conftest import PASSWORD, USER, DemoData
-
-ENV = {"DICOMTROLLEY_PASSWORD": PASSWORD}
+from tests.emulator.transfer_helpers import (
+    ENV,
+    RequestLog,
+    assert_complete,
+    cli_command,
+    counting_emulator,
+    dicom_files,
+    on_disk,
+    run_cli,
+    stop_at_retrieve,
+    temp_files,
+    wait_for_lines,
+)
 
 
 def run(emulator: Emulator, *args: str) -> Result:
@@ -37,21 +46,6 @@ def run(emulator: Emulator, *args: str) -> Result:
         [*args, "--url", emulator.dicomweb_url, "--user", USER],
         env=ENV,
     )
-
-
-def dicom_files(folder: Path) -> dict[str, bytes]:
-    """SOP Instance UID -> bytes of every DICOM file below folder."""
-    found = {}
-    for path in folder.rglob("*"):
-        relative = path.relative_to(folder)
-        if not path.is_file() or relative.parts[0].startswith("."):
-            continue
-        if path.name in ("manifest.jsonl", "manifest.csv"):
-            continue
-        found[str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)] = (
-            path.read_bytes()
-        )
-    return found
 
 
 def expected(demo: DemoData, *accessions: str) -> dict[str, bytes]:
@@ -370,38 +364,23 @@ def test_sigint_then_rerun_completes(
 ) -> None:
     emulator, batch = cohort
     out = tmp_path / "out"
-    command = [
-        sys.executable,
-        "-m",
-        "dicomtrolley.cli.main",
-        "batch",
-        str(batch),
-        "--url",
-        emulator.dicomweb_url,
-        "--user",
-        USER,
-        "-o",
-        str(out),
-        "--workers",
-        "1",
-    ]
+    command = cli_command(
+        "batch", str(batch), "--url", emulator.dicomweb_url, "--user", USER,
+        "-o", str(out), "--workers", "1",
+    )  # fmt: skip
     env = {**os.environ, **ENV}
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     manifest = out / "manifest.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        if manifest.exists() and manifest.read_bytes().count(b"\n") >= 20:
-            break
-        time.sleep(0.02)
+    wait_for_lines(manifest, 20, process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "Interrupted after" in stderr and "Run the same command again" in stderr
     first = list(read_manifest(manifest))
     assert 20 <= len(first) < 300
-    assert not [p for p in out.rglob("*") if p.is_file() and ".tmp" in p.name]
+    assert not temp_files(out)
 
     rerun = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=300
@@ -456,22 +435,10 @@ def test_sigint_of_download_exits_130_with_a_summary(
 ) -> None:
     emulator, _ = cohort
     out = tmp_path / "out"
-    command = [
-        sys.executable,
-        "-m",
-        "dicomtrolley.cli.main",
-        "download",
-        "--patient-id",
-        "COH*",
-        "--url",
-        emulator.dicomweb_url,
-        "--user",
-        USER,
-        "-o",
-        str(out),
-        "--workers",
-        "1",
-    ]
+    command = cli_command(
+        "download", "--patient-id", "COH*", "--url", emulator.dicomweb_url,
+        "--user", USER, "-o", str(out), "--workers", "1",
+    )  # fmt: skip
     process = subprocess.Popen(
         command,
         env={**os.environ, **ENV},
@@ -480,11 +447,7 @@ def test_sigint_of_download_exits_130_with_a_summary(
         text=True,
     )
     manifest = out / "manifest.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        if manifest.exists() and manifest.read_bytes().count(b"\n") >= 10:
-            break
-        time.sleep(0.02)
+    wait_for_lines(manifest, 10, process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
@@ -570,3 +533,120 @@ def test_the_profiles_download_order_is_the_fallback_order(
         (1, "WADO-URI"): 12,
         (2, "WADO-RS"): 32,
     }
+
+
+# -- SIGINT and SIGKILL at random points of a batch, then a re-run ---------------------
+
+
+@pytest.fixture(scope="module")
+def counted(demo: DemoData) -> Iterator[tuple[Emulator, RequestLog]]:
+    with counting_emulator(demo.root) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    ("sig", "seed"),
+    [
+        (signal.SIGKILL, 11),
+        (signal.SIGKILL, 12),
+        (signal.SIGKILL, 13),
+        (signal.SIGINT, 14),
+        (signal.SIGINT, 15),
+        (signal.SIGINT, 16),
+    ],
+)
+def test_batch_stopped_at_a_random_point_then_rerun(
+    counted: tuple[Emulator, RequestLog],
+    demo: DemoData,
+    tmp_path: Path,
+    sig: signal.Signals,
+    seed: int,
+) -> None:
+    """A batch of every demo study stopped at a seeded random retrieve, then run
+    again: every instance present and intact, none that was saved before the
+    stop fetched again (counted at the server), none fetched twice by the
+    re-run, no temporary file, the manifest saying each was saved once."""
+    emulator, log = counted
+    log.clear()
+    rng = random.Random(seed)
+    protocol = rng.choice(["wado-rs", "wado-uri"])
+    # WADO-RS asks per series (11 here), WADO-URI per instance (105)
+    stop_after = rng.randint(1, 9 if protocol == "wado-rs" else 90)
+    accessions = [study.accession_number for study in demo.studies]
+    rng.shuffle(accessions)
+    path = tmp_path / "cohort.csv"
+    path.write_text("Accession Number\n" + "\n".join(accessions) + "\n")
+    out = tmp_path / "out"
+    args = cli_command(
+        "batch", str(path), "--url", emulator.dicomweb_url, "--user", USER,
+        "-o", str(out), "--protocol", protocol, "--workers", "2", "--no-progress",
+    )  # fmt: skip
+    process, fired = stop_at_retrieve(
+        args, log, sig, stop_after, rng.uniform(0.0, 0.05)
+    )
+    assert fired
+    assert process.returncode in (0, 130 if sig == signal.SIGINT else -sig)
+    before = on_disk(out)
+    everything = expected(demo, *accessions)
+    for uid, file in before.items():
+        assert file.read_bytes() == everything[uid]  # what is there is whole
+    log.clear()
+    again = run_cli(args)
+    assert again.returncode == 0, again.stderr
+    fetched = log.retrieved(demo)
+    assert not set(fetched) & set(before), "an instance saved before was fetched again"
+    assert len(fetched) == len(set(fetched))
+    assert sorted(fetched) == sorted(set(everything) - set(before))
+    assert_complete(out, everything)
+    saved = Counter(
+        r["instance_uid"] for r in read_manifest(out / "manifest.jsonl")
+        if r["status"] == "saved"
+    )  # fmt: skip
+    # a SIGKILL may come between a file's rename and its manifest line
+    assert set(saved.values()) == {1}
+    assert set(saved) <= set(everything)
+    assert set(everything) - set(before) <= set(saved)
+
+
+def test_report_counts_runs_not_studies(
+    emulator: Emulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write(b"AccessionNumber\nACC0004\nACC0005\n")
+    out = tmp_path / "out"
+    for _ in range(2):
+        assert run(emulator, "batch", str(path), "-o", str(out)).exit_code == 0
+    report = CliRunner().invoke(main, ["report", str(out), "--json"])
+    summary = json.loads(report.stdout)
+    assert summary["runs"] == 2  # two commands, one per study inside each
+    assert summary["saved"] == summary["skipped"] == 34
+
+
+def test_search_names_the_repeated_values_that_matched_nothing(
+    emulator: Emulator,
+) -> None:
+    result = run(
+        emulator, "search", "--format", "csv",
+        "--accession-number", "ACC0004", "--accession-number", "NOPE",
+        "--accession-number", "ACC0004",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [row["AccessionNumber"] for row in rows] == ["ACC0004"]  # once
+    assert "1 of 2 values matched nothing" in result.stderr  # ACC0004 once
+    assert result.stderr.count("NOPE") == 1
+    single = run(emulator, "search", "--accession-number", "NOPE", "--json")
+    assert single.exit_code == 0 and json.loads(single.stdout) == []
+
+
+def test_download_records_its_query_in_the_manifest(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    result = run(
+        emulator, "download", "--patient-id", "DTR004",
+        "--min-date", "2020-01-01", "-o", str(tmp_path),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    queries = {r["query"] for r in read_manifest(tmp_path / "manifest.jsonl")}
+    assert len(queries) == 1
+    (query,) = queries
+    assert "PatientID=DTR004" in query and "min_study_date=2020-01-01" in query

@@ -113,7 +113,7 @@ def test_download_with_a_vitrea_profile_over_rad69(
         PACS_PASSWORD=PASSWORD,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "RAD69" in result.stderr
+    assert "RAD-69" in result.stderr
     study = demo.study("DTR002")
     expected = demo.files_of(study.study_uid)
     saved = files_of(out)

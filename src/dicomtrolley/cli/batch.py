@@ -60,6 +60,7 @@ from dicomtrolley.cli.transfer import (
     TransferOptions,
     check_output,
     interrupted,
+    print_fallbacks,
     transfer_options,
 )
 from dicomtrolley.core import Downloader, Query, Searcher, Study
@@ -69,7 +70,6 @@ from dicomtrolley.exceptions import (
     DownloadIncompleteError,
     StorageError,
 )
-from dicomtrolley.fallback import FallbackDownloader
 from dicomtrolley.manifest import Manifest, Outcomes
 from dicomtrolley.storage import DICOMDiskStorage
 from dicomtrolley.trolley import Trolley
@@ -442,13 +442,6 @@ def _problem_lines(results: Sequence[RowResult]) -> list[str]:
     show_default=True,
     help="How --dry-run lists the rows on stdout.",
 )
-@click.option(
-    "--manifest-csv",
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="FILE",
-    help="At the end, also write the folder's manifest (every outcome of every "
-    "run, OUTPUT/manifest.jsonl) as CSV to FILE.",
-)
 @transfer_options
 @connection_options
 def batch(
@@ -458,7 +451,6 @@ def batch(
     refresh: bool,
     dry_run: bool,
     output_format: str,
-    manifest_csv: Path | None,
     transfer: TransferOptions,
     connection: ConnectionSettings,
 ) -> None:
@@ -548,7 +540,6 @@ def batch(
             transfer,
             console,
             completed,
-            manifest_csv,
         )
 
 
@@ -646,7 +637,6 @@ def _download(
     transfer: TransferOptions,
     console: Console,
     completed: CompletedRows,
-    manifest_csv: Path | None = None,
 ) -> None:
     output = transfer.output
     work = _work(results)
@@ -685,8 +675,8 @@ def _download(
     finally:
         manifest.close()
         _record_completed(results, state.succeeded, completed, output)
-    if manifest_csv is not None:
-        manifest.write_csv(manifest_csv)
+    if transfer.manifest_csv is not None:
+        manifest.write_csv(transfer.manifest_csv)
     elapsed = time.monotonic() - started
     counts = progress.counts
     if stopped:
@@ -705,11 +695,7 @@ def _download(
                 output.resolve(),
             )
         )
-        if isinstance(downloader, FallbackDownloader):
-            first = downloader.downloaders[0][0]
-            for uid, protocol in downloader.delivered_by.items():
-                if protocol != first:
-                    click.echo(f"Study {uid} came over {protocol.upper()}", err=True)
+        print_fallbacks(downloader)
     for item, error in state.failures:
         problems.append(f"{item.row.describe()}: study {item.study.uid}: {error}")
     _report_problems(problems, len(rows))

@@ -64,9 +64,12 @@ from dicomtrolley.cli.main import (
 from dicomtrolley.cli.progress import RichProgress, TransferCounts
 from dicomtrolley.cli.search import (
     count,
+    describe_query,
     dimse_queries,
+    find_per_query,
     noun,
     qido_queries,
+    report_unmatched,
 )
 from dicomtrolley.cli.transfer import (
     DEFAULT_LAYOUT,
@@ -75,6 +78,7 @@ from dicomtrolley.cli.transfer import (
     check_output,
     default_wado_uri_url,
     interrupted,
+    print_fallbacks,
     storage_for,
     transfer_options,
 )
@@ -82,7 +86,6 @@ from dicomtrolley.core import (
     DICOMDownloadable,
     Query,
     QueryLevels,
-    Searcher,
     Study,
 )
 from dicomtrolley.download import DownloadReport
@@ -90,7 +93,6 @@ from dicomtrolley.exceptions import (
     DownloadIncompleteError,
     NoQueryResultsError,
 )
-from dicomtrolley.fallback import FallbackDownloader
 from dicomtrolley.manifest import Manifest
 from dicomtrolley.trolley import Trolley
 
@@ -130,36 +132,19 @@ def summary(saved: int, skipped: int, nbytes: int, elapsed: float, output: Path)
     )
 
 
-def find_per_query(
-    searcher: Searcher, queries: Sequence[Query]
-) -> tuple[list[Study], list[Query]]:
-    """The studies any of queries found (each once), and the queries that found none."""
-    studies: dict[str, Study] = {}
-    unmatched: list[Query] = []
-    for query in queries:
-        found = list(searcher.find_studies(query))
-        if not found:
-            unmatched.append(query)
-        for study in found:
-            studies.setdefault(study.uid, study)
-    return list(studies.values()), unmatched
+_NOT_FILTERS = frozenset({"query_level", "include_fields"})
 
 
-_QUERY_KEYS = (
-    ("StudyInstanceUID", "--study-uid"),
-    ("AccessionNumber", "--accession-number"),
-    ("PatientID", "--patient-id"),
-)
-
-
-def describe_query(query: Query) -> str:
-    """``--study-uid 1.2.3`` (the repeated options' values of query)."""
-    parts = [
-        f"{option} {getattr(query, key)}"
-        for key, option in _QUERY_KEYS
-        if getattr(query, key)
-    ]
-    return " ".join(parts) or query.to_short_string()
+def query_text(query: Query) -> str:
+    """``PatientID=DTR001 min_study_date=2023-01-01``: a query's filters, for the
+    manifest's ``query`` field (as batch writes ``AccessionNumber=A1``)."""
+    parts = []
+    for key, value in query.filled_fields().items():
+        if key in _NOT_FILTERS:
+            continue
+        shown = value.strftime("%Y-%m-%d") if hasattr(value, "strftime") else value
+        parts.append(f"{key}={shown}")
+    return " ".join(parts)
 
 
 @click.command("download")
@@ -171,20 +156,12 @@ def describe_query(query: Query) -> str:
     is_flag=True,
     help="Allow downloading without any query option: everything on the server.",
 )
-@click.option(
-    "--manifest-csv",
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="FILE",
-    help="At the end, also write the folder's manifest (every outcome of every "
-    "run, OUTPUT/manifest.jsonl) as CSV to FILE.",
-)
 @connection_options
 def download(
     query: QueryOptions,
     transfer: TransferOptions,
     download_all: bool,
     connection: ConnectionSettings,
-    manifest_csv: Path | None = None,
 ) -> None:
     """Search a DICOMweb server (QIDO-RS) and download every match.
 
@@ -268,6 +245,7 @@ def download(
                     max_workers=transfer.workers,
                     progress=progress,
                     manifest=manifest,
+                    query="; ".join(query_text(q) for q in queries) or None,
                 )
             except DownloadIncompleteError as error:
                 failure = error
@@ -275,39 +253,21 @@ def download(
                 stopped = True
         elapsed = time.monotonic() - started
     manifest.close()
-    if manifest_csv is not None:
-        manifest.write_csv(manifest_csv)
+    if transfer.manifest_csv is not None:
+        manifest.write_csv(transfer.manifest_csv)
     if stopped:
         click.echo(interrupted(progress.counts, output, elapsed), err=True)
         ctx.exit(EXIT_INTERRUPTED)
     if not quiet():
         click.echo(_summary_line(report, progress.counts, elapsed, output))
-        if isinstance(downloader, FallbackDownloader):
-            _print_fallbacks(downloader)
+        print_fallbacks(downloader)
     verbosity = int(ctx.meta.get(VERBOSITY_KEY, 0))
     if failure is not None:
         report_error(failure, verbosity)
     if unmatched:
-        lines = "\n".join(f"  - {describe_query(q)}" for q in unmatched)
-        click.echo(
-            f"Error: {len(unmatched)} of {len(queries)} values matched nothing:\n"
-            f"{lines}",
-            err=True,
-        )
+        report_unmatched(unmatched, len(queries))
     if failure is not None or unmatched:
         ctx.exit(1)
-
-
-def _print_fallbacks(downloader: FallbackDownloader) -> None:
-    """Which studies came over which protocol, when not all over the first."""
-    first = downloader.downloaders[0][0]
-    others = {
-        uid: protocol
-        for uid, protocol in downloader.delivered_by.items()
-        if protocol != first
-    }
-    for uid, protocol in others.items():
-        click.echo(f"Study {uid} came over {protocol.upper()}", err=True)
 
 
 def _summary_line(

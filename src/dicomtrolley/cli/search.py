@@ -261,11 +261,49 @@ def dimse_queries(options: QueryOptions, include_fields: Sequence[str]) -> list[
 
 
 def find_studies(searcher: Searcher, queries: Iterable[Query]) -> list[Study]:
-    """Every study that any of queries finds, in the order found."""
-    studies: list[Study] = []
+    """Every study that any of queries finds (each once), in the order found."""
+    return find_per_query(searcher, list(queries))[0]
+
+
+def find_per_query(
+    searcher: Searcher, queries: Sequence[Query]
+) -> tuple[list[Study], list[Query]]:
+    """The studies any of queries found (each once), and the queries that found none."""
+    studies: dict[str, Study] = {}
+    unmatched: list[Query] = []
     for query in queries:
-        studies.extend(searcher.find_studies(query))
-    return studies
+        found = list(searcher.find_studies(query))
+        if not found:
+            unmatched.append(query)
+        for study in found:
+            studies.setdefault(study.uid, study)
+    return list(studies.values()), unmatched
+
+
+_QUERY_KEYS = (
+    ("StudyInstanceUID", "--study-uid"),
+    ("AccessionNumber", "--accession-number"),
+    ("PatientID", "--patient-id"),
+)
+
+
+def describe_query(query: Query) -> str:
+    """``--study-uid 1.2.3`` (the repeated options' values of query)."""
+    parts = [
+        f"{option} {getattr(query, key)}"
+        for key, option in _QUERY_KEYS
+        if getattr(query, key)
+    ]
+    return " ".join(parts) or query.to_short_string()
+
+
+def report_unmatched(unmatched: Sequence[Query], total: int) -> None:
+    """``Error: 2 of 5 values matched nothing:`` and each, on stderr."""
+    lines = "\n".join(f"  - {describe_query(q)}" for q in unmatched)
+    click.echo(
+        f"Error: {len(unmatched)} of {total} values matched nothing:\n{lines}",
+        err=True,
+    )
 
 
 def result_rows(studies: Iterable[Study], level: QueryLevels) -> list[Dataset]:
@@ -576,10 +614,13 @@ def search(
     listed = listed_keywords(level, query.include_fields)
     if protocol == "c-find":
         c_find = dimse.searcher(connection)
-        rows = result_rows(find_studies(c_find, dimse_queries(query, listed)), level)
+        queries = dimse_queries(query, listed)
+        found, unmatched = find_per_query(c_find, queries)
+        rows = result_rows(found, level)
         if query.limit:
             rows = rows[: query.limit]
         _print_rows(rows, level, listed, query.include_fields, output_format)
+        _unmatched(query, unmatched, len(queries))
         return
     if protocol == "mint":
         mint_root = require_url(mint_url or url, protocol)
@@ -595,19 +636,30 @@ def search(
                     f"--level {level.value.lower()}"
                 )
             fields = [k for k in listed if k in returned]
-            found = find_studies(mint, dimse_queries(query, fields))
+            queries = dimse_queries(query, fields)
+            found, unmatched = find_per_query(mint, queries)
         rows = result_rows(found, level)
         if query.limit:
             rows = rows[: query.limit]
         _print_rows(rows, level, listed, query.include_fields, output_format)
+        _unmatched(query, unmatched, len(queries))
         return
     url = require_url(url, protocol)
     extra = [k for k in listed if k not in RETURNED_BY_DEFAULT[level]]
-    queries = qido_queries(query, include_fields=extra)
+    qido = qido_queries(query, include_fields=extra)
     with connection.session() as session:
         searcher = qido_searcher(session, qido_url or url, connection)
-        rows = result_rows(find_studies(searcher, queries), level)
+        found, unmatched = find_per_query(searcher, qido)
+        rows = result_rows(found, level)
     _print_rows(rows, level, listed, query.include_fields, output_format)
+    _unmatched(query, unmatched, len(qido))
+
+
+def _unmatched(query: QueryOptions, unmatched: Sequence[Query], total: int) -> None:
+    """With a repeated query option, name the values that found nothing (exit 1)."""
+    if query.repeated and unmatched:
+        report_unmatched(unmatched, total)
+        click.get_current_context().exit(1)
 
 
 def _print_rows(

@@ -3,7 +3,7 @@
 :func:`transfer_options` adds the options of a transfer (``--url``,
 ``--qido-url``, ``-o``, ``--layout``, ``--protocol`` (repeatable: an order of
 preference), the DIMSE options, ``--wado-uri-url``, ``--workers``,
-``--progress``); the command receives ``transfer=`` (:class:`TransferOptions`).
+``--progress``, ``--manifest-csv``); the command receives ``transfer=`` (:class:`TransferOptions`).
 :meth:`TransferOptions.open` turns them into a searcher and a downloader, a
 :class:`~dicomtrolley.fallback.FallbackDownloader` when several protocols are
 given. :func:`check_output` makes sure the output folder can be written before
@@ -96,6 +96,7 @@ class TransferOptions:
     mint_url: str | None = None
     rad69_url: str | None = None
     search_protocol: str | None = None  # None: C-FIND, MINT or QIDO-RS (see search)
+    manifest_csv: Path | None = None
 
     @property
     def protocol(self) -> str:
@@ -220,7 +221,26 @@ class TransferOptions:
 
     def describe(self) -> str:
         """``WADO-RS`` or ``WADO-RS, then C-GET``."""
-        return ", then ".join(protocol.upper() for protocol in self.protocols)
+        return ", then ".join(protocol_label(p) for p in self.protocols)
+
+
+_LABELS = {"rad69": "RAD-69"}
+
+
+def protocol_label(protocol: str) -> str:
+    """``WADO-RS``, ``RAD-69``: a --protocol value as the manifest names it."""
+    return _LABELS.get(protocol.lower(), protocol.upper())
+
+
+def print_fallbacks(downloader: Downloader) -> None:
+    """On stderr: which studies came over which protocol, when not all over the
+    first (for a FallbackDownloader; nothing for another downloader)."""
+    if not isinstance(downloader, FallbackDownloader):
+        return
+    first = downloader.downloaders[0][0]
+    for uid, protocol in downloader.delivered_by.items():
+        if protocol != first:
+            click.echo(f"Study {uid} came over {protocol_label(protocol)}", err=True)
 
 
 def _protocols(
@@ -300,6 +320,13 @@ _OPTIONS = (
         default=None,
         help="Show a progress bar.  [default: on a terminal]",
     ),
+    click.option(
+        "--manifest-csv",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE",
+        help="At the end, also write the folder's manifest (every outcome of every "
+        "run, OUTPUT/manifest.jsonl) as CSV to FILE.",
+    ),
 )
 
 
@@ -321,6 +348,7 @@ def transfer_options(func: Callable[..., R]) -> Callable[..., R]:
         search_protocol: str | None = None,
         mint_url: str | None = None,
         rad69_url: str | None = None,
+        manifest_csv: Path | None = None,
         **kwargs: Any,
     ) -> R:
         transfer = TransferOptions(
@@ -336,6 +364,7 @@ def transfer_options(func: Callable[..., R]) -> Callable[..., R]:
             mint_url=mint_url,
             rad69_url=rad69_url,
             search_protocol=search_protocol.lower() if search_protocol else None,
+            manifest_csv=manifest_csv,
         )
         return func(*args, transfer=transfer, **kwargs)
 
