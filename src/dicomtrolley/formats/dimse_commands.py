@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
+from functools import partial
 
 from dicomtrolley.formats.dul import (
     AFFECTED_SOP_CLASS_UID,
@@ -279,16 +280,24 @@ def c_move_rq(
     return encode_command(elements)
 
 
-def _retrieve_rsp(
+def retrieve_rsp(
     field: int,
     responding_to: int,
     sop_class_uid: str,
     status: int,
-    counts: dict[int, CommandValue],
-    dataset: bool,
-    error_comment: str | None,
-    offending_elements: Iterable[int],
+    *,
+    remaining: int | None = None,
+    completed: int | None = None,
+    failed: int | None = None,
+    warning: int | None = None,
+    dataset: bool = False,
+    error_comment: str | None = None,
+    offending_elements: Iterable[int] = (),
 ) -> bytes:
+    """A C-GET or C-MOVE response (field: C_GET_RSP or C_MOVE_RSP; use
+    :func:`c_get_rsp` / :func:`c_move_rsp`). Counts left at None are omitted
+    (Remaining is required while pending); ``dataset``: an identifier with the
+    Failed SOP Instance UID List follows."""
     elements = _response(
         field,
         responding_to,
@@ -298,62 +307,14 @@ def _retrieve_rsp(
         error_comment,
         offending_elements,
     )
-    elements.update(counts)
+    elements.update(_counts(remaining, completed, failed, warning))
     return encode_command(elements)
 
 
-def c_get_rsp(
-    responding_to: int,
-    sop_class_uid: str,
-    status: int,
-    *,
-    remaining: int | None = None,
-    completed: int | None = None,
-    failed: int | None = None,
-    warning: int | None = None,
-    dataset: bool = False,
-    error_comment: str | None = None,
-    offending_elements: Iterable[int] = (),
-) -> bytes:
-    """A C-GET response. Counts left at None are omitted (Remaining is
-    required while pending); ``dataset``: an identifier with the Failed SOP
-    Instance UID List follows."""
-    return _retrieve_rsp(
-        C_GET_RSP,
-        responding_to,
-        sop_class_uid,
-        status,
-        _counts(remaining, completed, failed, warning),
-        dataset,
-        error_comment,
-        offending_elements,
-    )
-
-
-def c_move_rsp(
-    responding_to: int,
-    sop_class_uid: str,
-    status: int,
-    *,
-    remaining: int | None = None,
-    completed: int | None = None,
-    failed: int | None = None,
-    warning: int | None = None,
-    dataset: bool = False,
-    error_comment: str | None = None,
-    offending_elements: Iterable[int] = (),
-) -> bytes:
-    """A C-MOVE response (as :func:`c_get_rsp`)."""
-    return _retrieve_rsp(
-        C_MOVE_RSP,
-        responding_to,
-        sop_class_uid,
-        status,
-        _counts(remaining, completed, failed, warning),
-        dataset,
-        error_comment,
-        offending_elements,
-    )
+#: ``c_get_rsp(responding_to, sop_class_uid, status, *, remaining=...)``
+c_get_rsp = partial(retrieve_rsp, C_GET_RSP)
+#: ``c_move_rsp(responding_to, sop_class_uid, status, *, remaining=...)``
+c_move_rsp = partial(retrieve_rsp, C_MOVE_RSP)
 
 
 # -- C-CANCEL (PS3.7 9.3.2.3, 9.3.3.3, 9.3.4.3) ----------------------------------
