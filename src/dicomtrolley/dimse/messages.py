@@ -114,7 +114,8 @@ def encode_identifier(dataset: Dataset, syntax: UID) -> bytes:
 
 
 def decode_identifier(data: bytes, syntax: UID, link: Link) -> Dataset:
-    """The data set of a message (element values decoded on access by pydicom).
+    """The data set of a message, every element decoded (pydicom would decode
+    them on access, and raise its errors to whoever looks first).
 
     Raises AssociationAbortedError (after aborting) when the bytes are not a
     data set in syntax.
@@ -123,6 +124,8 @@ def decode_identifier(data: bytes, syntax: UID, link: Link) -> Dataset:
         dataset = read_dataset(
             BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian
         )
+        for _ in dataset:  # iterating converts the raw elements
+            pass
     except Exception as error:  # pydicom raises assorted errors on garbage
         raise link.fail(f"protocol error: undecodable identifier ({error})") from error
     return dataset

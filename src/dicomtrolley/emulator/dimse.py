@@ -599,6 +599,8 @@ class DimseService(Service):
         (transient, "local limit exceeded").
 
     ``move_destinations`` may be changed while the service runs.
+    ``cancelled_finds`` lists (calling AE title, message ID) of every C-FIND
+    stopped by a C-CANCEL, for tests.
     """
 
     name = "dimse"
@@ -630,6 +632,7 @@ class DimseService(Service):
         self.max_associations = max_associations
         self._ae: AE | None = None
         self._server: ThreadedAssociationServer | None = None
+        self.cancelled_finds: list[tuple[str, int]] = []
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -767,6 +770,12 @@ class DimseService(Service):
         for row in rows:
             if event.is_cancelled:
                 logger.info("C-FIND from %s cancelled", self._peer(event))
+                self.cancelled_finds.append(
+                    (
+                        str(event.assoc.requestor.ae_title).strip(),
+                        int(event.request.MessageID or 0),
+                    )
+                )
                 yield CANCEL, None
                 return
             yield PENDING, find_response(row, query, self.ae_title)
