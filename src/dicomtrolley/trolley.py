@@ -15,7 +15,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from dicomtrolley.catalog import Catalog
+from dicomtrolley.catalog import PRESENT, Catalog
 from dicomtrolley.core import (
     DICOMDownloadable,
     DICOMObjectLevels,
@@ -132,7 +132,11 @@ class Trolley:
         asked for by its missing instances (whole series where a series is
         missing entirely), whatever the downloader and layout. Skipped
         instances are in ``report.skipped``. A study the index knows nothing
-        of costs nothing extra.
+        of costs nothing extra. A study-level result whose instance count
+        (``NumberOfStudyRelatedInstances``) equals what the index holds of it
+        needs no search either: the index's list is used, each file checked on
+        disk (a server that replaced an instance by another, keeping the
+        count, is not noticed; see ``_complete_in_index``).
 
         ``manifest``: append one line per outcome (saved, skipped, failed) to
         this :class:`~dicomtrolley.manifest.Manifest` (e.g.
@@ -206,8 +210,16 @@ class Trolley:
         known = {uid for uid in groups if catalog.has_study(uid)}
         if not known:
             return list(items)
-        lists = self._instance_lists({u: groups[u] for u in known}, workers)
         layout = self.storage.layout_key()
+        proven = {
+            uid: refs
+            for uid in known
+            if (refs := _complete_in_index(groups[uid], catalog, layout)) is not None
+        }
+        lists = self._instance_lists(
+            {u: groups[u] for u in known - proven.keys()}, workers
+        )
+        lists.update(proven)
         root = Path(output_dir)
 
         def fits(found: Path) -> bool:
@@ -542,6 +554,45 @@ class _StudyWork:
 
     def __str__(self) -> str:
         return f"search for the references of study {self.study_uid}"
+
+
+def _complete_in_index(
+    objs: Sequence[DICOMDownloadable], catalog: Catalog, layout: str | None
+) -> list[InstanceReference] | None:
+    """The instances of a study the index already holds all of, else None.
+
+    Only for one study-level search result that says how many instances the
+    study has (``NumberOfStudyRelatedInstances``, from this run's search, so a
+    study that gained or lost instances on the server since does not match):
+    when the index holds exactly that many instances of the study in this
+    layout, they are its instance list and no instance-level search is sent.
+    Each file is still checked on disk (size) before it is skipped; one gone or
+    damaged is fetched again. What this cannot see: the server replacing an
+    instance by another between two runs, keeping the count; ``resume=False``
+    or another folder fetches everything again.
+    """
+    if len(objs) != 1 or not isinstance(objs[0], Study) or objs[0].series:
+        return None
+    count = objs[0].data.get("NumberOfStudyRelatedInstances")
+    try:
+        expected = int(count.value if hasattr(count, "value") else count)
+    except (TypeError, ValueError):
+        return None
+    entries = [
+        entry
+        for entry in catalog.entries(objs[0].uid)
+        if entry.state == PRESENT and entry.layout == layout
+    ]
+    if expected <= 0 or len(entries) != expected:
+        return None
+    return [
+        InstanceReference(
+            study_uid=entry.study_uid,
+            series_uid=entry.series_uid,
+            instance_uid=entry.instance_uid,
+        )
+        for entry in entries
+    ]
 
 
 def _instances(refs: Sequence[DICOMObjectReference]) -> list[InstanceReference]:

@@ -372,3 +372,42 @@ def test_a_4_1_0_storage_subclass_resumes_too(
     report = trolley.download(studies, tmp_path)
     assert log.retrieved(demo) == [gone]
     assert len(report.skipped) == len(expected) - 1
+
+
+def test_a_study_the_index_proves_complete_is_not_searched_again(
+    session: requests.Session,
+    emulator: Emulator,
+    demo: DemoData,
+    log: RequestLog,
+    tmp_path: Path,
+) -> None:
+    """Study-level results say how many instances each study has; when the index
+    holds that many (this layout), the re-run sends no instance-level search.
+    A count that differs (the study changed on the server) is searched again,
+    and a file gone from disk is still fetched again."""
+    trolley = wado_trolley(session, emulator, tmp_path)
+    studies = trolley.find_studies(Query(PatientID="DTR001"))
+    assert all(s.data.get("NumberOfStudyRelatedInstances") for s in studies)
+    expected = expected_files(demo, "DTR001")
+    trolley.download(studies, tmp_path)
+    log.clear()
+    again = trolley.download(studies, tmp_path)
+    assert log.lines == []  # not one request
+    assert not again.saved and len(again.skipped) == len(expected)
+
+    grown = studies[0].model_copy(deep=True)
+    count = int(grown.data.NumberOfStudyRelatedInstances)
+    grown.data.NumberOfStudyRelatedInstances = count + 1
+    log.clear()
+    assert not trolley.download([grown], tmp_path).saved
+    assert len(log.lines) == 1 and grown.uid in log.lines[0]  # its instance list
+    assert log.retrieved(demo) == []
+
+    files = on_disk(tmp_path)
+    gone = sorted(files)[0]
+    files[gone].unlink()
+    log.clear()
+    report = trolley.download(studies, tmp_path)
+    assert log.retrieved(demo) == [gone]
+    assert len(report.saved) == 1
+    assert_complete(tmp_path, expected)
