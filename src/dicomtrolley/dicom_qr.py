@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import date, datetime
 from pathlib import Path
@@ -289,7 +289,7 @@ class DICOMQR(Searcher):
         """Every dataset C-FIND returns for query, over one association."""
         return list(self.iter_c_find(query))
 
-    def iter_c_find(self, query: DICOMQuery) -> Iterator[Dataset]:
+    def iter_c_find(self, query: DICOMQuery) -> Generator[Dataset, None, None]:
         """The datasets of :meth:`send_c_find` as they arrive.
 
         Stopping early (``break``, ``close()``, an exception in the loop)

@@ -23,7 +23,7 @@ between any two PDUs, ``total`` for each C-FIND request.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -210,7 +210,7 @@ class FindAssociation:
         """Every match of one C-FIND request (see :meth:`matches`)."""
         return list(self.matches(identifier))
 
-    def matches(self, identifier: Dataset) -> Iterator[Dataset]:
+    def matches(self, identifier: Dataset) -> Generator[Dataset, None, None]:
         """The matches of one C-FIND request, as they arrive.
 
         Closing the iterator before the end cancels the request (C-CANCEL);
@@ -471,7 +471,7 @@ def search_iter(
     model: str,
     timeouts: DIMSETimeouts,
     relational: bool | None = None,
-) -> Iterator[Dataset]:
+) -> Generator[Dataset, None, None]:
     """Every dataset for a query at level, over one association, as found.
 
     One relational query when ``relational`` is True, or None and the peer
