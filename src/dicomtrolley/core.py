@@ -7,10 +7,9 @@ from this module and keep working.
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import astuple, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 from pydicom.dataset import Dataset
@@ -32,7 +31,7 @@ from dicomtrolley.query import ExtendedQuery, Query, QuerySubType
 if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
 
-    from dicomtrolley.download import DownloadReport, Progress
+    from dicomtrolley.download import DownloadReport, Progress, SaveJob
     from dicomtrolley.storage import DICOMDiskStorage
 
 __all__ = [
@@ -100,8 +99,8 @@ class DICOMObjectReference(DICOMDownloadable):
         return self
 
     def uids(self) -> tuple[str, ...]:
-        """The UIDs of this reference, study first."""
-        return tuple(str(value) for value in astuple(self))
+        """The UIDs of this reference, study first (those that are set)."""
+        return tuple(str(value) for value in astuple(self) if value)
 
     def contained_references(
         self, max_level: DICOMObjectLevels
@@ -439,6 +438,11 @@ class Searcher:
 class Downloader:
     """Something that downloads instances. Protocol adapters implement datasets."""
 
+    #: False (the default in-memory :meth:`save_all`): an error of a unit ends
+    #: the download and is raised, as in 4.1.0. True: it goes into the report
+    #: and the other units go on.
+    failures_per_unit: ClassVar[bool] = False
+
     def get_dataset(self, instance: InstanceReference) -> Dataset:
         """One instance as a pydicom Dataset in memory."""
         datasets = list(self.datasets([instance]))
@@ -477,44 +481,96 @@ class Downloader:
     ) -> DownloadReport:
         """Download objects into storage under output_dir.
 
-        The default keeps each dataset in memory and saves it; streaming
-        downloaders override this and write each instance while it arrives.
-        An instance that cannot be saved goes into the report as a failure and
-        the others are still saved.
+        The one shape of every adapter's download to disk:
+
+        1. :meth:`plan_saves`: the transfer units (requests) for objects, less
+           what is already on disk (reported skipped);
+        2. :meth:`save_workers`: how many units at once (at most one per unit),
+           and :meth:`prepare_workers` for that many;
+        3. :meth:`save_unit` for each unit, workers at a time. A unit that fails
+           goes into the report with its UIDs and the others go on; an error
+           for which :meth:`stops_save_all` is true is raised instead.
+
+        The default fetches each instance in memory (:meth:`datasets`) and
+        saves it with ``storage.save``, as 4.1.0 did; streaming adapters plan
+        their own requests and write each instance while it arrives.
         """
-        from dicomtrolley.download import DownloadReport, NullProgress
-        from dicomtrolley.storage import record_saved
+        from dicomtrolley.download import NullProgress, SaveJob
 
-        self.check_references(objects)
-        report = DownloadReport()
-        progress = progress or NullProgress()
-        for dataset in self.datasets(objects):
-            uid = str(dataset.get("SOPInstanceUID", ""))
-            try:
-                path = storage.save(dataset, path=str(output_dir))
-            except DICOMTrolleyError as error:
-                if uid and uid not in error.uids:
-                    error.uids = (*error.uids, uid)
-                report.add_failure(f"instance {uid or '(no SOPInstanceUID)'}", error)
-                continue
-            if path is not None:
-                record_saved(
-                    output_dir,
-                    pathlib.Path(path),
-                    dataset,
-                    layout=storage.layout_key(),
-                )
-            nbytes = _file_size(path)
-            report.add_saved(path, nbytes)
-            progress.instance_done(nbytes)
-        return report
+        items = [objects] if isinstance(objects, DICOMDownloadable) else list(objects)
+        job = SaveJob(
+            items, storage, output_dir, progress or NullProgress(), max_workers
+        )
+        units = self.plan_saves(job)
+        workers = max(1, min(self.save_workers(job), len(units)))
+        self.prepare_workers(workers)
+        self.save_units(job, units, workers)
+        return job.report
+
+    def plan_saves(self, job: SaveJob) -> Sequence[Any]:
+        """The units :meth:`save_unit` fetches for job.objects (default: one, all).
+
+        Adapters skip what is on disk here (:meth:`SaveJob.skip_present`).
+        Raises NonSeries/NonInstanceParameterError when the objects are not
+        deep enough for this downloader.
+        """
+        self.check_references(job.objects)
+        return [InMemoryUnit(tuple(job.objects))]
+
+    def save_workers(self, job: SaveJob) -> int:
+        """How many units to fetch at once (default: what the caller asked for)."""
+        return job.max_workers or 1
+
+    def prepare_workers(self, workers: int) -> None:
+        """Make room for workers transfers at once (e.g. a connection pool)."""
+
+    def save_units(self, job: SaveJob, units: Sequence[Any], workers: int) -> None:
+        """Run :meth:`save_unit` for every unit, workers at a time."""
+        from dicomtrolley.download import run_transfers
+
+        run_transfers(
+            units,
+            lambda unit: self.save_unit(job, unit),
+            job.report,
+            workers=workers,
+            uids_of=_unit_uids,
+            stops_all=self.stops_save_all,
+        )
+
+    def save_unit(self, job: SaveJob, unit: Any) -> None:
+        """Fetch one unit of :meth:`plan_saves` and save what it holds.
+
+        The default saves each dataset of :meth:`datasets` with storage.save;
+        a file that cannot be stored fails its instance only.
+        """
+        for dataset in self.datasets(list(unit.objects)):
+            job.save_dataset(dataset)
+
+    def stops_save_all(self, error: DICOMTrolleyError) -> bool:
+        """True when error ends the whole save_all rather than failing one unit.
+
+        References that are not deep enough always do (the Trolley then
+        searches deeper and tries again); so does every error when
+        :attr:`failures_per_unit` is False.
+        """
+        return references_too_shallow(error) or not self.failures_per_unit
 
 
-def _file_size(path: Path | None) -> int:
-    """Size of a saved file; 0 when a storage did not say where it saved."""
-    if path is None:
-        return 0
-    try:
-        return path.stat().st_size
-    except (OSError, AttributeError, TypeError):  # save() returned no real path
-        return 0
+@dataclass(frozen=True)
+class InMemoryUnit:
+    """All objects of a save_all, fetched by :meth:`Downloader.datasets`."""
+
+    objects: tuple[DICOMDownloadable, ...]
+
+    def uids(self) -> tuple[str, ...]:
+        return tuple(obj.reference().study_uid for obj in self.objects)
+
+
+def references_too_shallow(error: DICOMTrolleyError) -> bool:
+    """For :meth:`Downloader.stops_save_all`: the Trolley must search deeper."""
+    return isinstance(error, NonInstanceParameterError | NonSeriesParameterError)
+
+
+def _unit_uids(unit: Any) -> tuple[str, ...]:
+    uids: tuple[str, ...] = unit.uids()
+    return uids

@@ -87,14 +87,19 @@ from dicomtrolley.dimse.retrieve import (
 from dicomtrolley.dimse.sessions import SessionPool, run_stoppable
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer, check_ae_title
 from dicomtrolley.dimse.storage_scp import StoreSCP
-from dicomtrolley.download import DownloadReport, NullProgress, Progress, run_transfers
+from dicomtrolley.download import (
+    DownloadReport,
+    NullProgress,
+    Progress,
+    SaveJob,
+    run_transfers,
+)
 
 # DICOMTrolleyError and DICOMParseTree: re-exported, as 4.1.0 had them here
 from dicomtrolley.exceptions import DICOMTrolleyError as DICOMTrolleyError
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.parsing import DICOMParseTree as DICOMParseTree
 from dicomtrolley.parsing import studies_from_datasets
-from dicomtrolley.storage import DICOMDiskStorage
 from dicomtrolley.transport import DEFAULT_RETRY, Retry
 
 logger = get_module_logger("dicom_qr")
@@ -347,49 +352,34 @@ class _Retriever(Downloader):
     def check_references(self, objects: Sequence[DICOMDownloadable]) -> None:
         """Nothing to check: C-GET and C-MOVE take studies, series and instances."""
 
-    def save_all(
-        self,
-        objects: Sequence[DICOMDownloadable],
-        storage: DICOMDiskStorage,
-        output_dir: str | Path,
-        *,
-        max_workers: int | None = None,
-        progress: Progress | None = None,
-    ) -> DownloadReport:
-        """Retrieve objects into storage under output_dir, writing each instance to
-        disk as it arrives; instances already there (when known) are skipped.
+    # -- save_all (the template of Downloader) --------------------------------
+    # Each instance is written to disk as it arrives; instances already there
+    # (when known) are skipped. With several workers, several associations run
+    # at once (one per series when the search found the series, else one per
+    # study). A request broken off by a transient error is resumed under
+    # ``self.retry``; what still fails is in the report.
 
-        With several workers, several associations run at once (one per series
-        when the search found the series, else one per study). A request broken
-        off by a transient error is resumed under ``self.retry``; what still
-        fails is in the report.
-        """
-        items = [objects] if isinstance(objects, DICOMDownloadable) else list(objects)
-        report = DownloadReport()
-        progress = progress or NullProgress()
+    failures_per_unit = True
 
-        def present(ref: InstanceReference) -> bool:
-            path = storage.existing_file(ref, output_dir)
-            if path is None:
-                return False
-            progress.add_total(instances=1)
-            report.add_skipped(path)
-            progress.instance_done(skipped=True)
-            return True
+    def plan_saves(self, job: SaveJob) -> list[RetrieveUnit]:
+        return plan_units(job.objects, present=lambda ref: job.skip_if_present([ref]))
 
-        units = plan_units(items, present=present)
-        sink = disk_sink(storage, output_dir, report, progress)
-        workers = max_workers if max_workers and max_workers > 1 else self.max_workers
+    def save_workers(self, job: SaveJob) -> int:
+        if job.max_workers and job.max_workers > 1:
+            return job.max_workers
+        return self.max_workers or 1
+
+    def save_units(self, job: SaveJob, units: Sequence[Any], workers: int) -> None:
+        """The units over workers associations at once (:meth:`_run`)."""
         self._run(
             units,
-            sink,
-            report,
-            progress,
-            sop_classes_of(items),
-            workers or 1,
-            spool=Path(output_dir),
+            disk_sink(job.storage, job.output_dir, job.report, job.progress),
+            job.report,
+            job.progress,
+            sop_classes_of(job.objects),
+            workers,
+            spool=Path(job.output_dir),
         )
-        return report
 
     def datasets(self, objects: Sequence[DICOMDownloadable]) -> Iterator[Dataset]:
         """Every instance as a Dataset in memory, in the order they arrive.

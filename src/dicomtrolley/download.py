@@ -15,14 +15,21 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from dicomtrolley.core import DICOMDownloadable, InstanceReference
 from dicomtrolley.exceptions import DICOMTrolleyError, DownloadIncompleteError
 from dicomtrolley.logs import get_module_logger
 
 logger = get_module_logger("download")
 
+if TYPE_CHECKING:  # pragma: no cover
+    from pydicom.dataset import Dataset
+
+    from dicomtrolley.storage import DICOMDiskStorage
+
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Progress(Protocol):
@@ -189,26 +196,87 @@ class DownloadReport:
         raise error
 
 
-def skip_present(
-    refs: Sequence[T],
-    present: Callable[[T], Path | None],
-    report: DownloadReport,
-    progress: Progress,
-) -> list[T]:
-    """The refs still to fetch; those whose verified file is present are skipped.
+@dataclass
+class SaveJob:
+    """One :meth:`~dicomtrolley.core.Downloader.save_all`: what to save, where to,
+    and what became of it.
 
-    present(ref) gives the intact file for ref, or None. Skipped files go into
-    the report and count as done for the progress display.
+    Every adapter's save_all runs through this: it skips the files already on
+    disk, reports each file saved (once) and tells the progress display.
     """
-    todo: list[T] = []
-    for ref in refs:
-        existing = present(ref)
-        if existing is None:
-            todo.append(ref)
-        else:
-            report.add_skipped(existing)
-            progress.instance_done(skipped=True)
-    return todo
+
+    objects: Sequence[DICOMDownloadable]
+    storage: DICOMDiskStorage
+    output_dir: str | Path
+    progress: Progress
+    max_workers: int | None = None
+    report: DownloadReport = field(default_factory=DownloadReport)
+
+    def skip_if_present(self, refs: Sequence[InstanceReference]) -> bool:
+        """True when every one of refs has its intact file: each is reported skipped.
+
+        False (and nothing reported) when refs is empty or a file is missing.
+        """
+        paths = [self.storage.existing_file(ref, self.output_dir) for ref in refs]
+        present = [path for path in paths if path is not None]
+        if not refs or len(present) < len(paths):
+            return False
+        self.progress.add_total(instances=len(present))
+        for path in present:
+            self.report.add_skipped(path)
+            self.progress.instance_done(skipped=True)
+        return True
+
+    def skip_present(self, refs: Sequence[R]) -> list[R]:
+        """The refs still to fetch: instances whose intact file is present are
+        reported skipped; studies and series are kept."""
+        return [
+            ref
+            for ref in refs
+            if not (isinstance(ref, InstanceReference) and self.skip_if_present([ref]))
+        ]
+
+    def saved(self, path: Path, nbytes: int) -> None:
+        """A file is complete on disk."""
+        self.report.add_saved(path, nbytes)
+        self.progress.instance_done(nbytes)
+
+    def save_dataset(self, dataset: Dataset) -> None:
+        """Save a dataset held in memory with ``storage.save`` (4.1.0's path).
+
+        A file that cannot be stored is a failure of its instance, named by its
+        SOPInstanceUID; the download goes on.
+        """
+        from dicomtrolley.storage import record_saved
+
+        uid = str(dataset.get("SOPInstanceUID", ""))
+        try:
+            path = self.storage.save(dataset, path=str(self.output_dir))
+        except DICOMTrolleyError as error:
+            if uid and uid not in error.uids:
+                error.uids = (*error.uids, uid)
+            self.report.add_failure(f"instance {uid or '(no SOPInstanceUID)'}", error)
+            return
+        if path is not None:
+            record_saved(
+                self.output_dir,
+                Path(path),
+                dataset,
+                layout=self.storage.layout_key(),
+            )
+        nbytes = _file_size(path)
+        self.report.add_saved(path, nbytes)
+        self.progress.instance_done(nbytes)
+
+
+def _file_size(path: Path | None) -> int:
+    """Size of a saved file; 0 when a storage did not say where it saved."""
+    if path is None:
+        return 0
+    try:
+        return path.stat().st_size
+    except (OSError, AttributeError, TypeError):  # save() returned no real path
+        return 0
 
 
 def run_transfers(
@@ -218,17 +286,22 @@ def run_transfers(
     *,
     workers: int,
     uids_of: Callable[[T], tuple[str, ...]],
+    stops_all: Callable[[DICOMTrolleyError], bool] | None = None,
 ) -> None:
     """Run transfer(item) for every item, workers at a time; record failures.
 
     A failing item does not stop the others: its DICOMTrolleyError goes into the
-    report with the item's UIDs. Anything else is a bug and propagates.
+    report with the item's UIDs, unless stops_all(error) says it ends the whole
+    run: then it propagates once the transfers under way have ended. Anything
+    else is a bug and propagates.
     """
 
     def one(item: T) -> None:
         try:
             transfer(item)
         except DICOMTrolleyError as error:
+            if stops_all is not None and stops_all(error):
+                raise
             logger.error("%s", one_line(f"{item} failed", error, error.uids))
             if not error.uids:
                 error.uids = uids_of(item)

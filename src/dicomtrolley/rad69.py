@@ -64,7 +64,6 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
 from typing import Any, NoReturn, Protocol
 
 import requests
@@ -77,13 +76,7 @@ from dicomtrolley.core import (
     InstanceReference,
     to_instance_refs,
 )
-from dicomtrolley.download import (
-    DownloadReport,
-    NullProgress,
-    Progress,
-    run_transfers,
-    skip_present,
-)
+from dicomtrolley.download import Progress, SaveJob
 from dicomtrolley.exceptions import (
     DICOMParseError,
     DICOMTrolleyError,
@@ -117,8 +110,8 @@ from dicomtrolley.formats.soap import (
 from dicomtrolley.http import HTTPMultiPartStream
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.parsing import DICOMParseTree
-from dicomtrolley.storage import DICOMDiskStorage, InstanceWriter
 from dicomtrolley.streaming import (
+    PartFile,
     iter_body,
     iter_parts,
     prove_headers_complete,
@@ -601,7 +594,7 @@ class Rad69(Downloader):
 
         error: DICOMTrolleyError | None = None
         try:
-            self._fetch(batch, lambda: _MemorySink(str(batch), datasets, done), done)
+            self._fetch(batch, lambda: _MemorySink(str(batch), datasets), done)
         except DICOMTrolleyError as failure:
             error = failure
         return [
@@ -751,50 +744,37 @@ class Rad69(Downloader):
             stacklevel=2,
         )
 
-    def save_all(
-        self,
-        objects: Sequence[DICOMDownloadable],
-        storage: DICOMDiskStorage,
-        output_dir: str | Path,
-        *,
-        max_workers: int | None = None,
-        progress: Progress | None = None,
-    ) -> DownloadReport:
-        """Stream every instance to its file while it arrives; skip intact files.
+    # -- save_all (the template of Downloader) --------------------------------
+    # Requests run max_workers at a time (or this downloader's max_workers with
+    # use_async). A failed request goes into the report with the UIDs of the
+    # instances it did not deliver, unless its error is ignored.
 
-        Requests run max_workers at a time (or this downloader's max_workers
-        with use_async). A failed request goes into the report with the UIDs
-        of the instances it did not deliver, unless its error is ignored.
-        """
-        refs = list(dict.fromkeys(to_instance_refs(objects)))
-        report = DownloadReport()
-        progress = progress or NullProgress()
-        progress.add_total(instances=len(refs))
-        todo = skip_present(
-            refs, lambda ref: storage.existing_file(ref, output_dir), report, progress
-        )
-        workers = self._workers(max_workers)
-        batches = self.request_batches(todo, workers)
-        workers = max(1, min(workers, len(batches) or 1))
+    failures_per_unit = True
+
+    def plan_saves(self, job: SaveJob) -> list[_Batch]:
+        """The requests for the instances not yet on disk."""
+        refs = list(dict.fromkeys(to_instance_refs(job.objects)))
+        todo = job.skip_present(refs)
+        job.progress.add_total(instances=len(todo))
+        return self.request_batches(todo, self.save_workers(job))
+
+    def save_workers(self, job: SaveJob) -> int:
+        return self._workers(job.max_workers)
+
+    def prepare_workers(self, workers: int) -> None:
         self.transport.ensure_pool_size(workers)
 
-        def fetch(batch: _Batch) -> None:
-            done: set[str] = set()
+    def save_unit(self, job: SaveJob, unit: _Batch) -> None:
+        """Stream each document of one request to its file while it arrives."""
+        done: set[str] = set()
 
-            def on_saved(path: Path, nbytes: int) -> None:
-                report.add_saved(path, nbytes)
-                progress.instance_done(nbytes)
+        def new_sink() -> _Sink:
+            return PartFile(job.storage, job.output_dir, job.saved)
 
-            def new_sink() -> _Sink:
-                return _FileSink(storage.open_writer(output_dir), on_saved, done)
-
-            try:
-                self._fetch(batch, new_sink, done, progress)
-            except DICOMTrolleyError as error:
-                self.handle_response_error(error)  # raises unless ignored
-
-        run_transfers(batches, fetch, report, workers=workers, uids_of=_Batch.uids)
-        return report
+        try:
+            self._fetch(unit, new_sink, done, job.progress)
+        except DICOMTrolleyError as error:
+            self.handle_response_error(error)  # raises unless ignored
 
 
 # --------------------------------------------------------------------------- #
@@ -803,49 +783,25 @@ class Rad69(Downloader):
 
 
 class _Sink(Protocol):
-    """Receives one document: write() its bytes, then finish(ref) or discard()."""
+    """Receives one document: write() its bytes, then finish(ref) or discard().
+
+    Saving to disk: :class:`~dicomtrolley.streaming.PartFile`, the path every
+    HTTP downloader writes parts by; in memory: :class:`_MemorySink`.
+    """
 
     def write(self, data: bytes | memoryview) -> None: ...
 
-    def finish(self, ref: InstanceReference) -> None: ...
+    def finish(self, expected: InstanceReference) -> object: ...
 
     def discard(self) -> None: ...
-
-
-class _FileSink:
-    """Streams a document to a temporary file; finish() verifies and names it."""
-
-    def __init__(
-        self,
-        writer: InstanceWriter,
-        on_saved: Callable[[Path, int], None],
-        done: set[str],
-    ) -> None:
-        self.writer = writer
-        self.on_saved = on_saved
-        self.done = done
-
-    def write(self, data: bytes | memoryview) -> None:
-        self.writer.write(data)
-
-    def finish(self, ref: InstanceReference) -> None:
-        # which instance this is became known from the SOAP root: check its UID
-        self.writer.expected = ref
-        path = self.writer.commit()
-        self.done.add(ref.instance_uid)
-        self.on_saved(path, self.writer.bytes_written)
-
-    def discard(self) -> None:
-        self.writer.abort()
 
 
 class _MemorySink:
     """Collects a document in memory; finish() parses and checks it."""
 
-    def __init__(self, what: str, datasets: dict[str, Dataset], done: set[str]) -> None:
+    def __init__(self, what: str, datasets: dict[str, Dataset]) -> None:
         self.what = what
         self.datasets = datasets
-        self.done = done
         self.buffer: io.BytesIO | None = io.BytesIO()
 
     def write(self, data: bytes | memoryview) -> None:
@@ -864,7 +820,6 @@ class _MemorySink:
                 uids=ref.uids(),
             )
         self.datasets[ref.instance_uid] = dataset
-        self.done.add(ref.instance_uid)
 
     def discard(self) -> None:
         self.buffer = None
@@ -936,6 +891,7 @@ class _Dispatch:
             self.sink.discard()
             return
         self.sink.finish(ref)
+        self.done.add(ref.instance_uid)
 
     def discard(self) -> None:
         self.sink.discard()

@@ -645,7 +645,7 @@ class InstanceWriter:
 
     def _expected_uids(self) -> tuple[str, ...]:
         ref = self.expected
-        return () if ref is None else (ref.study_uid, ref.series_uid, ref.instance_uid)
+        return () if ref is None else ref.uids()
 
     def __enter__(self) -> InstanceWriter:
         return self

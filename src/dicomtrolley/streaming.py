@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 
 from dicomtrolley.body import GuardedBody, declared_length, has_body, is_chunked
 from dicomtrolley.core import InstanceReference
-from dicomtrolley.download import DownloadReport, Progress
+from dicomtrolley.download import Progress, SaveJob
 from dicomtrolley.exceptions import (
     DICOMParseError,
     DICOMTrolleyConnectionError,
@@ -242,6 +242,44 @@ def prove_headers_complete(
     )
 
 
+class PartFile:
+    """One part on its way to storage: the one path by which WADO-RS, WADO-URI
+    and RAD-69 write what they receive.
+
+    Its bytes go to a temporary file in the output folder; :meth:`finish`
+    verifies the file (against the instance expected, when known), gives it
+    its name and tells on_saved; :meth:`discard` removes it.
+    """
+
+    def __init__(
+        self,
+        storage: DICOMDiskStorage,
+        output_dir: str | Path,
+        on_saved: Callable[[Path, int], None],
+        expected: InstanceReference | None = None,
+    ) -> None:
+        self.writer: InstanceWriter = storage.open_writer(output_dir, expected=expected)
+        self.on_saved = on_saved
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.writer.write(data)
+
+    def finish(self, expected: InstanceReference | None = None) -> Path:
+        """The part is complete: verify, name and report its file.
+
+        expected: the instance the part turned out to be (RAD-69 learns it from
+        the SOAP root, after the part), checked instead of the one given first.
+        """
+        if expected is not None:
+            self.writer.expected = expected
+        path = self.writer.commit()
+        self.on_saved(path, self.writer.bytes_written)
+        return path
+
+    def discard(self) -> None:
+        self.writer.abort()
+
+
 def save_parts(
     events: Iterator[Event],
     storage: DICOMDiskStorage,
@@ -256,24 +294,23 @@ def save_parts(
     A part whose headers part_filter rejects (e.g. RAD-69's SOAP root part) is
     skipped. A part that fails verification raises; earlier parts stay saved.
     """
-    writer: InstanceWriter | None = None
+    part: PartFile | None = None
     saved = 0
     try:
         for event in events:
             if isinstance(event, PartData):
-                if writer is not None:
-                    writer.write(event.data)
+                if part is not None:
+                    part.write(event.data)
             elif isinstance(event, PartStart):
                 if part_filter is None or part_filter(event.headers):
-                    writer = storage.open_writer(output_dir, expected=expected)
-            elif writer is not None:  # PartEnd
-                path = writer.commit()
-                on_saved(path, writer.bytes_written)
-                writer = None
+                    part = PartFile(storage, output_dir, on_saved, expected)
+            elif part is not None:  # PartEnd
+                done, part = part, None
+                done.finish()
                 saved += 1
     finally:
-        if writer is not None:
-            writer.abort()
+        if part is not None:
+            part.discard()
     return saved
 
 
@@ -354,10 +391,7 @@ class _RetriedAnswerProgress:
 def save_answer_with_retry(
     open_response: Callable[[], requests.Response],
     retry: Retry,
-    storage: DICOMDiskStorage,
-    output_dir: str | Path,
-    report: DownloadReport,
-    progress: Progress,
+    job: SaveJob,
     *,
     chunk_size: int,
     what: str,
@@ -374,13 +408,12 @@ def save_answer_with_retry(
     the progress total. An answer that holds no instance is an error.
     """
     reported: set[Path] = set()
-    shown = _RetriedAnswerProgress(progress)
+    shown = _RetriedAnswerProgress(job.progress)
 
     def on_saved(path: Path, nbytes: int) -> None:
         if path not in reported:
             reported.add(path)
-            report.add_saved(path, nbytes)
-            progress.instance_done(nbytes)
+            job.saved(path, nbytes)
 
     def read(response: requests.Response) -> None:
         shown.new_attempt()
@@ -389,7 +422,7 @@ def save_answer_with_retry(
             shown.announce(int(length))
         events = iter_parts(response, chunk_size, what=what, uids=uids, progress=shown)
         if not save_parts(
-            events, storage, output_dir, on_saved=on_saved, expected=expected
+            events, job.storage, job.output_dir, on_saved=on_saved, expected=expected
         ):
             raise ResponseFormatError(
                 f"{what}: the answer held no instances", url=response.url, uids=uids

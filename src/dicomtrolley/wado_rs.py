@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from itertools import chain
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -37,13 +36,7 @@ from dicomtrolley.core import (
     StudyReference,
     to_series_level_refs,
 )
-from dicomtrolley.download import (
-    DownloadReport,
-    NullProgress,
-    Progress,
-    run_transfers,
-    skip_present,
-)
+from dicomtrolley.download import SaveJob
 from dicomtrolley.exceptions import (
     DICOMTrolleyError,
     NoQueryResultsError,
@@ -61,7 +54,6 @@ from dicomtrolley.formats.multipart import (
 )
 from dicomtrolley.http import HTTPMultiPartStream
 from dicomtrolley.logs import get_module_logger
-from dicomtrolley.storage import DICOMDiskStorage
 from dicomtrolley.streaming import (
     SINGLE_PART_TYPES,
     datasets_from_parts,
@@ -91,18 +83,6 @@ __all__ = [
 logger = get_module_logger("wado_rs")
 
 DEFAULT_CHUNK_SIZE = 5_242_880
-
-
-def _uids_of(ref: DICOMObjectReference) -> tuple[str, ...]:
-    return tuple(
-        uid
-        for uid in (
-            ref.study_uid,
-            getattr(ref, "series_uid", None),
-            getattr(ref, "instance_uid", None),
-        )
-        if uid
-    )
 
 
 def _known_instances(
@@ -202,7 +182,7 @@ class WadoRS(Downloader):
             headers={"Accept": self.accept},
             stream=True,
             what=f"WADO-RS {ref}",
-            uids=_uids_of(ref),
+            uids=ref.uids(),
         )
 
     def datasets(self, objects: Sequence[DICOMDownloadable]) -> Iterator[Dataset]:
@@ -216,7 +196,7 @@ class WadoRS(Downloader):
         ref = downloadable.reference()
         response = self._open(ref)
         try:
-            yield from self._datasets_in(response, f"WADO-RS {ref}", _uids_of(ref))
+            yield from self._datasets_in(response, f"WADO-RS {ref}", ref.uids())
         finally:
             response.close()
 
@@ -274,14 +254,14 @@ class WadoRS(Downloader):
             datasets_from_parts(
                 self._instance_events(instance),
                 what=f"WADO-RS {instance}",
-                uids=_uids_of(instance),
+                uids=instance.uids(),
             )
         )
         if len(datasets) != 1:
             raise ResponseFormatError(
                 f"WADO-RS: expected 1 instance for {instance}, got {len(datasets)}",
                 url=self.wado_rs_instance_uri(instance),
-                uids=_uids_of(instance),
+                uids=instance.uids(),
             )
         return datasets[0]
 
@@ -292,67 +272,44 @@ class WadoRS(Downloader):
                 response,
                 self.http_chunk_size,
                 what=f"WADO-RS {ref}",
-                uids=_uids_of(ref),
+                uids=ref.uids(),
             )
         finally:
             response.close()
 
-    def save_all(
-        self,
-        objects: Sequence[DICOMDownloadable],
-        storage: DICOMDiskStorage,
-        output_dir: str | Path,
-        *,
-        max_workers: int | None = None,
-        progress: Progress | None = None,
-    ) -> DownloadReport:
-        """Stream every instance in objects to disk; several requests at once."""
-        refs = self.request_references(objects)
-        report = DownloadReport()
-        progress = progress or NullProgress()
-        known = _known_instances(objects)
+    # -- save_all (the template of Downloader) --------------------------------
 
-        def present(ref: DICOMObjectReference) -> Path | None:
-            if isinstance(ref, InstanceReference):
-                return storage.existing_file(ref, output_dir)
-            return None
+    failures_per_unit = True
 
-        def series_present(ref: DICOMObjectReference) -> bool:
-            """A series whose instances the search listed, all intact on disk."""
-            members = known.get(ref, [])
-            paths = [storage.existing_file(member, output_dir) for member in members]
-            if not members or None in paths:
-                return False
-            progress.add_total(instances=len(members))
-            for path in paths:
-                assert path is not None
-                report.add_skipped(path)
-                progress.instance_done(skipped=True)
-            return True
+    def plan_saves(self, job: SaveJob) -> Sequence[DICOMObjectReference]:
+        """One request per reference, less what is on disk.
 
-        refs = [ref for ref in refs if not series_present(ref)]
-        todo = skip_present(refs, present, report, progress)
-        progress.add_total(instances=len(refs) - len(todo))
-        workers = max(1, min(max_workers or 1, len(todo) or 1))
+        A series whose instances the search listed, all intact on disk, is
+        skipped whole; so is an instance reference whose file is there.
+        """
+        known = _known_instances(job.objects)
+        refs = [
+            ref
+            for ref in self.request_references(job.objects)
+            if not job.skip_if_present(known.get(ref, []))
+        ]
+        return job.skip_present(refs)
+
+    def prepare_workers(self, workers: int) -> None:
         self.transport.ensure_pool_size(workers)
 
-        def fetch(ref: DICOMObjectReference) -> None:
-            save_answer_with_retry(
-                lambda: self._open(ref),
-                self.transport.retry,
-                storage,
-                output_dir,
-                report,
-                progress,
-                chunk_size=self.http_chunk_size,
-                what=f"WADO-RS {ref}",
-                uids=_uids_of(ref),
-                expected=ref if isinstance(ref, InstanceReference) else None,
-                announce_length=True,
-            )
-
-        run_transfers(todo, fetch, report, workers=workers, uids_of=_uids_of)
-        return report
+    def save_unit(self, job: SaveJob, unit: DICOMObjectReference) -> None:
+        """Stream every instance of one answer to its file while it arrives."""
+        save_answer_with_retry(
+            lambda: self._open(unit),
+            self.transport.retry,
+            job,
+            chunk_size=self.http_chunk_size,
+            what=f"WADO-RS {unit}",
+            uids=unit.uids(),
+            expected=unit if isinstance(unit, InstanceReference) else None,
+            announce_length=True,
+        )
 
 
 class WadoRSMetaData(WadoRS):
@@ -397,7 +354,7 @@ class WadoRSMetaData(WadoRS):
             self.wado_rs_instance_uri(ref),
             headers={"Accept": "application/dicom+json"},
             what=what,
-            uids=_uids_of(ref),
+            uids=ref.uids(),
         )
         if response.status_code == 204:
             return
@@ -407,13 +364,13 @@ class WadoRSMetaData(WadoRS):
             raise ResponseFormatError(
                 f"{what}: Could not parse the answer as JSON: {error}",
                 url=response.url,
-                uids=_uids_of(ref),
+                uids=ref.uids(),
             ) from error
         if not isinstance(items_json, list):
             raise ResponseFormatError(
                 f"{what}: expected a JSON array",
                 url=response.url,
-                uids=_uids_of(ref),
+                uids=ref.uids(),
             )
         for item in items_json:
             yield make_writable(dataset_from_json_dict(item))
@@ -446,27 +403,21 @@ class WadoRSMetaData(WadoRS):
                 f"WADO-RS metadata: expected 1 instance for {instance}, got "
                 f"{len(datasets)}",
                 url=self.wado_rs_instance_uri(instance),
-                uids=_uids_of(instance),
+                uids=instance.uids(),
             )
         return datasets[0]
 
-    def save_all(
-        self,
-        objects: Sequence[DICOMDownloadable],
-        storage: DICOMDiskStorage,
-        output_dir: str | Path,
-        *,
-        max_workers: int | None = None,
-        progress: Progress | None = None,
-    ) -> DownloadReport:
-        return Downloader.save_all(
-            self,
-            objects,
-            storage,
-            output_dir,
-            max_workers=max_workers,
-            progress=progress,
-        )
+    # the metadata are saved from memory, as Downloader does by default
+    failures_per_unit = False
+
+    def plan_saves(self, job: SaveJob) -> Sequence[Any]:
+        return Downloader.plan_saves(self, job)
+
+    def prepare_workers(self, workers: int) -> None:
+        return None
+
+    def save_unit(self, job: SaveJob, unit: Any) -> None:
+        Downloader.save_unit(self, job, unit)
 
 
 def _is_unread(response: Any) -> bool:

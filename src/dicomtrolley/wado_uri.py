@@ -17,7 +17,6 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -31,16 +30,9 @@ from dicomtrolley.core import (
     InstanceReference,
     to_instance_refs,
 )
-from dicomtrolley.download import (
-    DownloadReport,
-    NullProgress,
-    Progress,
-    run_transfers,
-    skip_present,
-)
+from dicomtrolley.download import SaveJob
 from dicomtrolley.exceptions import DICOMTrolleyError, ResponseFormatError
 from dicomtrolley.logs import get_module_logger
-from dicomtrolley.storage import DICOMDiskStorage
 from dicomtrolley.streaming import (
     datasets_from_parts,
     iter_parts,
@@ -69,10 +61,6 @@ __all__ = [
 logger = get_module_logger("wado_uri")
 
 CHUNK_SIZE = 1_048_576
-
-
-def _uids(ref: InstanceReference) -> tuple[str, str, str]:
-    return (ref.study_uid, ref.series_uid, ref.instance_uid)
 
 
 class WadoURI(Downloader):
@@ -137,7 +125,7 @@ class WadoURI(Downloader):
             headers={"Accept": "application/dicom, */*;q=0.5"},
             stream=True,
             what=f"WADO-URI {instance}",
-            uids=_uids(instance),
+            uids=instance.uids(),
         )
 
     def check_references(self, objects: Sequence[DICOMDownloadable]) -> None:
@@ -163,15 +151,15 @@ class WadoURI(Downloader):
         what = f"WADO-URI {instance}"
 
         def read(response: requests.Response) -> Dataset:
-            events = iter_parts(response, CHUNK_SIZE, what=what, uids=_uids(instance))
+            events = iter_parts(response, CHUNK_SIZE, what=what, uids=instance.uids())
             datasets = list(
-                datasets_from_parts(events, what=what, uids=_uids(instance))
+                datasets_from_parts(events, what=what, uids=instance.uids())
             )
             if len(datasets) != 1:
                 raise ResponseFormatError(
                     f"{what}: expected one instance, got {len(datasets)}",
                     url=response.url,
-                    uids=_uids(instance),
+                    uids=instance.uids(),
                 )
             return datasets[0]
 
@@ -220,40 +208,33 @@ class WadoURI(Downloader):
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def save_all(
-        self,
-        objects: Sequence[DICOMDownloadable],
-        storage: DICOMDiskStorage,
-        output_dir: str | Path,
-        *,
-        max_workers: int | None = None,
-        progress: Progress | None = None,
-    ) -> DownloadReport:
-        """Stream every instance to disk, max_workers at a time; skip intact files."""
-        refs = list(dict.fromkeys(to_instance_refs(objects)))
-        report = DownloadReport()
-        progress = progress or NullProgress()
-        progress.add_total(instances=len(refs))
-        todo = skip_present(
-            refs, lambda ref: storage.existing_file(ref, output_dir), report, progress
-        )
-        requested = max_workers if max_workers and max_workers > 1 else self.max_workers
-        workers = max(1, min(requested or 1, len(todo) or 1))
+    # -- save_all (the template of Downloader) --------------------------------
+
+    failures_per_unit = True
+
+    def plan_saves(self, job: SaveJob) -> list[InstanceReference]:
+        """One request per instance not yet on disk."""
+        refs = list(dict.fromkeys(to_instance_refs(job.objects)))
+        todo = job.skip_present(refs)
+        job.progress.add_total(instances=len(todo))
+        return todo
+
+    def save_workers(self, job: SaveJob) -> int:
+        if job.max_workers and job.max_workers > 1:
+            return job.max_workers
+        return self.max_workers or 1
+
+    def prepare_workers(self, workers: int) -> None:
         self.transport.ensure_pool_size(workers)
 
-        def fetch(ref: InstanceReference) -> None:
-            save_answer_with_retry(
-                lambda: self._open(ref),
-                self.transport.retry,
-                storage,
-                output_dir,
-                report,
-                progress,
-                chunk_size=CHUNK_SIZE,
-                what=f"WADO-URI {ref}",
-                uids=_uids(ref),
-                expected=ref,
-            )
-
-        run_transfers(todo, fetch, report, workers=workers, uids_of=_uids)
-        return report
+    def save_unit(self, job: SaveJob, unit: InstanceReference) -> None:
+        """Stream one instance to its file, fetched again if its answer breaks off."""
+        save_answer_with_retry(
+            lambda: self._open(unit),
+            self.transport.retry,
+            job,
+            chunk_size=CHUNK_SIZE,
+            what=f"WADO-URI {unit}",
+            uids=unit.uids(),
+            expected=unit,
+        )

@@ -16,7 +16,7 @@ import urllib3
 from requests.structures import CaseInsensitiveDict
 
 from dicomtrolley.core import InstanceReference
-from dicomtrolley.download import DownloadReport
+from dicomtrolley.download import DownloadReport, SaveJob
 from dicomtrolley.exceptions import (
     DICOMParseError,
     DICOMTrolleyConnectionError,
@@ -499,10 +499,7 @@ def test_retried_answer_shows_each_byte_once(
         save_answer_with_retry(
             open_response,
             Retry(total=len(cuts), backoff_factor=0),
-            StorageDir(tmp_path),
-            tmp_path,
-            report,
-            progress,
+            SaveJob([], StorageDir(tmp_path), tmp_path, progress, report=report),
             chunk_size=128,
             what=WHAT,
             uids=UIDS,
