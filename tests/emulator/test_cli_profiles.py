@@ -380,3 +380,38 @@ def test_profiles_check_gets_an_oauth2_token(
     missing = run("profiles", "check", "idp", "--config", str(config))
     assert missing.exit_code == 2
     assert "set the environment variable IDP_SECRET" in missing.stderr
+
+
+def test_batch_with_an_oauth2_profile_whose_tokens_expire_mid_batch(
+    demo: DemoData, make_emulator: Callable[..., Emulator], tmp_path: Path
+) -> None:
+    """Tokens valid 0.05 s, a batch of every demo study one file at a time (it
+    takes longer than that): new tokens are fetched as the batch goes on, a
+    request that meets an expired one gets a new token and is sent again."""
+    emulator = make_emulator(
+        demo.root, oauth2_clients={"cli": "cli-secret"}, token_lifetime=0.05
+    )
+    config = write_config(
+        tmp_path,
+        "[profiles.idp]\n"
+        f'url = "{emulator.dicomweb_url}"\n'
+        'download = ["wado-uri"]\n'
+        "workers = 1\n"
+        f'auth = {{ type = "oauth2", token_url = "{emulator.token_url}", '
+        'client_id = "cli", refresh_margin = 0 }\n',
+    )
+    batch = tmp_path / "cohort.csv"
+    batch.write_text(
+        "AccessionNumber\n" + "".join(f"{s.accession_number}\n" for s in demo.studies)
+    )
+    out = tmp_path / "out"
+    result = run(
+        "batch", str(batch), "--config", str(config), "--profile", "idp",
+        "-o", str(out), DICOMTROLLEY_CLIENT_SECRET="cli-secret",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(files_of(out)) == len(demo.paths)
+    tokens = emulator.tokens
+    assert tokens is not None
+    assert tokens.issued >= 2
+    assert "cli-secret" not in result.output
