@@ -23,7 +23,6 @@ association; so does any exception in the caller's thread, Ctrl-C included.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import threading
 import time
@@ -460,22 +459,25 @@ def run_stoppable(
         work()
         return
     failure: list[BaseException] = []
+    done = threading.Event()
 
     def run() -> None:
         try:
             work()
         except BaseException as error:  # handed over to the caller's thread
             failure.append(error)
+        finally:
+            done.set()
 
     thread = threading.Thread(target=run, name="dicomtrolley-transfers", daemon=True)
     thread.start()
-    try:
-        while thread.is_alive():
-            thread.join(0.1)
+    try:  # an Event, not Thread.join: an interrupted join may not wait again
+        while not done.wait(0.1):
+            pass
     except BaseException:
         stop.set()
-        with contextlib.suppress(BaseException):
-            thread.join()
+        while not done.wait(0.1):
+            pass
         raise
     if failure:
         raise failure[0]

@@ -141,6 +141,14 @@ class StoreSCP:
     # -- starting and stopping ----------------------------------------------------
 
     def start(self) -> StoreSCP:
+        try:
+            self.spool.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreSCPError(
+                f"cannot create {self.spool} for received instances: {error}",
+                peer=self.pacs,
+                operation=OPERATION,
+            ) from error
         family = socket.AF_INET6 if ":" in self.bind_address else socket.AF_INET
         try:
             listener = socket.create_server(
