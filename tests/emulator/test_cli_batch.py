@@ -650,3 +650,19 @@ def test_download_records_its_query_in_the_manifest(
     assert len(queries) == 1
     (query,) = queries
     assert "PatientID=DTR004" in query and "min_study_date=2020-01-01" in query
+
+
+def test_a_refused_login_stops_the_batch_with_one_error(
+    emulator: Emulator, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    rows = "".join(f"ACC{n:04d}\n" for n in range(1, 41))
+    path = write(f"AccessionNumber\n{rows}".encode())
+    result = CliRunner().invoke(
+        main,
+        ["batch", str(path), "--url", emulator.dicomweb_url, "-o", str(tmp_path)],
+        env={"DICOMTROLLEY_PASSWORD": None, "DICOMTROLLEY_USER": None},
+    )
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "401" in errors[0]  # not once per row
+    assert "Hint: check --user" in result.stderr

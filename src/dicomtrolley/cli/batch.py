@@ -66,8 +66,10 @@ from dicomtrolley.cli.transfer import (
 from dicomtrolley.core import Downloader, Query, Searcher, Study
 from dicomtrolley.download import one_line
 from dicomtrolley.exceptions import (
+    DICOMTrolleyAuthError,
     DICOMTrolleyError,
     DownloadIncompleteError,
+    HTTPStatusError,
     StorageError,
 )
 from dicomtrolley.manifest import Manifest, Outcomes
@@ -165,6 +167,12 @@ def row_key(row: BatchRow) -> str:
     return CompletedRows.key_of(row.query().filled_fields())
 
 
+def _login_refused(error: DICOMTrolleyError) -> bool:
+    if isinstance(error, DICOMTrolleyAuthError):
+        return True
+    return isinstance(error, HTTPStatusError) and error.status_code in (401, 403)
+
+
 def search_rows(
     searcher: Searcher,
     rows: Sequence[BatchRow],
@@ -177,7 +185,10 @@ def search_rows(
     """Every row's search, workers at a time, in row order, with its status.
 
     A row that completed(row) knows from an earlier run is not searched for.
+    A refused login (HTTP 401/403, a failed Vitrea or OAuth2 login) stops the
+    searches and is raised: it would refuse every row the same way.
     """
+    refused: list[DICOMTrolleyError] = []
 
     def one(row: BatchRow) -> RowResult:
         result = RowResult(row)
@@ -185,14 +196,21 @@ def search_rows(
         if done:
             result.status, result.done = COMPLETE, done
             return result
+        if refused:
+            result.status, result.error = SEARCH_FAILED, "not searched: login refused"
+            return result
         try:
             result.studies = list(searcher.find_studies(row_query(row, search)))
         except DICOMTrolleyError as error:
+            if _login_refused(error):
+                refused.append(error)
             result.status, result.error = SEARCH_FAILED, one_line("", error)
         return result
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(one, rows))
+    if refused:
+        raise refused[0]
     first_row: dict[str, int] = {}
     for result in results:
         if result.status in (SEARCH_FAILED, COMPLETE):
