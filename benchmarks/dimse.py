@@ -21,10 +21,19 @@ Prints each one's best wall time, throughput, and the ratios dicomtrolley/getscu
 ``save_all`` (the interpreter start and imports of the child are left out; they
 are printed separately); getscu's is the whole process.
 
+With ``--find`` (instead of the retrieves): C-FIND of the 10,000 instances of
+one study (``--find-instances``; tiny synthetic ones, one series) at IMAGE level,
+DCMTK ``findscu`` against dicomtrolley's ``DICOMQR.send_c_find`` (one relational
+query with the study and series UIDs, as findscu's), printing the ratio.
+``--trolley-src`` runs dicomtrolley from another checkout's ``src`` (an older
+commit, for before/after numbers).
+
 Run it in the loopback-only namespace, as Orthanc binds every interface:
 
     bash scripts/loopback-only.sh .venv/bin/python benchmarks/dimse.py [--mb 300]
         [--repeat 3] [--demo] [--move] [--workers 1]
+    bash scripts/loopback-only.sh .venv/bin/python benchmarks/dimse.py --find
+        [--find-instances 10000] [--trolley-src ../old/src]
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ GETSCU = "/usr/bin/getscu"
 MOVESCU = "/usr/bin/movescu"
 STORESCP = "/usr/bin/storescp"
 ECHOSCU = "/usr/bin/echoscu"
+FINDSCU = "/usr/bin/findscu"
 #: Move destinations Orthanc knows (AE title -> our port, chosen at start)
 TROLLEY_STORE = "TROLLEYSTORE"
 DCMTK_STORE = "DCMTKSTORE"
@@ -85,6 +95,91 @@ print(json.dumps({
     "files": len(report.saved),
 }))
 """
+
+
+FIND_CHILD = r"""
+import json, sys, time
+from dicomtrolley.dicom_qr import DICOMQR, DICOMQuery
+port, aec, study, series = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+searcher = DICOMQR("127.0.0.1", port, aec=aec, relational=True, timeout=60)
+query = DICOMQuery(
+    StudyInstanceUID=study, SeriesInstanceUID=series, query_level="INSTANCE"
+)
+started = time.perf_counter()
+found = searcher.send_c_find(query)
+elapsed = time.perf_counter() - started
+print(json.dumps({"seconds": elapsed, "matches": len(found)}))
+"""
+
+
+def findscu(port: int, aec: str, study: str, series: str) -> float:
+    """Wall time of one findscu IMAGE-level query of a series (Study Root)."""
+    start = time.perf_counter()
+    subprocess.run(
+        [
+            FINDSCU, "-S", "-aec", aec, "-q",
+            "-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={study}",
+            "-k", f"SeriesInstanceUID={series}", "-k", "SOPInstanceUID",
+            "127.0.0.1", str(port),
+        ],
+        check=True,
+        env=dict(os.environ, TCP_NODELAY="1"),
+    )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def trolley_find(
+    port: int, aec: str, study: str, series: str, src: Path
+) -> dict[str, float]:
+    result = subprocess.run(
+        [sys.executable, "-c", FIND_CHILD, str(port), aec, study, series],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(src)),
+    )
+    data: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
+    return data
+
+
+def bench_find(args: argparse.Namespace) -> int:
+    """C-FIND of one big series: findscu against dicomtrolley, best of repeat."""
+    work = args.keep or Path(tempfile.mkdtemp(prefix="dicomtrolley-bench-find-"))
+    work.mkdir(parents=True, exist_ok=True)
+    [spec] = synthetic.cohort_studies(
+        1, instances=args.find_instances, size=2, key="bench-find"
+    )
+    print(f"generating {args.find_instances} tiny instances ...")
+    paths = synthetic.write_studies(work / "find", [spec])
+    best_dcmtk = best_ours = float("inf")
+    matches = 0
+    with OrthancServer() as server:
+        print("uploading them to Orthanc ...")
+        server.upload(paths)
+        study, series = spec.study_uid, spec.series[0].series_uid
+        for _ in range(args.repeat):
+            best_dcmtk = min(
+                best_dcmtk, findscu(server.dicom_port, server.aet, study, series)
+            )
+            result = trolley_find(
+                server.dicom_port, server.aet, study, series, args.trolley_src
+            )
+            best_ours = min(best_ours, result["seconds"])
+            matches = int(result["matches"])
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    if matches != args.find_instances:
+        print(f"dicomtrolley found {matches} of {args.find_instances}", file=sys.stderr)
+        return 1
+    print()
+    print(
+        f"{'C-FIND':>6} {'matches':>8} {'findscu s':>10} {'trolley s':>10} {'ratio':>6}"
+    )
+    print(
+        f"{'IMAGE':>6} {matches:8d} {best_dcmtk:10.2f} {best_ours:10.2f} "
+        f"{best_ours / best_dcmtk:6.2f}"
+    )
+    return 0
 
 
 def getscu(
@@ -289,7 +384,17 @@ def main() -> int:
         help="Orthanc's MaximumPduLength and getscu's --max-pdu (both sides the same)",
     )
     parser.add_argument("--keep", type=Path, help="work folder (default: temporary)")
+    parser.add_argument("--find", action="store_true", help="C-FIND only (vs findscu)")
+    parser.add_argument("--find-instances", type=int, default=10_000)
+    parser.add_argument(
+        "--trolley-src",
+        type=Path,
+        default=ROOT / "src",
+        help="dicomtrolley's src folder for the C-FIND child (another checkout)",
+    )
     args = parser.parse_args()
+    if args.find:
+        return bench_find(args)
     if not Path(GETSCU).exists():
         print(f"{GETSCU} is missing (apt-get install dcmtk)", file=sys.stderr)
         return 2
