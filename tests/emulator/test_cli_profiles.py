@@ -63,6 +63,22 @@ def vitrea_profile(emulator: Emulator, name: str = "vitrea") -> str:
     )
 
 
+def oauth2_profile(
+    emulator: Emulator, tmp_path: Path, *extra: str, auth_extra: str = ""
+) -> Path:
+    """A config with profile "idp": WADO-URI, OAuth2 client "cli" of emulator;
+    extra lines in the profile, auth_extra in its auth table."""
+    return write_config(
+        tmp_path,
+        "[profiles.idp]\n"
+        f'url = "{emulator.dicomweb_url}"\n'
+        'download = ["wado-uri"]\n'
+        + "".join(f"{line}\n" for line in extra)
+        + f'auth = {{ type = "oauth2", token_url = "{emulator.token_url}", '
+        f'client_id = "cli"{auth_extra} }}\n',
+    )
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -329,14 +345,7 @@ def test_download_with_an_oauth2_profile_and_short_tokens(
     emulator = make_emulator(
         demo.root, oauth2_clients={"cli": "cli-secret"}, token_lifetime=0.3
     )
-    config = write_config(
-        tmp_path,
-        "[profiles.idp]\n"
-        f'url = "{emulator.dicomweb_url}"\n'
-        'download = ["wado-uri"]\n'
-        f'auth = {{ type = "oauth2", token_url = "{emulator.token_url}", '
-        'client_id = "cli" }\n',
-    )
+    config = oauth2_profile(emulator, tmp_path)
     out = tmp_path / "out"
     result = run(
         "download", "--config", str(config), "--profile", "idp",
@@ -391,14 +400,8 @@ def test_batch_with_an_oauth2_profile_whose_tokens_expire_mid_batch(
     emulator = make_emulator(
         demo.root, oauth2_clients={"cli": "cli-secret"}, token_lifetime=0.05
     )
-    config = write_config(
-        tmp_path,
-        "[profiles.idp]\n"
-        f'url = "{emulator.dicomweb_url}"\n'
-        'download = ["wado-uri"]\n'
-        "workers = 1\n"
-        f'auth = {{ type = "oauth2", token_url = "{emulator.token_url}", '
-        'client_id = "cli", refresh_margin = 0 }\n',
+    config = oauth2_profile(
+        emulator, tmp_path, "workers = 1", auth_extra=", refresh_margin = 0"
     )
     batch = tmp_path / "cohort.csv"
     batch.write_text(
