@@ -540,6 +540,30 @@ def test_c_move_study_and_series(
     assert_same_instances({u: d for u, d in ours.items() if u in theirs}, theirs)
 
 
+@pytest.mark.parametrize("allowed", [True, False])
+def test_c_move_storage_scp_checks_the_calling_ae_title(
+    move_orthanc: OrthancServer,
+    orthanc_studies: GeneratedStudies,
+    store_port: int,
+    tmp_path: Path,
+    allowed: bool,
+) -> None:
+    """Orthanc stores with its own AE title; our SCP takes only listed ones."""
+    spec = spec_of(orthanc_studies, "DTR004")
+    titles = [move_orthanc.aet] if allowed else ["SOME-OTHER-PACS"]
+    downloader = mover(move_orthanc, store_port, accept_aets=titles)
+    report = downloader.save_all(
+        [StudyReference(spec.study_uid)], StorageDir(tmp_path), tmp_path
+    )
+    if allowed:
+        assert not report.failures
+        assert set(datasets_by_uid(tmp_path)) == uids_in(orthanc_studies, spec)
+        return
+    assert report.failures and not report.saved
+    assert spec.study_uid in report.failed_uids
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
 def test_c_move_unknown_destination_explains_what_to_do(
     move_orthanc: OrthancServer, orthanc_studies: GeneratedStudies, tmp_path: Path
 ) -> None:

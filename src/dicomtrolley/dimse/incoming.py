@@ -32,6 +32,8 @@ from dicomtrolley.storage import make_temp_file
 logger = get_module_logger("dimse")
 
 Command = dict[int, dul.CommandValue]
+#: Bytes gathered before a write: PDUs of 16 KB (Orthanc's) become 1 MiB writes.
+WRITE_BUFFER = 1 << 20
 Route = Callable[[Command], Tally | None]
 """Which request a C-STORE request belongs to (None: none of ours)."""
 
@@ -65,7 +67,7 @@ class _Incoming:
         try:
             fd, name = make_temp_file(spool)
             self.path = Path(name)
-            self._file = os.fdopen(fd, "wb")
+            self._file = os.fdopen(fd, "wb", buffering=WRITE_BUFFER)
             self._file.write(header)
         except OSError as error:
             self._fail(error)
