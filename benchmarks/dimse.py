@@ -186,29 +186,25 @@ def getscu(
     port: int, aec: str, study_uids: list[str], out: Path, pdu: int = 16384
 ) -> float:
     """Wall time of getscu retrieving the studies (one process per study)."""
-    environment = dict(os.environ, TCP_NODELAY="1")
-    start = time.perf_counter()
-    for uid in study_uids:
-        subprocess.run(
-            [
-                GETSCU, "-S", "-aec", aec, "-od", str(out), "-q", "--max-pdu", str(pdu),
-                "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}",
-                "127.0.0.1", str(port),
-            ],
-            check=True,
-            env=environment,
-        )  # fmt: skip
-    return time.perf_counter() - start
+    options = ["-od", str(out), "--max-pdu", str(pdu)]
+    return per_study(GETSCU, options, port, aec, study_uids)
 
 
-def movescu(port: int, aec: str, study_uids: list[str], store_port: int) -> float:
+def movescu(port: int, aec: str, study_uids: list[str]) -> float:
     """Wall time of movescu moving the studies into a running storescp."""
+    return per_study(MOVESCU, ["-aem", DCMTK_STORE], port, aec, study_uids)
+
+
+def per_study(
+    tool: str, options: list[str], port: int, aec: str, study_uids: list[str]
+) -> float:
+    """Wall time of a DCMTK retrieve tool run once per study (Study Root)."""
     environment = dict(os.environ, TCP_NODELAY="1")
     start = time.perf_counter()
     for uid in study_uids:
         subprocess.run(
             [
-                MOVESCU, "-S", "-aec", aec, "-aem", DCMTK_STORE, "-q",
+                tool, "-S", "-aec", aec, "-q", *options,
                 "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}",
                 "127.0.0.1", str(port),
             ],
@@ -337,9 +333,7 @@ def bench_move(
         with StoreSCP(args.dcmtk_store_port, out, args.pdu):
             best_dcmtk = min(
                 best_dcmtk,
-                movescu(
-                    server.dicom_port, server.aet, study_uids, args.dcmtk_store_port
-                ),
+                movescu(server.dicom_port, server.aet, study_uids),
             )
         dcmtk_files, _ = folder_bytes(out)
         shutil.rmtree(out)

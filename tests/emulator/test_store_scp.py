@@ -42,6 +42,7 @@ from dicomtrolley.storage import StorageDir, TemplateStorage
 from dicomtrolley.transport import NO_RETRY
 from tests import dimse_peer
 from tests.emulator.conftest import DemoData
+from tests.emulator.test_dimse_service import free_port
 from tests.fakes import tree
 
 HOST = "127.0.0.1"
@@ -67,12 +68,6 @@ def emulator(demo: DemoData) -> Iterator[Emulator]:
 @pytest.fixture
 def dimse(emulator: Emulator) -> DimseService:
     return emulator.dimse
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 class Saved:

@@ -44,7 +44,12 @@ from dicomtrolley.dimse.errors import (
     DIMSEError,
     StoreSCPError,
 )
-from dicomtrolley.dimse.incoming import Command, CommandAssembler, StoreIntake
+from dicomtrolley.dimse.incoming import (
+    Command,
+    CommandAssembler,
+    StoreIntake,
+    response_to,
+)
 from dicomtrolley.dimse.link import AssociationRequest, Link, Rejection
 from dicomtrolley.dimse.retrieve import Receiver, Tally
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
@@ -320,17 +325,7 @@ class StoreSCP:
         if field == dul.C_STORE_RQ:
             intake.start(command, context_id)
         elif field == dul.C_ECHO_RQ:
-            answer: Command = {
-                dul.AFFECTED_SOP_CLASS_UID: dul.command_str(
-                    command, dul.AFFECTED_SOP_CLASS_UID
-                ),
-                dul.COMMAND_FIELD: dul.C_ECHO_RSP,
-                dul.MESSAGE_ID_BEING_RESPONDED_TO: dul.command_int(
-                    command, dul.MESSAGE_ID
-                ),
-                dul.COMMAND_DATA_SET_TYPE: dul.NO_DATASET,
-                dul.STATUS: 0x0000,
-            }
+            answer = response_to(command, dul.C_ECHO_RSP, 0x0000)
             link.send(context_id, dul.encode_command(answer), None)
         else:
             raise link.fail(f"protocol error: unexpected DIMSE command 0x{field:04X}")
