@@ -26,12 +26,12 @@ from dicomtrolley.dimse.errors import (
     DIMSEStatusError,
     DIMSETimeoutError,
 )
-from dicomtrolley.dimse.find import C_FIND_RQ, STOP_WAIT
+from dicomtrolley.dimse.find import STOP_WAIT
 from dicomtrolley.dimse.settings import DIMSETimeouts
 from dicomtrolley.dimse.settings import Peer as PeerAddress
 from dicomtrolley.exceptions import PermanentError, TransientError
 from dicomtrolley.formats import dul
-from tests.dimse_peer import C_FIND_RSP, FIND_MODEL, Peer
+from tests.dimse_peer import FIND_MODEL, Peer
 
 QUERY = DICOMQuery(PatientID="DTR*")
 
@@ -50,7 +50,7 @@ def searcher(port: int, **timeouts: float) -> DICOMQR:
 def request(peer: Peer) -> tuple[int, Dataset]:
     """The C-FIND request: its message ID and identifier."""
     command, data = peer.message()
-    assert command[dul.COMMAND_FIELD] == C_FIND_RQ
+    assert command[dul.COMMAND_FIELD] == dul.C_FIND_RQ
     assert command[dul.AFFECTED_SOP_CLASS_UID] == FIND_MODEL
     assert data is not None
     return dul.command_int(command, dul.MESSAGE_ID), decode(
@@ -70,7 +70,7 @@ def match(peer: Peer, msg_id: int, number: int, status: int = 0xFF00) -> None:
         FIND_MODEL,
         {
             dul.AFFECTED_SOP_CLASS_UID: FIND_MODEL,
-            dul.COMMAND_FIELD: C_FIND_RSP,
+            dul.COMMAND_FIELD: dul.C_FIND_RSP,
             dul.MESSAGE_ID_BEING_RESPONDED_TO: msg_id,
             dul.STATUS: status,
         },
@@ -81,7 +81,7 @@ def match(peer: Peer, msg_id: int, number: int, status: int = 0xFF00) -> None:
 def final(peer: Peer, msg_id: int, status: int, comment: str = "") -> None:
     command: dict[int, dul.CommandValue] = {
         dul.AFFECTED_SOP_CLASS_UID: FIND_MODEL,
-        dul.COMMAND_FIELD: C_FIND_RSP,
+        dul.COMMAND_FIELD: dul.C_FIND_RSP,
         dul.MESSAGE_ID_BEING_RESPONDED_TO: msg_id,
         dul.STATUS: status,
     }
@@ -121,7 +121,7 @@ def test_matches_come_as_sent_then_the_association_is_released() -> None:
             FIND_MODEL,
             {
                 dul.AFFECTED_SOP_CLASS_UID: FIND_MODEL,
-                dul.COMMAND_FIELD: C_FIND_RSP,
+                dul.COMMAND_FIELD: dul.C_FIND_RSP,
                 dul.MESSAGE_ID_BEING_RESPONDED_TO: msg_id,
                 dul.STATUS: 0xFF00,
             },
@@ -351,7 +351,7 @@ def test_an_undecodable_identifier_aborts() -> None:
         peer.send_message(
             FIND_MODEL,
             {
-                dul.COMMAND_FIELD: C_FIND_RSP,
+                dul.COMMAND_FIELD: dul.C_FIND_RSP,
                 dul.MESSAGE_ID_BEING_RESPONDED_TO: msg_id,
                 dul.STATUS: 0xFF00,
             },

@@ -16,11 +16,10 @@ from dicomtrolley.dimse.errors import ServiceNotSupportedError, status_error
 from dicomtrolley.dimse.link import Link
 from dicomtrolley.dimse.messages import MessageReader
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
-from dicomtrolley.formats import dul
+from dicomtrolley.formats import dimse_commands, dul
 
 OPERATION = "C-ECHO"
-#: PS3.4 A.4: the Verification SOP class.
-VERIFICATION = "1.2.840.10008.1.1"
+VERIFICATION = dimse_commands.VERIFICATION_SOP_CLASS
 
 
 def c_echo(peer: Peer, timeouts: DIMSETimeouts) -> None:
@@ -46,18 +45,7 @@ def c_echo(peer: Peer, timeouts: DIMSETimeouts) -> None:
             )
         context_id = int(context.context_id or 0)
         deadline = time.monotonic() + timeouts.total if timeouts.total else None
-        link.send(
-            context_id,
-            dul.encode_command(
-                {
-                    dul.AFFECTED_SOP_CLASS_UID: VERIFICATION,
-                    dul.COMMAND_FIELD: dul.C_ECHO_RQ,
-                    dul.MESSAGE_ID: 1,
-                    dul.COMMAND_DATA_SET_TYPE: dul.NO_DATASET,
-                }
-            ),
-            None,
-        )
+        link.send(context_id, dimse_commands.c_echo_rq(1), None)
         response, _ = MessageReader(link, context_id, deadline).next()
         field = dul.command_int(response, dul.COMMAND_FIELD)
         if field != dul.C_ECHO_RSP or dul.STATUS not in response:

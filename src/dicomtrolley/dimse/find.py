@@ -49,7 +49,7 @@ from dicomtrolley.dimse.messages import (
 )
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
 from dicomtrolley.fields import InstanceLevel, SeriesLevel, SeriesLevelPromotable
-from dicomtrolley.formats import dul
+from dicomtrolley.formats import dimse_commands, dul
 from dicomtrolley.logs import get_module_logger
 
 logger = get_module_logger("dimse")
@@ -87,9 +87,6 @@ RELATIONAL_QUERIES = b"\x01"
 PENDING = (0xFF00, 0xFF01)
 CANCEL = 0xFE00
 OPERATION = "C-FIND"
-#: Command Field values (PS3.7 E.1) of C-FIND.
-C_FIND_RQ = 0x0020
-C_FIND_RSP = 0x8020
 #: Seconds a caller that stopped early waits, at most, for the peer's answers
 #: to the C-CANCEL and to the A-RELEASE-RQ together (Ctrl-C ends within 1 s).
 STOP_WAIT = 0.6
@@ -231,15 +228,7 @@ class FindAssociation:
         reader = MessageReader(
             link, self.context_id, time.monotonic() + total if total else None
         )
-        command = dul.encode_command(
-            {
-                dul.AFFECTED_SOP_CLASS_UID: self.model_uid,
-                dul.COMMAND_FIELD: C_FIND_RQ,
-                dul.MESSAGE_ID: msg_id,
-                dul.PRIORITY: 0,
-                dul.COMMAND_DATA_SET_TYPE: 0x0000,
-            }
-        )
+        command = dimse_commands.c_find_rq(msg_id, self.model_uid)
         link.send(self.context_id, command, encode_identifier(identifier, self.syntax))
         count = 0
         final: Command | None = None
@@ -263,7 +252,7 @@ class FindAssociation:
     def _status(self, response: Command, msg_id: int) -> int:
         """The status of a C-FIND response to msg_id (else a protocol error)."""
         field = dul.command_int(response, dul.COMMAND_FIELD)
-        if field != C_FIND_RSP:
+        if field != dul.C_FIND_RSP:
             raise self.link.fail(
                 f"protocol error: unexpected DIMSE command 0x{field:04X}"
             )
@@ -308,15 +297,8 @@ class FindAssociation:
             count,
         )
         reader.deadline = min(reader.deadline or deadline, deadline)
-        cancel = dul.encode_command(
-            {
-                dul.COMMAND_FIELD: dul.C_CANCEL_RQ,
-                dul.MESSAGE_ID_BEING_RESPONDED_TO: msg_id,
-                dul.COMMAND_DATA_SET_TYPE: dul.NO_DATASET,
-            }
-        )
         try:
-            link.send(self.context_id, cancel, None)
+            link.send(self.context_id, dimse_commands.c_cancel_rq(msg_id), None)
             while self._status(reader.next()[0], msg_id) in PENDING:
                 pass
         except DIMSEError:

@@ -770,10 +770,11 @@ class DimseService(Service):
         for row in rows:
             if event.is_cancelled:
                 logger.info("C-FIND from %s cancelled", self._peer(event))
+                request = getattr(event, "request", None)
                 self.cancelled_finds.append(
                     (
                         str(event.assoc.requestor.ae_title).strip(),
-                        int(event.request.MessageID or 0),
+                        int(getattr(request, "MessageID", 0) or 0),
                     )
                 )
                 yield CANCEL, None
