@@ -13,10 +13,11 @@ Searching below STUDY level goes level by level (studies, then the series of
 each, then their instances), each query holding only its own level's keys, as
 PS3.4 C.4.1.2.2 requires; relational queries are used when the PACS accepts
 them (or ``relational=True``). Downloads write each received instance straight
-to disk: pynetdicom puts incoming datasets into temporary files (dicomtrolley
-switches on its process-wide ``STORE_RECV_CHUNKED_DATASET``) and the storage
-moves them into place. Timeouts (:class:`DIMSETimeouts`) are for connecting,
-for silence of the peer (idle) and for a whole operation (total).
+to disk, fragment by fragment into a temporary file in the output folder, which
+the storage verifies and renames into place; C-MOVE's storage SCP does the same
+on the associations the PACS opens to it. Timeouts (:class:`DIMSETimeouts`) are
+for connecting, for silence of the peer (idle) and for a whole operation
+(total); Ctrl-C aborts the associations under way at once.
 
 A retrieve broken off by a transient error (A-ABORT, a lost connection, a
 timeout, a busy peer) is resumed on a new association under the downloader's
