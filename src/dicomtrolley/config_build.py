@@ -11,6 +11,7 @@ methods of :class:`~dicomtrolley.config_model.Profile` (``session()``,
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 from pydantic import SecretStr
@@ -25,7 +26,6 @@ from dicomtrolley.config_model import (
     TLSConfig,
     VitreaAuthConfig,
 )
-from dicomtrolley.core import Downloader, Searcher
 from dicomtrolley.credentials import (
     ConfigError,
     NoAuth,
@@ -33,7 +33,6 @@ from dicomtrolley.credentials import (
     netrc_credentials,
 )
 from dicomtrolley.oauth import OAuth2ClientCredentials
-from dicomtrolley.storage import DICOMDiskStorage
 from dicomtrolley.transport import (
     DEFAULT_RETRY,
     DEFAULT_TIMEOUT,
@@ -42,7 +41,11 @@ from dicomtrolley.transport import (
     Timeout,
     new_session,
 )
-from dicomtrolley.trolley import Trolley
+
+if TYPE_CHECKING:  # imported when used: they bring pydicom (see dicomtrolley/__init__)
+    from dicomtrolley.core import Downloader, Searcher
+    from dicomtrolley.storage import DICOMDiskStorage
+    from dicomtrolley.trolley import Trolley
 
 __all__ = [
     "build_auth",
@@ -97,6 +100,8 @@ def profile_trolley(
     secrets: Secrets | None = None,
 ) -> Trolley:
     """A Trolley with profile's searcher and (first, or protocol) downloader."""
+    from dicomtrolley.trolley import Trolley
+
     session = profile_session(profile, secrets=secrets)
     return Trolley(
         profile.downloader(protocol, session),

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dicomtrolley.catalog import Catalog, utc_now
+from dicomtrolley.catalog import Catalog, CatalogEntry, utc_now
 from dicomtrolley.download import one_line
 from dicomtrolley.exceptions import DICOMTrolleyError, StorageError
 from dicomtrolley.logs import get_module_logger
@@ -225,6 +225,13 @@ class Outcomes:
         if entry is None:
             self._write(status=status, path=str(path), size=nbytes or None)
             return
+        self._entry(status, entry)
+
+    def skipped_entry(self, entry: CatalogEntry) -> None:
+        """A file already there, as the index has it (no lookup by path)."""
+        self._entry(SKIPPED, entry)
+
+    def _entry(self, status: str, entry: CatalogEntry) -> None:
         self._write(
             status=status,
             study_uid=entry.study_uid,

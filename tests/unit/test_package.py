@@ -54,3 +54,8 @@ def test_importing_the_package_or_a_light_module_loads_no_pydicom() -> None:
 def test_using_a_name_imports_its_module() -> None:
     loaded = _modules_after("from dicomtrolley import Trolley")
     assert {"dicomtrolley.trolley", "pydicom"} <= loaded
+
+
+def test_the_cli_entry_point_loads_no_pydicom_for_help() -> None:
+    loaded = _modules_after("import dicomtrolley.cli.main")
+    assert "pydicom" not in loaded

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich import box
@@ -44,9 +44,9 @@ from dicomtrolley.batchfile import BatchFileError, BatchKey, BatchRow, parse_bat
 from dicomtrolley.batchstate import CompletedRows
 from dicomtrolley.catalog import PRESENT, Catalog
 from dicomtrolley.cli.connection import ConnectionSettings
-from dicomtrolley.cli.download import DIMSE_INCLUDE_FIELDS, summary
 from dicomtrolley.cli.main import (
     EARLIEST,
+    FORMATS,
     LATEST,
     connection_options,
     quiet,
@@ -54,7 +54,6 @@ from dicomtrolley.cli.main import (
     warn,
 )
 from dicomtrolley.cli.progress import RichProgress
-from dicomtrolley.cli.search import FORMATS, _qido_query
 from dicomtrolley.cli.transfer import (
     EXIT_INTERRUPTED,
     TransferOptions,
@@ -63,7 +62,6 @@ from dicomtrolley.cli.transfer import (
     print_fallbacks,
     transfer_options,
 )
-from dicomtrolley.core import Downloader, Query, Searcher, Study
 from dicomtrolley.download import one_line
 from dicomtrolley.exceptions import (
     DICOMTrolleyAuthError,
@@ -73,8 +71,11 @@ from dicomtrolley.exceptions import (
     StorageError,
 )
 from dicomtrolley.manifest import Manifest, Outcomes
-from dicomtrolley.storage import DICOMDiskStorage
-from dicomtrolley.trolley import Trolley
+
+if TYPE_CHECKING:  # the download machinery is imported when there is work
+    from dicomtrolley.core import Downloader, Query, Searcher, Study
+    from dicomtrolley.storage import DICOMDiskStorage
+    from dicomtrolley.trolley import Trolley
 
 #: Row statuses of a search.
 FOUND, NOT_FOUND, TOO_MANY, SEARCH_FAILED, REPEATED, COMPLETE = (
@@ -148,6 +149,8 @@ def row_query(row: BatchRow, search: str) -> Query:
     so an open end is closed with EARLIEST or LATEST.
     """
     if search == "c-find":
+        from dicomtrolley.cli.download import DIMSE_INCLUDE_FIELDS
+
         return row.query(include_fields=list(DIMSE_INCLUDE_FIELDS))
     query = row.query()
     if bool(query.min_study_date) != bool(query.max_study_date):
@@ -159,6 +162,8 @@ def row_query(row: BatchRow, search: str) -> Query:
         )
     if search == "mint":
         return query
+    from dicomtrolley.cli.search import _qido_query
+
     return _qido_query(query, 0)
 
 
@@ -595,7 +600,7 @@ def _note_complete_rows(
             for uid in uids:
                 entry = catalog.entry(uid)
                 if entry is not None:
-                    outcomes.skipped(output / entry.path)
+                    outcomes.skipped_entry(entry)
                     progress.instance_done(skipped=True)
 
 
@@ -656,6 +661,9 @@ def _download(
     console: Console,
     completed: CompletedRows,
 ) -> None:
+    from dicomtrolley.cli.download import summary
+    from dicomtrolley.trolley import Trolley
+
     output = transfer.output
     work = _work(results)
     if not quiet():

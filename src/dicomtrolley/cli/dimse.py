@@ -19,13 +19,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from dicomtrolley.cli.connection import ConnectionSettings
-from dicomtrolley.dicom_qr import DICOMQR, DICOMQRGet, DICOMQRMove
 from dicomtrolley.dimse.settings import DIMSETimeouts, check_ae_title
+
+if TYPE_CHECKING:  # the DIMSE stack is imported when a DIMSE protocol is used
+    from dicomtrolley.dicom_qr import DICOMQR, DICOMQRGet, DICOMQRMove
 
 R = TypeVar("R")
 
@@ -74,6 +76,8 @@ class DIMSESettings:
         return timeouts
 
     def searcher(self, connection: ConnectionSettings) -> DICOMQR:
+        from dicomtrolley.dicom_qr import DICOMQR
+
         host, port = self.require_address("c-find")
         return DICOMQR(
             host, port, self.aet, self.aec, timeout=self.timeouts(connection)
@@ -82,6 +86,8 @@ class DIMSESettings:
     def downloader(
         self, protocol: str, connection: ConnectionSettings, workers: int
     ) -> DICOMQRGet | DICOMQRMove:
+        from dicomtrolley.dicom_qr import DICOMQRGet, DICOMQRMove
+
         host, port = self.require_address(protocol)
         timeouts = self.timeouts(connection)
         if protocol == "c-move":

@@ -71,6 +71,9 @@ COMMANDS: dict[str, str] = {
     "serve": "dicomtrolley.cli.serve:serve",
 }
 
+#: What ``search`` and ``batch --dry-run`` write: a table, or JSON or CSV for scripts.
+FORMATS = ("table", "json", "csv")
+
 VERBOSITY_KEY = "dicomtrolley.verbosity"
 _HINTS: tuple[tuple[type[DICOMTrolleyError], str], ...] = (
     (DICOMTrolleyTimeoutError, "the server is slow or unreachable; try --timeout"),

@@ -69,6 +69,7 @@ from dicomtrolley.cli.dimse import (
     require_url,
 )
 from dicomtrolley.cli.main import (
+    FORMATS,
     QueryOptions,
     connection_options,
     query_options,
@@ -505,8 +506,6 @@ def _table(
 
 
 # -- the command --------------------------------------------------------------------
-
-FORMATS = ("table", "json", "csv")
 
 
 def format_options(func: Callable[..., R]) -> Callable[..., R]:

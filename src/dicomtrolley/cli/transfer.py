@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import requests
@@ -35,16 +35,12 @@ from dicomtrolley.cli.dimse import (
 )
 from dicomtrolley.cli.main import quiet
 from dicomtrolley.cli.progress import TransferCounts
-from dicomtrolley.cli.search import qido_searcher
 from dicomtrolley.config import RAD69_TRANSFER_SYNTAXES
-from dicomtrolley.core import Downloader, Searcher
 from dicomtrolley.exceptions import StorageError
-from dicomtrolley.fallback import FallbackDownloader
-from dicomtrolley.mint import Mint
-from dicomtrolley.rad69 import Rad69
 from dicomtrolley.storage import FlatStorageDir, StorageDir, TemplateStorage
-from dicomtrolley.wado_rs import WadoRS
-from dicomtrolley.wado_uri import WadoURI
+
+if TYPE_CHECKING:  # the adapters are imported for the protocols used
+    from dicomtrolley.core import Downloader, Searcher
 
 R = TypeVar("R")
 
@@ -166,12 +162,16 @@ class TransferOptions:
         if self.dimse_search:
             return self.dimse.searcher(connection)
         if self.search == "mint":
+            from dicomtrolley.mint import Mint
+
             return Mint(
                 session,
                 str(self.mint_url),
                 timeout=connection.timeout,
                 retry=connection.retry,
             )
+        from dicomtrolley.cli.search import qido_searcher
+
         return qido_searcher(session, self.qido_url or str(self.url), connection)
 
     def downloader_for(
@@ -183,6 +183,8 @@ class TransferOptions:
         if protocol in DIMSE_PROTOCOLS:
             return self.dimse.downloader(protocol, connection, self.workers)
         if protocol == "rad69":
+            from dicomtrolley.rad69 import Rad69
+
             return Rad69(
                 session,
                 str(self.rad69_url),
@@ -196,12 +198,16 @@ class TransferOptions:
                 retry=connection.retry,
             )
         if protocol == "wado-uri":
+            from dicomtrolley.wado_uri import WadoURI
+
             return WadoURI(
                 session,
                 str(self.wado_uri_url),
                 timeout=connection.timeout,
                 retry=connection.retry,
             )
+        from dicomtrolley.wado_rs import WadoRS
+
         return WadoRS(
             session, str(self.url), timeout=connection.timeout, retry=connection.retry
         )
@@ -217,6 +223,8 @@ class TransferOptions:
         ]
         if len(downloaders) == 1:
             return searcher, downloaders[0][1]
+        from dicomtrolley.fallback import FallbackDownloader
+
         return searcher, FallbackDownloader(downloaders, searcher=searcher)
 
     def describe(self) -> str:
@@ -235,6 +243,8 @@ def protocol_label(protocol: str) -> str:
 def print_fallbacks(downloader: Downloader) -> None:
     """On stderr: which studies came over which protocol, when not all over the
     first (for a FallbackDownloader; nothing for another downloader)."""
+    from dicomtrolley.fallback import FallbackDownloader
+
     if not isinstance(downloader, FallbackDownloader):
         return
     first = downloader.downloaders[0][0]
