@@ -30,9 +30,11 @@ The public face is :mod:`dicomtrolley.dicom_qr`; this package holds the parts:
 ``memory``          datasets in memory from a retrieve in a background thread
 ==================  ==============================================================
 
-pynetdicom remains for its public PDU classes (A-ASSOCIATE-RQ/AC/RJ, in
-``link``), presentation contexts and status tables; no association of it runs
-here.
+No pynetdicom association runs here. The acceptor side of ``link`` uses our
+own A-ASSOCIATE codec and negotiation (:mod:`dicomtrolley.formats.association`,
+:mod:`dicomtrolley.formats.negotiation`); pynetdicom's public classes remain
+for the requestor's A-ASSOCIATE PDUs, presentation context objects and status
+tables.
 """
 
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer

@@ -24,7 +24,7 @@ Everything here is pure: it builds pynetdicom objects without any I/O.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from pydicom.uid import (
     JPEG2000,
@@ -48,6 +48,8 @@ from pynetdicom.presentation import PresentationContext
 from dicomtrolley.core import DICOMDownloadable, Instance, Series, Study
 from dicomtrolley.dimse.errors import ServiceNotSupportedError
 from dicomtrolley.dimse.settings import Peer
+from dicomtrolley.formats.association import AssociateRQ
+from dicomtrolley.formats.negotiation import AcceptorNegotiation, negotiate_as_acceptor
 
 #: PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255.
 MAX_CONTEXTS = 128
@@ -277,10 +279,20 @@ ACCEPTED_SYNTAXES: tuple[str, ...] = tuple(
     dict.fromkeys([*UNCOMPRESSED, *COMPRESSED, *AllTransferSyntaxes])
 )
 
-#: Presentation context results (PS3.8 9.3.3.2)
-ACCEPTANCE = 0
-ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
-TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
+
+class _StorageSyntaxes(Mapping[str, Sequence[str]]):
+    """Every storage SOP class and Verification -> ACCEPTED_SYNTAXES."""
+
+    def __getitem__(self, abstract_syntax: str) -> Sequence[str]:
+        if abstract_syntax == VERIFICATION or is_storage_class(abstract_syntax):
+            return ACCEPTED_SYNTAXES
+        raise KeyError(abstract_syntax)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([VERIFICATION, *sorted(_storage_classes())])
+
+    def __len__(self) -> int:
+        return 1 + len(_storage_classes())
 
 
 @functools.cache
@@ -293,29 +305,12 @@ def is_storage_class(sop_class: str) -> bool:
     return sop_class.startswith(STORAGE_ROOT) or sop_class in _storage_classes()
 
 
-def accept_storage(
-    proposed: Sequence[PresentationContext],
-) -> list[PresentationContext]:
-    """The storage SCP's answer to each proposed context (same context ID).
+def accept_storage(request: AssociateRQ) -> AcceptorNegotiation:
+    """The storage SCP's answer to each context of request.
 
     Storage classes and Verification are accepted in the first of
     :data:`ACCEPTED_SYNTAXES` the requestor offers; other abstract syntaxes,
-    and contexts without any syntax we know, are refused. The requestor keeps
-    its default role (SCU), so role selection items need no answer.
+    and contexts without any syntax we know, are refused. Role selection
+    proposals get no answer: the requestor stays the SCU.
     """
-    results = []
-    for context in proposed:
-        abstract = str(context.abstract_syntax)
-        offered = [str(uid) for uid in context.transfer_syntax]
-        result = PresentationContext()
-        result.context_id = context.context_id
-        result.abstract_syntax = context.abstract_syntax
-        if abstract != VERIFICATION and not is_storage_class(abstract):
-            result.result = ABSTRACT_SYNTAX_NOT_SUPPORTED
-            chosen = offered[:1]
-        else:
-            chosen = [uid for uid in ACCEPTED_SYNTAXES if uid in offered][:1]
-            result.result = ACCEPTANCE if chosen else TRANSFER_SYNTAXES_NOT_SUPPORTED
-        result.transfer_syntax = [UID(chosen[0] if chosen else UNCOMPRESSED[1])]
-        results.append(result)
-    return results
+    return negotiate_as_acceptor(request, _StorageSyntaxes())

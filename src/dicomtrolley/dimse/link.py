@@ -22,9 +22,9 @@ last sent anything, and the caller's ``cancelled()`` are checked.
 As acceptor (:meth:`Link.accept`, for the storage SCP that receives C-MOVE
 sub-operations), the same loop runs once the A-ASSOCIATE-RQ is read, vetted
 (called and calling AE title, the peer's address) and answered with an
-A-ASSOCIATE-AC or -RJ (PS3.8 9.3.3, 9.3.4). The PDU codec is pynetdicom's
-public one, in :func:`decode_associate_rq`, :func:`encode_associate_ac` and
-:func:`encode_associate_rj` only.
+A-ASSOCIATE-AC or -RJ (PS3.8 9.3.3, 9.3.4), all with our sans-I/O codec
+(:mod:`~dicomtrolley.formats.association`, :mod:`~dicomtrolley.formats.
+negotiation`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ from dicomtrolley.dimse.errors import (
     ServiceNotSupportedError,
 )
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer, check_ae_title
-from dicomtrolley.formats import dul
+from dicomtrolley.formats import dul, negotiation
+from dicomtrolley.formats.association import AssociateRJ, AssociateRQ
 from dicomtrolley.formats.part10 import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
@@ -222,28 +223,39 @@ class Link:
             request = decode_associate_rq(raw.raw, unknown, operation)
             refusal = _vet_titles(request, aet) or vet(request, host)
             if refusal is not None:
-                sock.sendall(encode_associate_rj(refusal))
+                rejection = AssociateRJ(refusal.result, refusal.source, refusal.reason)
+                sock.sendall(rejection.encode())
                 raise AssociationRejectedError(
-                    f"association from {request.calling_aet!r} refused: {refusal.why}",
+                    f"association from {request.calling_ae_title!r} refused: "
+                    f"{refusal.why}",
                     peer=unknown,
                     operation=operation,
                 )
-            results = negotiate(request.contexts)
-            sock.sendall(encode_associate_ac(request, results))
+            answer = negotiate(request)
+            sock.sendall(
+                negotiation.accept(
+                    request,
+                    answer,
+                    maximum_length=MAXIMUM_PDU_SIZE,
+                    implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                    implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+                ).encode()
+            )
         except BaseException:
             with contextlib.suppress(OSError):
                 sock.close()
             raise
-        peer = Peer(host, port, aet, request.calling_aet)
-        accepted = {int(cx.context_id or 0): cx for cx in results if cx.result == 0}
+        peer = Peer(host, port, aet, request.calling_ae_title)
+        accepted = {cid: _context(cx) for cid, cx in answer.accepted.items()}
+        peer_max = request.user_information.maximum_length or 0
         logger.debug(
             "association from %s accepted: %d of %d contexts, peer's maximum PDU %d",
             peer,
             len(accepted),
-            len(results),
-            request.max_pdu,
+            len(answer.results),
+            peer_max,
         )
-        return cls(sock, peer, timeouts, accepted, request.max_pdu, operation)
+        return cls(sock, peer, timeouts, accepted, peer_max, operation)
 
     # -- using -----------------------------------------------------------------
 
@@ -641,18 +653,7 @@ def _aborted_during_negotiation(peer: Peer, operation: str, detail: str) -> DIMS
     )
 
 
-# -- accepting associations (pynetdicom's PDU classes, only here) -------------------
-
-
-@dataclass(frozen=True)
-class AssociationRequest:
-    """What a requestor asks for in its A-ASSOCIATE-RQ (PS3.8 9.3.2)."""
-
-    calling_aet: str
-    called_aet: str
-    application_context: str
-    contexts: tuple[PresentationContext, ...]
-    max_pdu: int
+# -- accepting associations --------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -672,67 +673,43 @@ class Rejection:
     why: str
 
 
-Vet = Callable[[AssociationRequest, str], Rejection | None]
+Vet = Callable[[AssociateRQ, str], Rejection | None]
 """(request, peer address) -> why it is refused, or None to accept it."""
-Negotiate = Callable[[Sequence[PresentationContext]], Sequence[PresentationContext]]
-"""Proposed contexts -> one result each (result 0: accepted, with its one syntax)."""
+Negotiate = Callable[[AssociateRQ], negotiation.AcceptorNegotiation]
+"""The answer to each proposed context (formats.negotiation.negotiate_as_acceptor)."""
 
 
-def _vet_titles(request: AssociationRequest, aet: str) -> Rejection | None:
+def _vet_titles(request: AssociateRQ, aet: str) -> Rejection | None:
     """The checks every acceptor makes: application context, both AE titles."""
-    if request.application_context != APPLICATION_CONTEXT_NAME:
+    if request.application_context_name != APPLICATION_CONTEXT_NAME:
         return Rejection(
-            1, 1, 2, f"application context {request.application_context} unknown"
+            1, 1, 2, f"application context {request.application_context_name} unknown"
         )
-    if request.called_aet != aet:
-        return Rejection(1, 1, 7, f"called AE title {request.called_aet!r} not ours")
+    if request.called_ae_title != aet:
+        return Rejection(
+            1, 1, 7, f"called AE title {request.called_ae_title!r} not ours"
+        )
     try:
-        check_ae_title(request.calling_aet)
+        check_ae_title(request.calling_ae_title)
     except ValueError:
-        return Rejection(1, 1, 3, f"calling AE title {request.calling_aet!r} invalid")
+        return Rejection(
+            1, 1, 3, f"calling AE title {request.calling_ae_title!r} invalid"
+        )
     return None
 
 
-def decode_associate_rq(raw: bytes, peer: Peer, operation: str) -> AssociationRequest:
-    """The parts of an A-ASSOCIATE-RQ PDU an acceptor needs."""
-    pdu = A_ASSOCIATE_RQ()
+def decode_associate_rq(raw: bytes, peer: Peer, operation: str) -> AssociateRQ:
+    """The A-ASSOCIATE-RQ in raw, or the error that ends the connection."""
     try:
-        pdu.decode(raw)
-        primitive = pdu.to_primitive()
-        return AssociationRequest(
-            calling_aet=str(primitive.calling_ae_title or "").strip(),
-            called_aet=str(primitive.called_ae_title or "").strip(),
-            application_context=str(primitive.application_context_name or ""),
-            contexts=tuple(primitive.presentation_context_definition_list),
-            max_pdu=int(primitive.maximum_length_received or 0),
-        )
-    except Exception as error:  # pynetdicom raises assorted errors on garbage
+        return AssociateRQ.decode(raw)
+    except dul.DULProtocolError as error:
         raise _aborted_during_negotiation(peer, operation, str(error)) from error
 
 
-def encode_associate_ac(
-    request: AssociationRequest, results: Sequence[PresentationContext]
-) -> bytes:
-    """The A-ASSOCIATE-AC answering request with the context results."""
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = APPLICATION_CONTEXT_NAME
-    primitive.calling_ae_title = request.calling_aet
-    primitive.called_ae_title = request.called_aet
-    primitive.result = 0x00
-    primitive.result_source = 0x01
-    primitive.presentation_context_definition_results_list = list(results)
-    primitive.user_information = _user_information()
-    pdu = A_ASSOCIATE_AC()
-    pdu.from_primitive(primitive)
-    return bytes(pdu.encode())
-
-
-def encode_associate_rj(rejection: Rejection) -> bytes:
-    """The A-ASSOCIATE-RJ PDU of rejection."""
-    primitive = A_ASSOCIATE()
-    primitive.result = rejection.result
-    primitive.result_source = rejection.source
-    primitive.diagnostic = rejection.reason
-    pdu = A_ASSOCIATE_RJ()
-    pdu.from_primitive(primitive)
-    return bytes(pdu.encode())
+def _context(accepted: negotiation.AcceptedContext) -> PresentationContext:
+    """An accepted context in the shape the requestor side holds (Link.contexts)."""
+    context = PresentationContext()
+    context.context_id = accepted.context_id
+    context.abstract_syntax = accepted.abstract_syntax
+    context.transfer_syntax = [accepted.transfer_syntax]
+    return context

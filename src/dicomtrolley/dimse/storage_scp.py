@@ -50,10 +50,11 @@ from dicomtrolley.dimse.incoming import (
     StoreIntake,
     response_to,
 )
-from dicomtrolley.dimse.link import AssociationRequest, Link, Rejection
+from dicomtrolley.dimse.link import Link, Rejection
 from dicomtrolley.dimse.retrieve import Receiver, Tally
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
 from dicomtrolley.formats import dul
+from dicomtrolley.formats.association import AssociateRQ
 from dicomtrolley.logs import get_module_logger
 
 logger = get_module_logger("dimse")
@@ -277,13 +278,12 @@ class StoreSCP:
         with self._lock:
             self._serving.pop(worker, None)
 
-    def _vet(self, request: AssociationRequest, address: str) -> Rejection | None:
+    def _vet(self, request: AssociateRQ, address: str) -> Rejection | None:
         if self.accept_from is not None and address not in self.accept_from:
             return Rejection(1, 1, 1, f"{address} is not the PACS {self.pacs.host}")
-        if self.accept_aets is not None and request.calling_aet not in self.accept_aets:
-            return Rejection(
-                1, 1, 3, f"calling AE title {request.calling_aet!r} not allowed"
-            )
+        calling = request.calling_ae_title
+        if self.accept_aets is not None and calling not in self.accept_aets:
+            return Rejection(1, 1, 3, f"calling AE title {calling!r} not allowed")
         with self._lock:
             busy = len(self._serving)
         if busy > MAX_ASSOCIATIONS:
