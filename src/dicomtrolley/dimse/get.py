@@ -31,7 +31,7 @@ from dicomtrolley.dimse.link import Link
 from dicomtrolley.dimse.retrieve import STATUS_OUT_OF_RESOURCES, Tally
 from dicomtrolley.dimse.sessions import RetrieveSession
 from dicomtrolley.dimse.settings import Peer
-from dicomtrolley.formats import dul
+from dicomtrolley.formats import dimse_commands, dul
 
 OPERATION = "C-GET"
 
@@ -61,7 +61,6 @@ class GetSession(RetrieveSession):
     """
 
     operation = OPERATION
-    request_field = dul.C_GET_RQ
     response_field = dul.C_GET_RSP
 
     def __init__(
@@ -81,6 +80,9 @@ class GetSession(RetrieveSession):
 
     def contexts(self) -> list[PresentationContext]:
         return self.proposed
+
+    def command(self, msg_id: int) -> bytes:
+        return dimse_commands.c_get_rq(msg_id, str(self.model_uid))
 
     def roles(self) -> list[object]:
         return list(scp_roles(self.proposed[1:]))

@@ -24,7 +24,7 @@ from dicomtrolley.dimse.errors import DIMSEError
 from dicomtrolley.dimse.link import Link
 from dicomtrolley.dimse.retrieve import STATUS_OUT_OF_RESOURCES, Receiver, Tally
 from dicomtrolley.exceptions import StorageError
-from dicomtrolley.formats import dul
+from dicomtrolley.formats import dimse_commands, dul
 from dicomtrolley.formats.part10 import file_header
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.storage import make_temp_file
@@ -191,25 +191,13 @@ class StoreIntake:
         self._respond(command, STATUS_OUT_OF_RESOURCES)
 
     def _respond(self, command: Command, status: int) -> None:
-        response = response_to(command, dul.C_STORE_RSP, status)
-        self.link.send(self.context_id, dul.encode_command(response), None)
+        response = dimse_commands.c_store_rsp(
+            dul.command_int(command, dul.MESSAGE_ID),
+            dul.command_str(command, dul.AFFECTED_SOP_CLASS_UID),
+            dul.command_str(command, dul.AFFECTED_SOP_INSTANCE_UID),
+            status,
+        )
+        self.link.send(self.context_id, response, None)
 
     def _protocol(self, message: str) -> DIMSEError:
         return self.link.fail(f"protocol error: {message}")
-
-
-def response_to(request: Command, field: int, status: int) -> Command:
-    """The response command (no data set) to a C-STORE or C-ECHO request."""
-    response: Command = {
-        dul.AFFECTED_SOP_CLASS_UID: dul.command_str(
-            request, dul.AFFECTED_SOP_CLASS_UID
-        ),
-        dul.COMMAND_FIELD: field,
-        dul.MESSAGE_ID_BEING_RESPONDED_TO: dul.command_int(request, dul.MESSAGE_ID),
-        dul.COMMAND_DATA_SET_TYPE: dul.NO_DATASET,
-        dul.STATUS: status,
-    }
-    instance = dul.command_str(request, dul.AFFECTED_SOP_INSTANCE_UID)
-    if instance:
-        response[dul.AFFECTED_SOP_INSTANCE_UID] = instance
-    return response

@@ -18,16 +18,12 @@ from pynetdicom.presentation import PresentationContext
 
 from dicomtrolley.dimse.contexts import UNCOMPRESSED, qr_model
 from dicomtrolley.dimse.errors import MOVE_DESTINATION_UNKNOWN
-from dicomtrolley.dimse.incoming import Command
 from dicomtrolley.dimse.link import Heard
 from dicomtrolley.dimse.sessions import RetrieveSession
 from dicomtrolley.dimse.storage_scp import StoreSCP
-from dicomtrolley.formats import dul
+from dicomtrolley.formats import dimse_commands, dul
 
 OPERATION = "C-MOVE"
-#: Command fields (PS3.7 E.1)
-C_MOVE_RQ = 0x0021
-C_MOVE_RSP = 0x8021
 
 
 def destination_hint(code: int, store_aet: str, address: str, port: int) -> str:
@@ -49,8 +45,7 @@ class MoveSession(RetrieveSession):
     """C-MOVE requests over one association, to scp (see RetrieveSession)."""
 
     operation = OPERATION
-    request_field = C_MOVE_RQ
-    response_field = C_MOVE_RSP
+    response_field = dul.C_MOVE_RSP
 
     def __init__(self, *args: Any, scp: StoreSCP, **kwargs: Any) -> None:
         super().__init__(
@@ -64,10 +59,8 @@ class MoveSession(RetrieveSession):
     def contexts(self) -> list[PresentationContext]:
         return [build_context(self.model_uid, list(UNCOMPRESSED))]
 
-    def command(self, msg_id: int) -> Command:
-        command = super().command(msg_id)
-        command[dul.MOVE_DESTINATION] = self.scp.aet
-        return command
+    def command(self, msg_id: int) -> bytes:
+        return dimse_commands.c_move_rq(msg_id, str(self.model_uid), self.scp.aet)
 
     def heard(self) -> Heard:
         return self.scp.last_heard

@@ -79,14 +79,13 @@ def transfer_syntax(context: PresentationContext | None) -> UID:
 class RetrieveSession:
     """One association for successive C-GET or C-MOVE requests.
 
-    Subclasses set ``operation`` and the request and response command fields,
-    and may override :meth:`contexts`, :meth:`roles`,
+    Subclasses set ``operation`` and the response command field, say what the
+    request command is (:meth:`command`), and may override :meth:`contexts`, :meth:`roles`,
     :meth:`check`, :meth:`command`, :meth:`intake`, :meth:`heard` and
     :meth:`hint`.
     """
 
     operation = ""
-    request_field = 0
     response_field = 0
 
     def __init__(
@@ -122,14 +121,9 @@ class RetrieveSession:
     def check(self, link: Link) -> None:
         """Raise when the accepted contexts cannot serve the request."""
 
-    def command(self, msg_id: int) -> Command:
-        return {
-            dul.AFFECTED_SOP_CLASS_UID: str(self.model_uid),
-            dul.COMMAND_FIELD: self.request_field,
-            dul.MESSAGE_ID: msg_id,
-            dul.PRIORITY: 0,
-            dul.COMMAND_DATA_SET_TYPE: 0x0000,
-        }
+    def command(self, msg_id: int) -> bytes:
+        """The encoded request command (the identifier follows it)."""
+        raise NotImplementedError()
 
     def intake(self, link: Link, tally: Tally) -> StoreIntake | None:
         """Who takes C-STORE requests on our own association (None: nobody)."""
@@ -213,11 +207,7 @@ class RetrieveSession:
         logger.debug("%s of %s (message %d)", self.operation, unit, msg_id)
         self.receiver.register(msg_id, tally)
         try:
-            link.send(
-                int(context.context_id or 0),
-                dul.encode_command(self.command(msg_id)),
-                identifier,
-            )
+            link.send(int(context.context_id or 0), self.command(msg_id), identifier)
             final, found = _Exchange(self, link, tally, msg_id).run(deadline)
         except DIMSEError as error:
             if not error.uids:

@@ -48,12 +48,11 @@ from dicomtrolley.dimse.incoming import (
     Command,
     CommandAssembler,
     StoreIntake,
-    response_to,
 )
 from dicomtrolley.dimse.link import Link, Rejection
 from dicomtrolley.dimse.retrieve import Receiver, Tally
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
-from dicomtrolley.formats import dul
+from dicomtrolley.formats import dimse_commands, dul
 from dicomtrolley.formats.association import AssociateRQ
 from dicomtrolley.logs import get_module_logger
 
@@ -325,8 +324,11 @@ class StoreSCP:
         if field == dul.C_STORE_RQ:
             intake.start(command, context_id)
         elif field == dul.C_ECHO_RQ:
-            answer = response_to(command, dul.C_ECHO_RSP, 0x0000)
-            link.send(context_id, dul.encode_command(answer), None)
+            answer = dimse_commands.c_echo_rsp(
+                dul.command_int(command, dul.MESSAGE_ID),
+                sop_class_uid=dul.command_str(command, dul.AFFECTED_SOP_CLASS_UID),
+            )
+            link.send(context_id, answer, None)
         else:
             raise link.fail(f"protocol error: unexpected DIMSE command 0x{field:04X}")
 
