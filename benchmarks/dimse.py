@@ -25,8 +25,8 @@ With ``--find`` (instead of the retrieves): C-FIND of the 10,000 instances of
 one study (``--find-instances``; tiny synthetic ones, one series) at IMAGE level,
 DCMTK ``findscu`` against dicomtrolley's ``DICOMQR.send_c_find`` (one relational
 query with the study and series UIDs, as findscu's), printing the ratio.
-``--trolley-src`` runs dicomtrolley from another checkout's ``src`` (an older
-commit, for before/after numbers).
+``--trolley-src`` runs dicomtrolley (every child: C-GET, C-MOVE, C-FIND) from
+another checkout's ``src`` (an older commit, for before/after numbers).
 
 Run it in the loopback-only namespace, as Orthanc binds every interface:
 
@@ -250,6 +250,7 @@ def trolley(
     study_uids: list[str],
     out: Path,
     workers: int,
+    src: Path,
     move_port: int = 0,
 ) -> dict[str, float]:
     result = subprocess.run(
@@ -267,7 +268,7 @@ def trolley(
         check=True,
         capture_output=True,
         text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")),
+        env=dict(os.environ, PYTHONPATH=str(src)),
     )
     data: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
     return data
@@ -297,7 +298,14 @@ def bench(
         dcmtk_files, _ = folder_bytes(out)
         shutil.rmtree(out)
         out = work / f"trolley-{name}-{attempt}"
-        result = trolley(server.dicom_port, server.aet, study_uids, out, args.workers)
+        result = trolley(
+            server.dicom_port,
+            server.aet,
+            study_uids,
+            out,
+            args.workers,
+            args.trolley_src,
+        )
         shutil.rmtree(out)
         best_ours = min(best_ours, result["seconds"])
         startup = result["startup"]
@@ -344,6 +352,7 @@ def bench_move(
             study_uids,
             out,
             args.workers,
+            args.trolley_src,
             args.trolley_store_port,
         )
         shutil.rmtree(out)
@@ -384,7 +393,7 @@ def main() -> int:
         "--trolley-src",
         type=Path,
         default=ROOT / "src",
-        help="dicomtrolley's src folder for the C-FIND child (another checkout)",
+        help="dicomtrolley's src folder for the children (another checkout)",
     )
     args = parser.parse_args()
     if args.find:
