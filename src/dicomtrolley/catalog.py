@@ -26,8 +26,14 @@ bits); it is no defence against someone changing files on purpose.
 
 One :class:`Catalog` per folder and process (:meth:`Catalog.for_folder`): one
 SQLite connection, every use under a lock, so worker threads share it safely.
-Several processes may use one folder: SQLite's WAL and a busy timeout order
-their writes.
+Several processes may use one folder (the workers of
+:mod:`dicomtrolley.distributed`): every write is one autocommitted statement
+and a busy timeout (30 s) orders them. On a local file system the journal is a
+WAL (readers never wait for writers); on a network file system (NFS, SMB,
+Lustre ...), where SQLite's WAL cannot work (it needs memory shared by every
+process on one host), the index uses a rollback journal, whose locks those file
+systems provide. Two processes that find the index missing both scan the
+folder; a scan keeps the rows written by others while it ran.
 """
 
 from __future__ import annotations
@@ -55,6 +61,14 @@ PRESENT = "present"
 GONE = "gone"
 _SCHEMA_VERSION = "1"
 _BUSY_TIMEOUT_S = 30.0
+#: File system types (as in /proc/mounts) on which SQLite's WAL cannot work.
+NETWORK_FILE_SYSTEMS = frozenset(
+    {
+        "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "lustre", "gpfs",
+        "beegfs", "ceph", "glusterfs", "fuse.sshfs", "fuse.glusterfs",
+        "fuse.cephfs", "fuse.s3fs", "fuse.gcsfuse", "afs", "ncpfs",
+    }
+)  # fmt: skip
 #: Connections kept open at most (3 file descriptors each); the least recently
 #: used folder's is closed beyond that and reopened when used again.
 MAX_OPEN_CATALOGS = 16
@@ -177,7 +191,7 @@ class Catalog:
             isolation_level=None,  # autocommit; explicit BEGIN where needed
         )
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA journal_mode={journal_mode(self.folder)}")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
             db.execute(
@@ -363,6 +377,7 @@ class Catalog:
         gone are removed.
         """
         started = time.monotonic()
+        scan_started = utc_now()
         found: list[CatalogEntry] = []
         for path in self._scan_files():
             entry = _entry_of_file(path, self.folder)
@@ -372,9 +387,12 @@ class Catalog:
             try:
                 db = self._conn()
                 db.execute("BEGIN IMMEDIATE")
-                db.execute("DELETE FROM instances")
+                # rows another process wrote while the folder was scanned stay
+                # (with their checksum and layout), whether or not the scan saw
+                # their file
+                db.execute("DELETE FROM instances WHERE saved_at < ?", (scan_started,))
                 db.executemany(
-                    f"INSERT OR REPLACE INTO instances ({_COLUMNS}) "
+                    f"INSERT OR IGNORE INTO instances ({_COLUMNS}) "
                     f"VALUES ({_PLACEHOLDERS})",
                     [_row(entry) for entry in found],
                 )
@@ -445,6 +463,32 @@ class Catalog:
 
     def __repr__(self) -> str:
         return f"Catalog({str(self.folder)!r})"
+
+
+def journal_mode(folder: Path) -> str:
+    """``WAL`` for a folder on a local file system, ``DELETE`` on a network one."""
+    return "DELETE" if file_system_type(folder) in NETWORK_FILE_SYSTEMS else "WAL"
+
+
+def file_system_type(folder: Path) -> str:
+    """The type of the file system folder is on (``ext4``, ``nfs4`` ...), from
+    /proc/mounts; ``""`` where that cannot be read (other systems)."""
+    try:
+        with open("/proc/mounts", encoding="utf-8", errors="replace") as mounts:
+            lines = mounts.read().splitlines()
+    except OSError:
+        return ""
+    target = os.path.realpath(folder)
+    best, kind = "", ""
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
 
 
 def _row(entry: CatalogEntry) -> tuple[object, ...]:

@@ -19,12 +19,20 @@ when reading).
 
 The CLI writes a manifest in every output folder; library users opt in with
 ``Trolley.download(..., manifest=Manifest.in_folder(output))``.
+
+Shards: processes that share an output folder over a network file system (the
+workers of :mod:`dicomtrolley.distributed`) do not append to one file; each
+writes its own ``<output>/manifest.d/<name>.jsonl`` (:meth:`Manifest.shard`).
+Whoever reads a folder's manifest (:func:`read_folder_manifest`,
+:func:`summarize`, ``dicomtrolley report``, the CSV copy) reads
+``manifest.jsonl`` and every shard, merged by time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import heapq
 import json
 import os
 import threading
@@ -43,6 +51,8 @@ from dicomtrolley.storage import make_temp_file
 logger = get_module_logger("manifest")
 
 MANIFEST_NAME = "manifest.jsonl"
+#: The folder of the shards, next to manifest.jsonl.
+SHARD_FOLDER = "manifest.d"
 SAVED, SKIPPED, FAILED = "saved", "skipped", "failed"
 #: The columns of the CSV copy, in order.
 CSV_FIELDS = (
@@ -74,17 +84,48 @@ class Manifest:
     ``run_started`` time, so ``dicomtrolley report`` counts runs, not calls.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        run: str | None = None,
+        run_started: str | None = None,
+        folder: str | Path | None = None,
+    ) -> None:
         self.path = Path(path)
-        self.run = uuid.uuid4().hex
-        self.run_started = utc_now()
+        self.run = run or uuid.uuid4().hex
+        self.run_started = run_started or utc_now()
+        #: the output folder whose manifest this is (records() reads its shards too)
+        self.folder = None if folder is None else Path(folder)
         self._lock = threading.Lock()
         self._fd: int | None = None
 
     @classmethod
     def in_folder(cls, folder: str | Path) -> Manifest:
         """The manifest at ``<folder>/manifest.jsonl``."""
-        return cls(Path(folder) / MANIFEST_NAME)
+        return cls(Path(folder) / MANIFEST_NAME, folder=folder)
+
+    @classmethod
+    def shard(
+        cls,
+        folder: str | Path,
+        name: str,
+        *,
+        run: str | None = None,
+        run_started: str | None = None,
+    ) -> Manifest:
+        """The shard ``<folder>/manifest.d/<name>.jsonl`` of one process.
+
+        ``run`` and ``run_started``: those of the run the process works for,
+        so that the shards of one distributed run count as one run.
+        """
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+        return cls(
+            Path(folder) / SHARD_FOLDER / f"{safe or 'shard'}.jsonl",
+            run=run,
+            run_started=run_started,
+            folder=folder,
+        )
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Append record as one line (StorageError when the file cannot be written)."""
@@ -109,7 +150,13 @@ class Manifest:
                 self._fd = None
 
     def records(self) -> Iterator[dict[str, Any]]:
-        """Every complete line of the file, oldest first (none when it is missing)."""
+        """Every complete line, oldest first (none when the file is missing).
+
+        For a folder's manifest (:meth:`in_folder`, :meth:`shard`): the lines
+        of manifest.jsonl and of every shard, merged by time.
+        """
+        if self.folder is not None:
+            return read_folder_manifest(self.folder)
         return read_manifest(self.path)
 
     def write_csv(self, target: str | Path) -> int:
@@ -137,6 +184,28 @@ def read_manifest(path: str | Path) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(record, dict):
                 yield record
+
+
+def manifest_files(folder: str | Path) -> list[Path]:
+    """``manifest.jsonl`` of folder and its shards (``manifest.d/*.jsonl``)."""
+    root = Path(folder)
+    try:
+        shards = sorted((root / SHARD_FOLDER).glob("*.jsonl"))
+    except OSError as error:
+        raise StorageError(
+            f"cannot list the manifest shards in {root / SHARD_FOLDER}: {error}"
+        ) from error
+    return [root / MANIFEST_NAME, *shards]
+
+
+def read_folder_manifest(folder: str | Path) -> Iterator[dict[str, Any]]:
+    """Every record of folder's manifest and shards, merged oldest first.
+
+    Each file is in time order (lines are appended as things happen), so the
+    merge is by the ``time`` field; records of equal time keep file order.
+    """
+    streams = [read_manifest(path) for path in manifest_files(folder)]
+    return heapq.merge(*streams, key=lambda record: str(record.get("time", "")))
 
 
 def write_csv(records: Iterator[Mapping[str, Any]], target: str | Path) -> int:
@@ -328,7 +397,7 @@ class FolderSummary:
 
 
 def summarize(folder: str | Path) -> FolderSummary:
-    """The summary of folder from its index and ``manifest.jsonl``.
+    """The summary of folder from its index and ``manifest.jsonl`` (and shards).
 
     Instances, studies and bytes on disk come from the index (instances
     present and intact). Saved, skipped and failed count manifest lines over
@@ -351,7 +420,7 @@ def summarize(folder: str | Path) -> FolderSummary:
     runs: list[str] = []
     failures: dict[str, tuple[int, tuple[str, ...], dict[str, Any]]] = {}
     last_ok: dict[str, int] = {}  # UID -> line of its last success
-    for line, record in enumerate(read_manifest(root / MANIFEST_NAME)):
+    for line, record in enumerate(read_folder_manifest(root)):
         run = str(record.get("run", ""))
         if run not in runs:
             runs.append(run)

@@ -23,6 +23,7 @@ from dicomtrolley.emulator.rad69 import RAD69_PATH, Rad69Service
 from dicomtrolley.emulator.server import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY,
+    ConcurrencyCounter,
     HTTPServer,
     Router,
 )
@@ -125,6 +126,8 @@ class Emulator:
             self.services.append(OAuth2Service(self.tokens))
         self.max_body = max_body
         self.idle_timeout = idle_timeout
+        #: requests in progress per client address, and the most at once
+        self.concurrency = ConcurrencyCounter()
         self._server: HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._started: list[Service] = []
@@ -144,6 +147,7 @@ class Emulator:
             realm=self.realm,
             before_request=self.index.refresh,
             bearer_challenge=self.tokens is not None,
+            concurrency=self.concurrency,
         )
         self._server = HTTPServer(
             self.host,

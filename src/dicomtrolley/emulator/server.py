@@ -14,6 +14,11 @@ UID: it is percent-decoded and must be digits and dots, or the answer is 400
 before any handler runs. Files are served only through :class:`FilePart` bodies
 built from index records, never from a path in a request.
 
+:class:`ConcurrencyCounter` counts the requests each client address has in
+progress (from the request line read to the last byte of the answer written)
+and the most it had at once, so that a test can check a client's concurrency
+limit at the server, where it matters.
+
 Error pages imitate the Jetty pages of Vitrea Connection (``<h2>HTTP ERROR 404
 </h2>`` ...), for every protocol.
 """
@@ -28,7 +33,8 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
 from http import HTTPStatus
@@ -171,11 +177,61 @@ def error_response(
     )
 
 
+class ConcurrencyCounter:
+    """Requests in progress per client address, and the most seen at once.
+
+    Thread-safe. ``with counter.request(address):`` around the handling of one
+    request; :meth:`peak` is the largest number a client had in progress at
+    the same time since the start (or the last :meth:`reset`).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: Counter[str] = Counter()
+        self._peak: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def request(self, client: str) -> Iterator[None]:
+        with self._lock:
+            self._active[client] += 1
+            if self._active[client] > self._peak[client]:
+                self._peak[client] = self._active[client]
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active[client] -= 1
+
+    def active(self, client: str) -> int:
+        """Requests of client in progress now."""
+        with self._lock:
+            return self._active[client]
+
+    def peak(self, client: str | None = None) -> int:
+        """The most requests client (None: any one client) had at once."""
+        with self._lock:
+            if client is None:
+                return max(self._peak.values(), default=0)
+            return self._peak[client]
+
+    def peaks(self) -> dict[str, int]:
+        """Client address -> the most requests it had in progress at once."""
+        with self._lock:
+            return {client: peak for client, peak in self._peak.items() if peak}
+
+    def reset(self) -> None:
+        """Forget the peaks (requests in progress stay counted)."""
+        with self._lock:
+            self._peak = Counter({client: n for client, n in self._active.items() if n})
+
+
 class Router:
     """Finds the route of a request, checks it, runs its handler. No I/O.
 
     ``authenticate(request)`` returns the user name or None. ``before_request``
     runs before each handler (the index uses it to notice new files).
+    ``concurrency`` counts the requests in progress per client (the HTTP server
+    updates it around each request).
     """
 
     def __init__(
@@ -186,8 +242,12 @@ class Router:
         realm: str = "dicomtrolley",
         before_request: Callable[[], Any] | None = None,
         bearer_challenge: bool = False,
+        concurrency: ConcurrencyCounter | None = None,
     ) -> None:
         self.routes = list(routes)
+        self.concurrency = (
+            concurrency if concurrency is not None else ConcurrencyCounter()
+        )
         self.bearer_challenge = bearer_challenge  # 401s ask for an OAuth2 token
         self.authenticate = authenticate
         self.realm = realm
@@ -263,6 +323,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.track(self.connection, False)
 
     def _handle(self) -> None:
+        with self.server.router.concurrency.request(str(self.client_address[0])):
+            self._handle_counted()
+
+    def _handle_counted(self) -> None:
         raw_path, _, query = self.path.partition("?")
         body = self._read_body()
         if body is None:
@@ -427,6 +491,7 @@ class HTTPServer(ThreadingHTTPServer):
 
 
 __all__ = [
+    "ConcurrencyCounter",
     "FilePart",
     "HTTPError",
     "HTTPServer",
