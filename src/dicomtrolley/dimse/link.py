@@ -47,6 +47,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_requestor
 
+from dicomtrolley.dimse import tls
 from dicomtrolley.dimse.errors import (
     AssociationAbortedError,
     AssociationBusyError,
@@ -505,6 +506,8 @@ def _connect(peer: Peer, timeouts: DIMSETimeouts, operation: str) -> socket.sock
     with contextlib.suppress(OSError):
         # a DIMSE message is several small writes: no waiting for delayed ACKs
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if peer.tls is not None:  # DICOM over TLS (PS3.15 B): handshake in slices
+        return tls.wrap_client(sock, peer, peer.tls, timeouts, operation)
     return sock
 
 

@@ -1,4 +1,5 @@
-"""Who to talk to and how long to wait: :class:`Peer` and :class:`DIMSETimeouts`.
+"""Who to talk to (over TLS or not) and how long to wait: :class:`Peer` and
+:class:`DIMSETimeouts`.
 
 Both are small immutable value objects, shared by every DIMSE operation.
 """
@@ -7,7 +8,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dicomtrolley.dimse.tls import DIMSETLS
 
 #: The longest AE title DICOM allows (PS3.5 table 6.2-1, VR AE).
 MAX_AE_TITLE_LENGTH = 16
@@ -40,12 +44,16 @@ class Peer:
         Our own (calling) AE title.
     aec:
         The remote (called) AE title.
+    tls:
+        How to secure the connection (:class:`~dicomtrolley.dimse.tls.DIMSETLS`);
+        None: plain TCP.
     """
 
     host: str
     port: int
     aet: str = "DICOMTROLLEY"
     aec: str = "ANY-SCP"
+    tls: DIMSETLS | None = None
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -57,7 +65,8 @@ class Peer:
         object.__setattr__(self, "aec", check_ae_title(self.aec, "called AE title"))
 
     def __str__(self) -> str:
-        return f"{self.aec} at {self.host}:{self.port} (calling AE {self.aet})"
+        over = "TLS, " if self.tls is not None else ""
+        return f"{self.aec} at {self.host}:{self.port} ({over}calling AE {self.aet})"
 
 
 def _check_seconds(name: str, value: float | None, allow_none: bool) -> float | None:
