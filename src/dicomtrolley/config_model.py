@@ -46,6 +46,7 @@ __all__ = [
     "AuthConfig",
     "BasicAuthConfig",
     "BearerAuthConfig",
+    "DeidConfig",
     "DimseConfig",
     "NoAuthConfig",
     "OAuth2Config",
@@ -281,6 +282,30 @@ AuthConfig = Annotated[
 _AUTH_TYPES = ("none", "basic", "bearer", "vitrea", "oauth2")
 
 
+class DeidConfig(_Model):
+    """``[profiles.NAME.deid]``: de-identify every download of this profile
+    (:mod:`dicomtrolley.deid`; needs the ``dicomtrolley[deid]`` extra).
+
+    ``profile`` is ``basic`` (PS3.15 Basic Profile) or a deid recipe file; the
+    secret key is ``key`` or the environment variable ``key_env``.
+    """
+
+    profile: Annotated[str, Field(min_length=1)] = "basic"
+    retain_dates: bool = False
+    retain_device: bool = False
+    retain_uids: bool = False
+    key: SecretStr | None = None
+    key_env: EnvName = "DICOMTROLLEY_DEID_KEY"
+
+    def secret_key(self) -> str | None:
+        """The key: ``key``, else ``$key_env`` (None when neither is set)."""
+        import os
+
+        if self.key is not None:
+            return self.key.get_secret_value()
+        return os.environ.get(self.key_env) or None
+
+
 class Profile(_Model):
     """One server: protocols, addresses, auth, TLS, timeouts, retries, workers.
 
@@ -305,6 +330,7 @@ class Profile(_Model):
     timeouts: Timeouts = Timeouts()
     retry: RetryConfig = RetryConfig()
     workers: Annotated[int, Field(ge=1, le=64)] = 4
+    deid: DeidConfig | None = None
 
     @field_validator("url", "qido_url", "mint_url", "wado_uri_url", "rad69_url")
     @classmethod

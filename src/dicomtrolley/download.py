@@ -202,7 +202,9 @@ class SaveJob:
     and what became of it.
 
     Every adapter's save_all runs through this: it skips the files already on
-    disk, reports each file saved (once) and tells the progress display.
+    disk, reports each file saved (once) and tells the progress display. A
+    storage that must not write into output_dir (de-identified files there and
+    none here, another de-identification key) raises when the job is made.
     """
 
     objects: Sequence[DICOMDownloadable]
@@ -211,6 +213,11 @@ class SaveJob:
     progress: Progress
     max_workers: int | None = None
     report: DownloadReport = field(default_factory=DownloadReport)
+
+    def __post_init__(self) -> None:
+        check = getattr(self.storage, "check_folder", None)  # duck-typed storages
+        if check is not None:
+            check(self.output_dir)
 
     def skip_if_present(self, refs: Sequence[InstanceReference]) -> bool:
         """True when every one of refs has its intact file: each is reported skipped.
@@ -245,12 +252,21 @@ class SaveJob:
         """Save a dataset held in memory with ``storage.save`` (4.1.0's path).
 
         A file that cannot be stored is a failure of its instance, named by its
-        SOPInstanceUID; the download goes on.
+        SOPInstanceUID; the download goes on. The storage's transform changes
+        it first; the index keeps the UIDs received.
         """
+        from pydicom.dataset import Dataset
+
         from dicomtrolley.storage import record_saved
 
         uid = str(dataset.get("SOPInstanceUID", ""))
+        source = Dataset()  # the UIDs received, for the index
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            setattr(source, keyword, dataset.get(keyword, ""))
         try:
+            note = None
+            if hasattr(self.storage, "prepare"):  # duck-typed storages have not
+                dataset, note = self.storage.prepare(dataset)
             path = self.storage.save(dataset, path=str(self.output_dir))
         except DICOMTrolleyError as error:
             if uid and uid not in error.uids:
@@ -261,9 +277,12 @@ class SaveJob:
             record_saved(
                 self.output_dir,
                 Path(path),
-                dataset,
+                source,
                 layout=self.storage.layout_key(),
             )
+            hook = getattr(self.storage, "transform", None)
+            if hook is not None and note is not None:
+                hook.saved(Path(self.output_dir), Path(path), note)
         nbytes = _file_size(path)
         self.report.add_saved(path, nbytes)
         self.progress.instance_done(nbytes)

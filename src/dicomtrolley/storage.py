@@ -13,6 +13,13 @@ Layouts (``StorageDir`` and ``FlatStorageDir`` are the 4.1.0 names)::
     StorageDir(path)      {StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}
     FlatStorageDir(path)  {SOPInstanceUID}
     TemplateStorage(path, "{PatientID}/{StudyInstanceUID}/{SOPInstanceUID}.dcm")
+
+A storage may have a ``transform`` (:class:`DatasetHook`, or any callable
+Dataset -> Dataset): it is applied to every instance a download saves, before
+the file is written, whatever the protocol; the path comes from the changed
+data set, which is verified (against the UIDs the hook expects) before its
+rename. :class:`~dicomtrolley.deid.Deidentifier` is such a hook. The index
+keeps each file under its source UIDs, so resume works as without one.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -37,7 +45,7 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from dicomtrolley.catalog import Catalog, crc32_text, file_checksum
+from dicomtrolley.catalog import STATE_FOLDER, Catalog, crc32_text, file_checksum
 from dicomtrolley.core import InstanceReference
 from dicomtrolley.exceptions import (
     DICOMParseError,
@@ -65,6 +73,73 @@ DEFAULT_TEMPLATE = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}"
 _UNSAFE_CHARS = re.compile(r"[^\w.\-^ ]", re.UNICODE)
 #: The path part for a missing value (dicomtrolley 4.1.0's name for it).
 UNKNOWN = "unknown"
+#: In an output folder's state folder: the de-identification it was made with.
+DEID_STATE_NAME = "deid.json"
+#: Set on a data set the storage's transform has changed (never applied twice).
+_TRANSFORMED = "_dicomtrolley_transformed"
+
+
+class DatasetHook:
+    """A change made to every data set a download saves, before it is written.
+
+    Subclass and override ``__call__`` (or give a storage any callable
+    Dataset -> Dataset: :func:`as_hook` wraps it). The other methods let a hook
+    that changes UIDs keep resume and verification working;
+    :class:`~dicomtrolley.deid.Deidentifier` overrides them all.
+    """
+
+    def __call__(self, dataset: Dataset) -> Dataset:
+        return dataset
+
+    def apply(self, dataset: Dataset) -> tuple[Dataset, Any]:
+        """The changed data set and a note for :meth:`saved` (default: None)."""
+        return self(dataset), None
+
+    def saved(self, root: Path, path: Path, note: Any) -> None:
+        """The changed data set is in its file at path under root."""
+
+    def layout_tag(self) -> str:
+        """Added to the storage's layout key: files saved with another hook (or
+        none) are not taken as present."""
+        return ""
+
+    def expected_reference(self, ref: InstanceReference) -> InstanceReference:
+        """The UIDs the written file holds for an instance asked for as ref."""
+        return ref
+
+    def present_uids(self, ref: InstanceReference) -> tuple[str, ...]:
+        """Index keys under which ref's file may be found (source UID first)."""
+        return (ref.instance_uid,)
+
+    def check_folder(self, root: Path) -> None:
+        """Raise a DICOMTrolleyError when root must not receive these files."""
+
+
+class _CallableHook(DatasetHook):
+    """A plain callable as a hook."""
+
+    def __init__(self, function: Callable[[Dataset], Dataset]) -> None:
+        self.function = function
+
+    def __call__(self, dataset: Dataset) -> Dataset:
+        return self.function(dataset)
+
+    def layout_tag(self) -> str:
+        name = getattr(self.function, "__qualname__", type(self.function).__name__)
+        return f"transform:{name}"
+
+
+def as_hook(
+    transform: DatasetHook | Callable[[Dataset], Dataset] | None,
+) -> DatasetHook | None:
+    """transform as a DatasetHook (None stays None)."""
+    if transform is None or isinstance(transform, DatasetHook):
+        return transform
+    return _CallableHook(transform)
+
+
+def _mark_transformed(dataset: Dataset) -> None:
+    object.__setattr__(dataset, _TRANSFORMED, True)
 
 
 class PathTemplate:
@@ -548,6 +623,7 @@ class InstanceWriter:
         self.fsync = fsync
         self.bytes_written = 0
         self._crc = 0
+        self._checksum: str | None = None  # of a file the transform wrote
         try:
             root.mkdir(parents=True, exist_ok=True)
             fd, name = make_temp_file(root)
@@ -582,20 +658,19 @@ class InstanceWriter:
 
         The file gets the umask's mode, and the output folder's index
         (:mod:`dicomtrolley.catalog`) a row for it, right after the rename.
+        With a storage ``transform``, the received file is read, changed and
+        written again first; the path and the checks are those of the changed
+        data set, the index row has the UIDs received.
         """
         uids = self._expected_uids()
         try:
             self._close()
             apply_file_mode(self.temp_path)  # also for a file adopted by rename
             dataset = verify_dicom_file(self.temp_path)
-            if self.expected is not None:
-                got = str(dataset.get("SOPInstanceUID", ""))
-                if got != self.expected.instance_uid:
-                    raise DICOMParseError(
-                        f"asked for instance {self.expected.instance_uid}, "
-                        f"received {got or 'an instance without SOPInstanceUID'}",
-                        uids=uids,
-                    )
+            _check_instance(dataset, self.expected, uids)
+            source, hook, note = dataset, self.storage.transform, None
+            if hook is not None:
+                dataset, note = self._transform(hook, uids)
             planned = self.storage.planned_path(dataset, self.root)
             if planned is not None:
                 # the row first, then the rename: a crash in between leaves a
@@ -605,18 +680,28 @@ class InstanceWriter:
                 _index_row(
                     self.root,
                     planned,
-                    dataset,
+                    source,
                     size,
-                    crc32_text(self._crc)
-                    if size == self.bytes_written
-                    else file_checksum(self.temp_path),
+                    self._checksum
+                    or (
+                        crc32_text(self._crc)
+                        if size == self.bytes_written
+                        else file_checksum(self.temp_path)
+                    ),
                     self.storage.layout_key(),
                 )
             target = self.storage.commit_file(self.temp_path, dataset, self.root)
             if self.fsync:
                 _fsync_dir(target.parent)
             if planned is None:  # the storage decided where: index what it made
-                record_saved(self.root, target, layout=self.storage.layout_key())
+                record_saved(
+                    self.root,
+                    target,
+                    source if hook is not None else None,
+                    layout=self.storage.layout_key(),
+                )
+            if hook is not None:
+                hook.saved(self.root, target, note)
             return target
         except DICOMTrolleyError as error:
             self.abort()
@@ -631,6 +716,41 @@ class InstanceWriter:
         except BaseException:  # e.g. a user's save(): never leave the .part file
             self.abort()
             raise
+
+    def _transform(
+        self, hook: DatasetHook, uids: tuple[str, ...]
+    ) -> tuple[Dataset, Any]:
+        """Read the received file, apply hook, write the result to a new
+        temporary file (which becomes temp_path) and verify it."""
+        try:
+            full = pydicom.dcmread(self.temp_path)
+        except Exception as error:  # pydicom raises assorted errors on garbage
+            raise DICOMParseError(
+                f"{self.temp_path.name}: not a readable DICOM file: {error}"
+            ) from error
+        changed, note = hook.apply(full)
+        fd, name = make_temp_file(self.root)
+        received, self.temp_path = self.temp_path, Path(name)
+        received.unlink(missing_ok=True)
+        with os.fdopen(fd, "wb") as handle:
+            try:
+                changed.save_as(handle, enforce_file_format=False)
+            except Exception as error:  # pydicom raises ValueError, TypeError ...
+                raise StorageError(
+                    f"cannot write the changed instance: {error}"
+                ) from error
+            handle.flush()
+            if self.fsync:
+                os.fsync(handle.fileno())
+        self._checksum = file_checksum(self.temp_path)
+        written = verify_dicom_file(self.temp_path)
+        expected = self.expected
+        _check_instance(
+            written,
+            None if expected is None else hook.expected_reference(expected),
+            uids,
+        )
+        return written, note
 
     def abort(self) -> None:
         """Throw the partial file away."""
@@ -655,14 +775,78 @@ class InstanceWriter:
             self.abort()
 
 
+def _check_instance(
+    dataset: Dataset, expected: InstanceReference | None, uids: tuple[str, ...]
+) -> None:
+    """DICOMParseError when dataset is not the instance expected."""
+    if expected is None:
+        return
+    got = str(dataset.get("SOPInstanceUID", ""))
+    if got != expected.instance_uid:
+        raise DICOMParseError(
+            f"asked for instance {expected.instance_uid}, "
+            f"received {got or 'an instance without SOPInstanceUID'}",
+            uids=uids,
+        )
+
+
 class DICOMDiskStorage:
     """Saves datasets to disk. Subclass and implement save(), or use a template.
 
     Subclasses that only implement ``save`` still work with streaming downloads:
     the streamed file is verified, read back and handed to ``save``.
+    ``transform`` (a :class:`DatasetHook` or a callable Dataset -> Dataset,
+    default None) is applied to each instance a download saves.
     """
 
     fsync: bool = False
+
+    @property
+    def transform(self) -> DatasetHook | None:
+        """The hook applied to each data set before it is written (or None)."""
+        hook: DatasetHook | None = self.__dict__.get("_transform")
+        return hook
+
+    @transform.setter
+    def transform(
+        self, value: DatasetHook | Callable[[Dataset], Dataset] | None
+    ) -> None:
+        self.__dict__["_transform"] = as_hook(value)
+
+    def prepare(self, dataset: Dataset) -> tuple[Dataset, Any]:
+        """dataset changed by the transform (once: a changed data set is
+        marked) and the note for the hook's ``saved``; as is without one."""
+        hook = self.transform
+        if hook is None or getattr(dataset, _TRANSFORMED, False):
+            return dataset, None
+        changed, note = hook.apply(dataset)
+        _mark_transformed(changed)
+        return changed, note
+
+    def check_folder(self, root: str | Path) -> None:
+        """Refuse to write into root when that would mix de-identified and
+        identified files (or two de-identifications): the transform decides,
+        and without one a folder of de-identified files is refused.
+
+        Raises
+        ------
+        StorageError
+            A folder with de-identified files and no transform here.
+        """
+        hook = self.transform
+        if hook is not None:
+            hook.check_folder(Path(root))
+        elif (Path(root) / STATE_FOLDER / DEID_STATE_NAME).exists():
+            raise StorageError(
+                f"{root} holds de-identified files ({STATE_FOLDER}/"
+                f"{DEID_STATE_NAME}): download into it with the same "
+                "--deidentify profile and key, or into another folder"
+            )
+
+    def _tagged(self, key: str) -> str:
+        hook = self.transform
+        tag = hook.layout_tag() if hook is not None else ""
+        return f"{key}|{tag}" if tag else key
 
     def save(self, dataset: Dataset, path: str | Path | None = None) -> Path | None:
         """Write dataset to disk, under path when given."""
@@ -672,11 +856,16 @@ class DICOMDiskStorage:
         self, path: str | Path, expected: InstanceReference | None = None
     ) -> InstanceWriter:
         """A writer for one instance that arrives as a byte stream."""
+        hook = self.transform
+        if hook is not None:
+            hook.check_folder(Path(path))
         return InstanceWriter(self, Path(path), expected=expected, fsync=self.fsync)
 
     def commit_file(self, temp_path: Path, dataset: Dataset, root: Path) -> Path:
         """Move a verified temporary file into place. Default: go through save()."""
         full = pydicom.dcmread(temp_path)
+        if self.transform is not None:
+            _mark_transformed(full)  # already changed: save() must not again
         saved = self.save(full, path=str(root))
         temp_path.unlink(missing_ok=True)
         return saved if saved is not None else root
@@ -692,11 +881,19 @@ class DICOMDiskStorage:
         subclasses with their own ``save``/``generate_path``, since the index
         records where each file went.
         """
-        return Catalog.for_folder(path).present(
-            reference.instance_uid,
-            self.layout_key(),
-            lambda found: self.fits(found, Path(path)),
-        )
+        hook = self.transform
+        keys: tuple[str, ...] = (reference.instance_uid,)
+        if hook is not None:
+            hook.check_folder(Path(path))
+            keys = hook.present_uids(reference)
+        catalog = Catalog.for_folder(path)
+        for key in keys:
+            found = catalog.present(
+                key, self.layout_key(), lambda found: self.fits(found, Path(path))
+            )
+            if found is not None:
+                return found
+        return None
 
     def planned_path(self, dataset: Dataset, root: Path) -> Path | None:
         """Where commit_file will put dataset's file, if known beforehand.
@@ -708,8 +905,9 @@ class DICOMDiskStorage:
     def layout_key(self) -> str:
         """Names where this storage puts files, for the index: a file saved in
         another layout is not taken as present (the download saves its own
-        copy). Default: the class; :class:`TemplateStorage` adds its template."""
-        return f"{type(self).__module__}.{type(self).__qualname__}"
+        copy). Default: the class; :class:`TemplateStorage` adds its template;
+        a transform adds its :meth:`DatasetHook.layout_tag`."""
+        return self._tagged(f"{type(self).__module__}.{type(self).__qualname__}")
 
     def fits(self, file: Path, root: Path) -> bool:
         """Whether file (found by scanning) is where this storage would put it.
@@ -761,6 +959,9 @@ class TemplateStorage(DICOMDiskStorage):
         it saved. Safer on power loss, slower on many small files.
     dots_to_underscores:
         Write ``1_2_3`` for the value ``1.2.3`` (the 4.1.0 layouts do).
+    transform:
+        Applied to each data set before it is written (see
+        :class:`DatasetHook`), e.g. a :class:`~dicomtrolley.deid.Deidentifier`.
     """
 
     def __init__(
@@ -769,10 +970,12 @@ class TemplateStorage(DICOMDiskStorage):
         template: str = DEFAULT_TEMPLATE,
         fsync: bool = False,
         dots_to_underscores: bool = False,
+        transform: DatasetHook | Callable[[Dataset], Dataset] | None = None,
     ) -> None:
         self.path = Path(path)
         self.template = PathTemplate(template, dots_to_underscores)
         self.fsync = fsync
+        self.transform = transform
 
     def __str__(self) -> str:
         return f"{type(self).__name__} at {self.path}"
@@ -782,8 +985,8 @@ class TemplateStorage(DICOMDiskStorage):
         if self.template.dots_to_underscores:
             key += "|dots"
         if uses_4_1_0_save(self):  # the subclass decides: its name too
-            key = f"{super().layout_key()}|{key}"
-        return key
+            return f"{super().layout_key()}|{key}"
+        return self._tagged(key)
 
     def planned_path(self, dataset: Dataset, root: Path) -> Path | None:
         if uses_4_1_0_save(self):
@@ -824,12 +1027,25 @@ class TemplateStorage(DICOMDiskStorage):
     def save(self, dataset: Dataset, path: str | Path | None = None) -> Path:
         """Write dataset to its place under path (default: self.path), atomically.
 
+        With a ``transform``, dataset is changed (in place) first, unless a
+        download already did.
+
         Raises
         ------
         StorageError
             When the file cannot be written (UnsafePathError: not there).
         """
         root = Path(path) if path else self.path
+        hook = self.transform
+        if hook is not None:
+            hook.check_folder(root)
+        dataset, note = self.prepare(dataset)
+        target = self._write(dataset, root)
+        if hook is not None and note is not None:
+            hook.saved(root, target, note)
+        return target
+
+    def _write(self, dataset: Dataset, root: Path) -> Path:
         target = self.target_path(dataset, root)
         uids = [str(dataset.get("SOPInstanceUID", ""))]
         try:
@@ -871,8 +1087,19 @@ class StorageDir(TemplateStorage):
     #: The folder layout (FlatStorageDir changes it).
     layout = DEFAULT_TEMPLATE
 
-    def __init__(self, path: str | Path, fsync: bool = False) -> None:
-        super().__init__(path, self.layout, fsync=fsync, dots_to_underscores=True)
+    def __init__(
+        self,
+        path: str | Path,
+        fsync: bool = False,
+        transform: DatasetHook | Callable[[Dataset], Dataset] | None = None,
+    ) -> None:
+        super().__init__(
+            path,
+            self.layout,
+            fsync=fsync,
+            dots_to_underscores=True,
+            transform=transform,
+        )
         self.template.missing_as_unknown = True
 
     @staticmethod

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +59,7 @@ __all__ = [
     "instance_specs",
     "large_study",
     "make_dataset",
+    "phi_studies",
     "synthetic_uid",
     "write_dataset",
     "write_studies",
@@ -106,6 +107,8 @@ class SeriesSpec:
     columns: int = 64
     body_part: str = ""
     sop_class_uid: str = ""
+    #: BurnedInAnnotation of its instances ("YES", "NO"; "" leaves it out).
+    burned_in: str = ""
 
     def __post_init__(self) -> None:
         if self.transfer_syntax not in SUPPORTED_TRANSFER_SYNTAXES:
@@ -152,6 +155,10 @@ class StudySpec:
     institution_name: str = "Trolley General Hospital"
     department: str = "Radiology"
     referring_physician: str = "Referrer^Rita"
+    #: Give every instance each attribute of PS3.15 Table E.1-1 (with a value
+    #: that contains ``PHI``), a private block and references to the series'
+    #: first instance: data for de-identification tests (needs the deid extra).
+    phi: bool = False
 
     def __post_init__(self) -> None:
         if not self.series:
@@ -206,7 +213,7 @@ def _study(
     description: str,
     series: Iterable[tuple[str, str, int, str, int]],
     body_part: str,
-    **kwargs: str,
+    **kwargs: Any,
 ) -> StudySpec:
     """A StudySpec whose UIDs derive from ``key``.
 
@@ -390,6 +397,56 @@ def cohort_studies(
     return studies
 
 
+def phi_studies(
+    count: int = 2, instances: int = 2, key: str = "phi"
+) -> list[StudySpec]:
+    """count studies (one patient each) carrying every PS3.15 Table E.1-1
+    attribute, private attributes and burned-in annotation cases.
+
+    Each study has a CT series with BurnedInAnnotation YES, one with NO, and
+    an ultrasound series without the attribute (both must be flagged by
+    de-identification), ``instances`` instances each.
+    """
+    studies = []
+    for number in range(1, count + 1):
+        name = f"{key}-{number}"
+        cases = (
+            ("CT", "Burned in", "YES", ""),
+            ("CT", "Clean", "NO", ""),
+            ("US", "Ultrasound", "", "1.2.840.10008.5.1.4.1.1.6.1"),
+        )
+        series = tuple(
+            SeriesSpec(
+                series_uid=synthetic_uid("series", name, str(index)),
+                series_number=index,
+                modality=modality,
+                description=description,
+                instance_count=instances,
+                rows=8,
+                columns=8,
+                burned_in=burned_in,
+                sop_class_uid=sop_class,
+            )
+            for index, (modality, description, burned_in, sop_class) in enumerate(
+                cases, start=1
+            )
+        )
+        studies.append(
+            StudySpec(
+                patient_id=f"PHIPAT{number:04d}",
+                patient_name=f"Identifiable^Person{number}",
+                study_uid=synthetic_uid("study", name),
+                description="PHI study",
+                series=series,
+                study_date=f"1999{number % 12 + 1:02d}15",
+                accession_number=f"PHIACC{number:04d}",
+                patient_birth_date="19500101",
+                phi=True,
+            )
+        )
+    return studies
+
+
 def instance_specs(studies: Iterable[StudySpec]) -> Iterator[InstanceSpec]:
     """Every instance of ``studies``, in order."""
     for study in studies:
@@ -531,7 +588,76 @@ def _header(instance: InstanceSpec) -> Dataset:
         ds.RescaleIntercept = 0
         ds.RescaleSlope = 1
         ds.RescaleType = "US"
+    if series.burned_in:
+        ds.BurnedInAnnotation = series.burned_in
+    if study.phi:
+        _add_phi(ds, instance)
     return ds
+
+
+#: A value per VR for the attributes of :func:`_add_phi` (text contains PHI).
+_PHI_VALUES: dict[str, object] = {
+    "DA": "19750315",
+    "TM": "101112",
+    "DT": "19750315101112",
+    "AS": "042Y",
+    "CS": "PHI",
+    "AE": "PHIAE",
+    "PN": "Phi^Patient",
+    "IS": "7",
+    "DS": "7.5",
+    "US": 7,
+    "SS": 7,
+    "UL": 7,
+    "SL": 7,
+    "UV": 7,
+    "SV": 7,
+    "FL": 7.5,
+    "FD": 7.5,
+    "AT": 0x00100010,
+    "UR": "urn:phi",
+}
+_PHI_BYTES = b"PHIBYTES"  # 8 bytes: a whole number of OF, OD, OL, OV values
+
+
+def _phi_value(keyword: str, vr: str) -> object:
+    if vr in _PHI_VALUES:
+        return _PHI_VALUES[vr]
+    if vr in ("OB", "OW", "OD", "OF", "OL", "OV", "UN"):
+        return _PHI_BYTES
+    text = f"PHI-{keyword}"
+    return text[:16] if vr == "SH" else text[:64]
+
+
+def _add_phi(ds: Dataset, instance: InstanceSpec) -> None:
+    """Each attribute of PS3.15 Table E.1-1 not set yet, a private block, and
+    image references to the first instance of the series."""
+    from pydicom.datadict import dictionary_VR
+    from pydicom.sequence import Sequence
+
+    from dicomtrolley.deid_table import profile_rows
+
+    first = instance.series.instance_uid(0)
+    for row in profile_rows():
+        if row.tag in ds or row.tag >> 16 in (0x0000, 0x0002):
+            continue
+        vr = str(dictionary_VR(row.tag)).split(" or ")[0]
+        if vr == "SQ":
+            item = Dataset()
+            if "U" in row.basic:  # references: to the series' first instance
+                item.ReferencedSOPClassUID = instance.series.sop_class
+                item.ReferencedSOPInstanceUID = first
+            else:
+                item.CodeMeaning = f"PHI-{row.keyword}"[:64]
+                item.PersonName = "Phi^Nested"
+            ds.add_new(row.tag, "SQ", Sequence([item]))
+        elif vr == "UI":
+            ds.add_new(row.tag, vr, synthetic_uid("phi", row.keyword, first))
+        else:
+            ds.add_new(row.tag, vr, _phi_value(row.keyword, vr))
+    block = ds.private_block(0x0009, "DICOMTROLLEY PHI", create=True)
+    block.add_new(0x01, "LO", "PHI-private")
+    block.add_new(0x02, "PN", "Private^Phi")
 
 
 def make_dataset(instance: InstanceSpec) -> Dataset:

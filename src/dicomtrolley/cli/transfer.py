@@ -3,7 +3,8 @@
 :func:`transfer_options` adds the options of a transfer (``--url``,
 ``--qido-url``, ``-o``, ``--layout``, ``--protocol`` (repeatable: an order of
 preference), the DIMSE options, ``--wado-uri-url``, ``--workers``,
-``--progress``, ``--manifest-csv``); the command receives ``transfer=`` (:class:`TransferOptions`).
+``--progress``, ``--manifest-csv``, ``--deidentify`` and its options); the
+command receives ``transfer=`` (:class:`TransferOptions`).
 :meth:`TransferOptions.open` turns them into a searcher and a downloader, a
 :class:`~dicomtrolley.fallback.FallbackDownloader` when several protocols are
 given. :func:`check_output` makes sure the output folder can be written before
@@ -41,6 +42,7 @@ from dicomtrolley.storage import FlatStorageDir, StorageDir, TemplateStorage
 
 if TYPE_CHECKING:  # the adapters are imported for the protocols used
     from dicomtrolley.core import Downloader, Searcher
+    from dicomtrolley.deid import Deidentifier
 
 R = TypeVar("R")
 
@@ -93,6 +95,9 @@ class TransferOptions:
     rad69_url: str | None = None
     search_protocol: str | None = None  # None: C-FIND, MINT or QIDO-RS (see search)
     manifest_csv: Path | None = None
+    deidentify: str | None = None
+    deid_retain_dates: bool = False
+    deid_retain_device: bool = False
 
     @property
     def protocol(self) -> str:
@@ -121,11 +126,46 @@ class TransferOptions:
         return None if self.show_progress is None else not self.show_progress
 
     def storage(self) -> TemplateStorage:
-        """The storage of --layout in --output, or a usage error."""
+        """The storage of --layout in --output, or a usage error.
+
+        With --deidentify (or a profile's ``deid`` table) it de-identifies each
+        instance (:mod:`dicomtrolley.deid`); an output folder that holds other
+        data (another key or profile, identified files) is a usage error.
+        """
         try:
-            return storage_for(self.layout, self.output)
+            storage = storage_for(self.layout, self.output)
         except StorageError as error:
             raise click.BadParameter(error.message, param_hint="'--layout'") from error
+        deidentifier = self.deidentifier()
+        if deidentifier is not None:
+            from dicomtrolley.deid import DeidFolderError
+
+            try:
+                deidentifier.check_existing(self.output)
+            except DeidFolderError as error:
+                raise click.UsageError(error.message) from error
+            storage.transform = deidentifier
+        return storage
+
+    def deidentifier(self) -> Deidentifier | None:
+        """The de-identification asked for (options first, then the profile's)."""
+        from dicomtrolley.cli.connection import current_profile
+
+        profile = current_profile()
+        config = profile.deid if profile is not None else None
+        if self.deidentify is None and config is None:
+            return None
+        from dicomtrolley.deid import Deidentifier
+
+        key = config.secret_key() if config is not None else None
+        return Deidentifier(
+            key,
+            self.deidentify or (config.profile if config else "basic"),
+            retain_dates=self.deid_retain_dates or bool(config and config.retain_dates),
+            retain_device=self.deid_retain_device
+            or bool(config and config.retain_device),
+            retain_uids=bool(config and config.retain_uids),
+        )
 
     def checked(self) -> TransferOptions:
         """These options with the URLs each protocol needs, or a usage error."""
@@ -337,6 +377,31 @@ _OPTIONS = (
         help="At the end, also write the folder's manifest (every outcome of every "
         "run, OUTPUT/manifest.jsonl) as CSV to FILE.",
     ),
+    click.option(
+        "--deidentify",
+        metavar="basic|RECIPE",
+        default=None,
+        help="De-identify each instance before it is written: 'basic' (DICOM "
+        "PS3.15 Basic Profile) or a deid recipe file. Pseudonyms and UIDs are "
+        "keyed by the secret in $DICOMTROLLEY_DEID_KEY (the same key always "
+        "gives the same ones); the mapping is kept in OUTPUT/.dicomtrolley "
+        "(mode 0600). Needs the deid extra: pip install 'dicomtrolley[deid]'.",
+    ),
+    click.option(
+        "--deid-retain-dates",
+        is_flag=True,
+        default=False,
+        help="With --deidentify: shift dates by a per-patient offset derived "
+        "from the key instead of removing them (PS3.15 Retain Longitudinal "
+        "Temporal Information with Modified Dates).",
+    ),
+    click.option(
+        "--deid-retain-device",
+        is_flag=True,
+        default=False,
+        help="With --deidentify: keep device identity (serial numbers, station "
+        "names: PS3.15 Retain Device Identity).",
+    ),
 )
 
 
@@ -359,8 +424,19 @@ def transfer_options(func: Callable[..., R]) -> Callable[..., R]:
         mint_url: str | None = None,
         rad69_url: str | None = None,
         manifest_csv: Path | None = None,
+        deidentify: str | None = None,
+        deid_retain_dates: bool = False,
+        deid_retain_device: bool = False,
         **kwargs: Any,
     ) -> R:
+        if (deid_retain_dates or deid_retain_device) and deidentify is None:
+            from dicomtrolley.cli.connection import current_profile
+
+            profile = current_profile()
+            if profile is None or profile.deid is None:
+                raise click.UsageError(
+                    "--deid-retain-dates and --deid-retain-device need --deidentify"
+                )
         transfer = TransferOptions(
             url,
             qido_url,
@@ -375,6 +451,9 @@ def transfer_options(func: Callable[..., R]) -> Callable[..., R]:
             rad69_url=rad69_url,
             search_protocol=search_protocol.lower() if search_protocol else None,
             manifest_csv=manifest_csv,
+            deidentify=deidentify,
+            deid_retain_dates=deid_retain_dates,
+            deid_retain_device=deid_retain_device,
         )
         return func(*args, transfer=transfer, **kwargs)
 
