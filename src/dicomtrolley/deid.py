@@ -64,6 +64,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import functools
 import hashlib
 import hmac
 import json
@@ -76,14 +77,14 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from dicomtrolley.catalog import STATE_FOLDER, Catalog, utc_now
 from dicomtrolley.core import InstanceReference
 from dicomtrolley.credentials import ConfigError
-from dicomtrolley.deid_table import ProfileOptions, basic_recipe
+from dicomtrolley.deid_table import ProfileOptions, basic_recipe, profile_rows
 from dicomtrolley.exceptions import DICOMTrolleyError, PermanentError
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.storage import DEID_STATE_NAME, DatasetHook
@@ -256,7 +257,7 @@ class Deidentifier(DatasetHook):
         patient = _patient_key(dataset)
         note = DeidNote(source_uid=uids[0], flag=burned_in_reason(dataset))
         try:
-            self._run_recipe(dataset, patient)
+            dataset = self._run_recipe(dataset, patient)
             _remove_curves_and_overlays(dataset)
             if not self.options.retain_uids:
                 self._map_uids(dataset, note.uids)
@@ -412,21 +413,34 @@ class Deidentifier(DatasetHook):
             )
         return _recipe_from_text(recipe_class, text), text
 
-    def _run_recipe(self, dataset: Dataset, patient: str) -> None:
-        parser = self._parser_class(dataset, recipe=self._recipe)
+    def _run_recipe(self, dataset: Dataset, patient: str) -> Dataset:
+        """Apply the recipe; returns the data set (a FileDataset sharing
+        dataset's elements when it was a plain Dataset)."""
+        if not isinstance(dataset, FileDataset):  # deid hashes FileDatasets only
+            meta = getattr(dataset, "file_meta", None)
+            dataset = FileDataset("", dataset, preamble=b"\0" * 128, file_meta=meta)
         offset = self.offset_for(patient)
         alias = self.pseudonym(patient)
-        parser.define("dicomtrolley_dummy", _dummy_value)
-        parser.define(
-            "dicomtrolley_shift_date",
-            lambda **kw: _shift_value(kw["field"].element, offset),
-        )
-        parser.define("dicomtrolley_pseudonym", lambda **kw: alias)
-        parser.parse(strip_sequences=False, remove_private=True)
+        with _DEID_LOCK:
+            # deid caches each data set's fields (functools.cache, by id) and
+            # swaps FileDataset.__hash__ while it reads them: one at a time,
+            # and the cache emptied after each, or it keeps every data set
+            parser = self._parser_class(dataset, recipe=self._recipe)
+            parser.define("dicomtrolley_dummy", _dummy_value)
+            parser.define(
+                "dicomtrolley_shift_date",
+                lambda **kw: _shift_value(kw["field"].element, offset),
+            )
+            parser.define("dicomtrolley_pseudonym", lambda **kw: alias)
+            try:
+                parser.parse(strip_sequences=False, remove_private=True)
+            finally:
+                _clear_deid_cache()
         for item in _datasets(dataset):  # deid's bookkeeping attributes
             for name in ("prefix", "uid"):
                 with contextlib.suppress(AttributeError):
                     object.__delattr__(item, name)
+        return dataset
 
     def _map_uids(self, dataset: Dataset, pairs: dict[str, str]) -> None:
         for item in _datasets(dataset):
@@ -473,6 +487,19 @@ class Deidentifier(DatasetHook):
 
 
 # -- helpers -------------------------------------------------------------------------
+
+
+_DEID_LOCK = threading.Lock()
+
+
+def _clear_deid_cache() -> None:
+    """Empty deid's cache of data set fields (see _run_recipe)."""
+    from deid.dicom import fields
+
+    inner = getattr(fields, "_get_fields_inner", None)
+    clear = getattr(inner, "cache_clear", None)
+    if clear is not None:
+        clear()
 
 
 def _key_bytes(key: str | bytes | None) -> bytes:
@@ -539,8 +566,17 @@ def _datasets(dataset: Dataset) -> Iterator[Dataset]:
                 stack.extend(x for x in element.value if isinstance(x, Dataset))
 
 
+@functools.lru_cache(maxsize=1)
+def _table_uids() -> frozenset[str]:
+    """Keywords Table E.1-1 marks U (ManufacturerDeviceClassUID among them)."""
+    return frozenset(row.keyword for row in profile_rows() if "U" in row.basic)
+
+
 def _mappable(element: DataElement) -> bool:
+    """Every UID but SOP classes and transfer syntaxes (unless the table says U)."""
     keyword = element.keyword or ""
+    if keyword in _table_uids():
+        return True
     return not (keyword.endswith("ClassUID") or keyword == "TransferSyntaxUID")
 
 
