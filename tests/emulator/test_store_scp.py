@@ -24,11 +24,11 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-from pynetdicom import AE, build_context
+from pynetdicom import AE
 
 from dicomtrolley.core import InstanceReference, StudyReference
 from dicomtrolley.dicom_qr import DICOMQRGet, DICOMQRMove
-from dicomtrolley.dimse.contexts import VERIFICATION, storage_contexts
+from dicomtrolley.dimse.contexts import VERIFICATION, proposal, storage_contexts
 from dicomtrolley.dimse.errors import AssociationRejectedError
 from dicomtrolley.dimse.link import Link
 from dicomtrolley.dimse.retrieve import Receiver, RetrieveUnit, Tally, disk_sink
@@ -94,7 +94,7 @@ def scp(saved: Saved, **options: object) -> StoreSCP:
 def associate(port: int, *, aet: str = "PACS", aec: str = STORE_AET) -> Link:
     return Link.connect(
         Peer(HOST, port, aet=aet, aec=aec),
-        [build_context(VERIFICATION), *storage_contexts()],
+        [proposal(VERIFICATION), *storage_contexts()],
         operation="C-STORE",
         timeouts=DIMSETimeouts(connect=5, idle=5),
     )
@@ -120,7 +120,7 @@ def test_association_accepted_and_echo_answered(tmp_path: Path) -> None:
         link = associate(server.port)
         echo = link.context_for(VERIFICATION)
         assert echo is not None
-        assert str(echo.transfer_syntax[0]) == ExplicitVRLittleEndian  # our first
+        assert echo.transfer_syntax == ExplicitVRLittleEndian  # our first
         command = {
             dul.AFFECTED_SOP_CLASS_UID: VERIFICATION,
             dul.COMMAND_FIELD: dul.C_ECHO_RQ,
@@ -141,8 +141,13 @@ def test_association_accepted_and_echo_answered(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "calling", "called", "reason"),
     [
-        ({}, "PACS", "SOMEONE-ELSE", "called ae title not recognised"),
-        ({"accept_aets": ["PACS"]}, "INTRUDER", STORE_AET, "calling ae title not"),
+        ({}, "PACS", "SOMEONE-ELSE", "called AE title not recognized"),
+        (
+            {"accept_aets": ["PACS"]},
+            "INTRUDER",
+            STORE_AET,
+            "calling AE title not recognized",
+        ),
         ({"accept_from": "192.0.2.7"}, "PACS", STORE_AET, "no reason given"),
     ],
 )

@@ -13,7 +13,6 @@ import inspect
 import threading
 from datetime import date, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pydicom
@@ -82,6 +81,7 @@ from dicomtrolley.exceptions import (
     TransientError,
     UnSupportedParameterError,
 )
+from dicomtrolley.formats.association import AssociateRJ
 from dicomtrolley.storage import StorageDir
 from dicomtrolley.transport import Timeout
 from tests.fakes import dicom_file, tree
@@ -340,24 +340,26 @@ def test_default_storage_contexts_fit_in_one_association() -> None:
     assert len(storage) == contexts.MAX_CONTEXTS - 1
     classes = {str(cx.abstract_syntax) for cx in storage}
     assert classes == {str(uid) for uid in contexts.COMMON_STORAGE_CLASSES}
-    ct = [cx.transfer_syntax for cx in storage if cx.abstract_syntax == CTImageStorage]
-    assert ct[0] == [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    ct = [
+        cx.transfer_syntaxes for cx in storage if cx.abstract_syntax == CTImageStorage
+    ]
+    assert ct[0] == (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
     assert len(ct) > 1  # and compressed ones, as far as room allows
 
 
 def test_known_classes_get_every_syntax() -> None:
     storage = contexts.storage_contexts([CTImageStorage])
-    syntaxes = [cx.transfer_syntax for cx in storage]
-    assert syntaxes[0] == list(contexts.UNCOMPRESSED)
+    syntaxes = [cx.transfer_syntaxes for cx in storage]
+    assert syntaxes[0] == contexts.UNCOMPRESSED
     assert [s[0] for s in syntaxes[1:]] == list(contexts.COMPRESSED)
-    assert [RLELossless] in syntaxes and [JPEGLosslessSV1] in syntaxes
+    assert (RLELossless,) in syntaxes and (JPEGLosslessSV1,) in syntaxes
 
 
 def test_classes_without_pixels_get_only_uncompressed() -> None:
     sr = "1.2.840.10008.5.1.4.1.1.88.33"
     storage = contexts.storage_contexts([sr, CTImageStorage])
-    assert [cx.transfer_syntax for cx in storage if cx.abstract_syntax == sr] == [
-        list(contexts.UNCOMPRESSED)
+    assert [cx.transfer_syntaxes for cx in storage if cx.abstract_syntax == sr] == [
+        contexts.UNCOMPRESSED
     ]
     assert contexts.has_pixel_data("1.2.840.10008.5.1.4.1.1.66.4")  # segmentation
 
@@ -366,7 +368,7 @@ def test_too_many_classes_are_cut_to_the_budget() -> None:
     classes = [f"1.2.3.{n}" for n in range(200)]
     storage = contexts.storage_contexts(classes, budget=127)
     assert len(storage) == 127
-    assert all(cx.transfer_syntax == list(contexts.UNCOMPRESSED) for cx in storage)
+    assert all(cx.transfer_syntaxes == contexts.UNCOMPRESSED for cx in storage)
     assert len(contexts.storage_contexts(classes[:50], budget=127)) == 127
 
 
@@ -378,7 +380,7 @@ def test_get_contexts_and_roles() -> None:
     assert len(proposed) <= contexts.MAX_CONTEXTS
     roles = contexts.scp_roles(proposed[1:])
     assert [r.sop_class_uid for r in roles] == [CTImageStorage]
-    assert roles[0].scp_role is True and not roles[0].scu_role
+    assert roles[0].scp is True and not roles[0].scu
 
 
 def test_qr_models() -> None:
@@ -505,23 +507,18 @@ def test_timeouts_are_connection_errors() -> None:
     assert issubclass(DIMSEConnectionError, DICOMTrolleyConnectionError)
 
 
-def _rejection(result: int) -> SimpleNamespace:
-    return SimpleNamespace(
-        result=result,
-        result_str="Rejected Permanent" if result == 1 else "Rejected Transient",
-        source_str="Service User",
-        reason_str="Called AE title not recognised",
-    )
-
-
 def test_rejections_are_explained() -> None:
-    error = rejection_error(_rejection(1), PEER, "C-FIND")
+    # rejected-permanent by the service user: called AE title not recognized
+    error = rejection_error(AssociateRJ(1, 1, 7), PEER, "C-FIND")
     assert isinstance(error, AssociationRejectedError)
     text = str(error)
-    assert "called ae title not recognised" in text
+    assert "rejected permanently" in text
+    assert "called AE title not recognized" in text
     assert "'ME'" in text and "'PACS'" in text and "pacs.example:104" in text
-    busy = rejection_error(_rejection(2), PEER, "C-FIND")
+    # rejected-transient by the service provider (presentation): congestion
+    busy = rejection_error(AssociateRJ(2, 3, 1), PEER, "C-FIND")
     assert isinstance(busy, AssociationBusyError)
+    assert "temporary congestion" in str(busy)
 
 
 def test_timeouts_value_object() -> None:

@@ -18,14 +18,20 @@ The storage SCP that receives C-MOVE sub-operations answers the contexts a
 PACS proposes with :func:`accept_storage`: every storage SOP class (and
 Verification), each in the first of :data:`ACCEPTED_SYNTAXES` the PACS offers.
 
-Everything here is pure: it builds pynetdicom objects without any I/O.
+Everything here is pure, without any I/O: proposals are :class:`Proposal`
+values (:meth:`Link.connect <dicomtrolley.dimse.link.Link.connect>` numbers
+them), roles :class:`~dicomtrolley.formats.association.RoleSelection` items,
+and what a peer accepted :class:`~dicomtrolley.formats.negotiation.
+AcceptedContext` values.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import NamedTuple
 
+from pydicom import uid as pydicom_uid
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -41,15 +47,16 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AllStoragePresentationContexts, build_context, build_role
-from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
-from pynetdicom.presentation import PresentationContext
 
 from dicomtrolley.core import DICOMDownloadable, Instance, Series, Study
 from dicomtrolley.dimse.errors import ServiceNotSupportedError
 from dicomtrolley.dimse.settings import Peer
-from dicomtrolley.formats.association import AssociateRQ
-from dicomtrolley.formats.negotiation import AcceptorNegotiation, negotiate_as_acceptor
+from dicomtrolley.formats.association import AssociateRQ, RoleSelection
+from dicomtrolley.formats.negotiation import (
+    AcceptedContext,
+    AcceptorNegotiation,
+    negotiate_as_acceptor,
+)
 
 #: PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255.
 MAX_CONTEXTS = 128
@@ -145,6 +152,21 @@ NO_PIXEL_DATA_PREFIXES = (
 _SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"  # *has pixel data after all
 
 
+class Proposal(NamedTuple):
+    """A presentation context to propose: an abstract syntax and the transfer
+    syntaxes offered for it, most wanted first (the ID comes when proposed)."""
+
+    abstract_syntax: str
+    transfer_syntaxes: tuple[str, ...]
+
+
+def proposal(
+    abstract_syntax: str, transfer_syntaxes: Iterable[str] = UNCOMPRESSED
+) -> Proposal:
+    """A context for abstract_syntax (default: the uncompressed syntaxes)."""
+    return Proposal(str(abstract_syntax), tuple(str(ts) for ts in transfer_syntaxes))
+
+
 def qr_model(model: str, operation: str) -> UID:
     """The SOP class UID of a query/retrieve model (``study``/``patient``) for
     ``find``, ``get`` or ``move``."""
@@ -173,7 +195,7 @@ def syntax_groups(sop_class: str) -> list[tuple[UID, ...]]:
 
 def storage_contexts(
     sop_classes: Sequence[str] | None = None, budget: int = MAX_CONTEXTS - 1
-) -> list[PresentationContext]:
+) -> list[Proposal]:
     """Storage presentation contexts for sop_classes (default: the common set).
 
     At most ``budget`` contexts: every class gets its uncompressed context first,
@@ -203,15 +225,14 @@ def storage_contexts(
         if not added:
             break
         depth += 1
-    return [build_context(uid, list(group)) for uid in classes for group in chosen[uid]]
+    return [proposal(uid, group) for uid in classes for group in chosen[uid]]
 
 
-def scp_roles(
-    contexts: Iterable[PresentationContext],
-) -> list[SCP_SCU_RoleSelectionNegotiation]:
-    """One role selection item per storage class: we are its SCP (C-GET)."""
-    classes = dict.fromkeys(str(cx.abstract_syntax) for cx in contexts)
-    return [build_role(uid, scp_role=True) for uid in classes]
+def scp_roles(contexts: Iterable[Proposal]) -> list[RoleSelection]:
+    """One role selection item per storage class: we are its SCP (C-GET), not
+    its SCU (PS3.7 D.3.3.4: the roles named are the requestor's)."""
+    classes = dict.fromkeys(cx.abstract_syntax for cx in contexts)
+    return [RoleSelection(uid, scu=False, scp=True) for uid in classes]
 
 
 def sop_classes_of(objects: Iterable[DICOMDownloadable]) -> list[str]:
@@ -256,7 +277,7 @@ def _multi(value: object) -> list[str]:
 
 
 def require_context(
-    accepted: Iterable[PresentationContext], sop_class: str, peer: Peer, operation: str
+    accepted: Iterable[AcceptedContext], sop_class: str, peer: Peer, operation: str
 ) -> None:
     """Raise ServiceNotSupportedError when the accepted contexts lack sop_class."""
     if not any(cx.abstract_syntax == sop_class for cx in accepted):
@@ -295,10 +316,22 @@ class _StorageSyntaxes(Mapping[str, Sequence[str]]):
         return 1 + len(_storage_classes())
 
 
+#: A SOP class named "... Storage" that is no storage service class (PS3.10).
+_MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
 @functools.cache
 def _storage_classes() -> frozenset[str]:
-    """The storage SOP classes pynetdicom knows (some outside STORAGE_ROOT)."""
-    return frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+    """The storage SOP classes pydicom names (some outside STORAGE_ROOT, such as
+    RT Beams Delivery Instruction or Hanging Protocol Storage)."""
+    return frozenset(
+        str(value)
+        for value in vars(pydicom_uid).values()
+        if isinstance(value, UID)
+        and value.type == "SOP Class"
+        and "Storage" in value.name
+        and value != _MEDIA_STORAGE_DIRECTORY
+    )
 
 
 def is_storage_class(sop_class: str) -> bool:

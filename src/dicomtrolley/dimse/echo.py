@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import time
 
-from pynetdicom import build_context
-
+from dicomtrolley.dimse.contexts import proposal
 from dicomtrolley.dimse.errors import ServiceNotSupportedError, status_error
 from dicomtrolley.dimse.link import Link
 from dicomtrolley.dimse.messages import MessageReader
@@ -33,7 +32,7 @@ def c_echo(peer: Peer, timeouts: DIMSETimeouts) -> None:
         Success (DIMSEStatusError, ``status`` holds it).
     """
     link = Link.connect(
-        peer, [build_context(VERIFICATION)], operation=OPERATION, timeouts=timeouts
+        peer, [proposal(VERIFICATION)], operation=OPERATION, timeouts=timeouts
     )
     try:
         context = link.context_for(VERIFICATION)
@@ -43,7 +42,7 @@ def c_echo(peer: Peer, timeouts: DIMSETimeouts) -> None:
                 peer=peer,
                 operation=OPERATION,
             )
-        context_id = int(context.context_id or 0)
+        context_id = context.context_id
         deadline = time.monotonic() + timeouts.total if timeouts.total else None
         link.send(context_id, dimse_commands.c_echo_rq(1), None)
         response, _ = MessageReader(link, context_id, deadline).next()

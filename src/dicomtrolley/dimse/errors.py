@@ -14,6 +14,7 @@ transient/permanent branches of :mod:`dicomtrolley.exceptions`::
     ├── AssociationRejectedError     rejected-permanent (unknown AE title ...)     (Permanent)
     ├── ServiceNotSupportedError     the peer accepted none of the needed contexts (Permanent)
     ├── StoreSCPError                cannot listen for C-MOVE sub-operations       (Permanent)
+    ├── DIMSETLSError                TLS handshake refused (certificate, CA ...)   (Permanent)
     └── DIMSEStatusError             a failure or cancel status                    (Permanent)
         ├── MoveDestinationUnknownError   A801: register the move destination
         └── SubOperationError        instances the PACS did not deliver (UIDs)
@@ -22,14 +23,6 @@ transient/permanent branches of :mod:`dicomtrolley.exceptions`::
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-from pynetdicom.status import (
-    GENERAL_STATUS,
-    QR_FIND_SERVICE_CLASS_STATUS,
-    QR_GET_SERVICE_CLASS_STATUS,
-    QR_MOVE_SERVICE_CLASS_STATUS,
-    STORAGE_SERVICE_CLASS_STATUS,
-)
 
 from dicomtrolley.dimse.settings import Peer
 from dicomtrolley.exceptions import (
@@ -42,11 +35,56 @@ from dicomtrolley.exceptions import (
 
 MOVE_DESTINATION_UNKNOWN = 0xA801
 
-_STATUS_TABLES = {
-    "C-FIND": QR_FIND_SERVICE_CLASS_STATUS,
-    "C-GET": QR_GET_SERVICE_CLASS_STATUS,
-    "C-MOVE": QR_MOVE_SERVICE_CLASS_STATUS,
-    "C-STORE": STORAGE_SERVICE_CLASS_STATUS,
+#: Statuses any DIMSE service may answer (PS3.7 annex C).
+_GENERAL_STATUS = {
+    0x0000: "Success",
+    0xFE00: "Cancel",
+    0x0105: "Failure: No such attribute",
+    0x0106: "Failure: Invalid attribute value",
+    0x0107: "Warning: Attribute list error",
+    0x0110: "Failure: Processing failure",
+    0x0111: "Failure: Duplicate SOP instance",
+    0x0112: "Failure: No such SOP instance",
+    0x0116: "Warning: Attribute value out of range",
+    0x0117: "Failure: Invalid object instance",
+    0x0118: "Failure: No such SOP class",
+    0x0119: "Failure: Class-instance conflict",
+    0x0120: "Failure: Missing attribute",
+    0x0121: "Failure: Missing attribute value",
+    0x0122: "Refused: SOP class not supported",
+    0x0124: "Refused: Not authorized",
+    0x0210: "Failure: Duplicate invocation",
+    0x0211: "Failure: Unrecognized operation",
+    0x0212: "Failure: Mistyped argument",
+    0x0213: "Failure: Resource limitation",
+}
+#: C-GET and C-MOVE (PS3.4 C.4.2.1.5, C.4.3.1.4).
+_RETRIEVE_STATUS = {
+    0xA701: "Refused: Out of resources, cannot count the matches",
+    0xA702: "Refused: Out of resources, cannot perform the sub-operations",
+    0xA900: "Error: Identifier does not match SOP class",
+    0xAA00: "Failure: None of the requested frames was found",
+    0xAA01: "Failure: Cannot create a new object of this SOP class",
+    0xAA02: "Failure: Cannot extract the frames",
+    0xAA03: "Failure: Time-based request for an instance that is not time-based",
+    0xAA04: "Failure: Invalid request",
+    0xB000: "Warning: Sub-operations complete, some failed or warned",
+    0xFF00: "Pending: Sub-operations are continuing",
+}
+_STATUS_TABLES: dict[str, dict[int, str]] = {
+    "C-FIND": {  # PS3.4 C.4.1.1.4
+        0xA700: "Refused: Out of resources",
+        0xA900: "Error: Identifier does not match SOP class",
+        0xFF00: "Pending: Matches are continuing",
+        0xFF01: "Pending: Matches are continuing, some optional keys unsupported",
+    },
+    "C-GET": _RETRIEVE_STATUS,
+    "C-MOVE": {**_RETRIEVE_STATUS, 0xA801: "Refused: Move destination unknown"},
+    "C-STORE": {  # PS3.4 B.2.3
+        0xB000: "Warning: Coercion of data elements",
+        0xB006: "Warning: Elements discarded",
+        0xB007: "Warning: Data set does not match SOP class",
+    },
 }
 
 
@@ -148,12 +186,9 @@ class SubOperationError(DIMSEStatusError):
 
 def describe_status(code: int, operation: str = "") -> str:
     """``0xA700 (Refused: Out of resources)``: a status with its meaning (PS3.4, PS3.7)."""
-    table = _STATUS_TABLES.get(operation, {})
-    known = table.get(code) or GENERAL_STATUS.get(code)
-    if known is not None and known[1]:
-        meaning = known[1]
-    elif known is not None:
-        meaning = known[0]
+    known = _STATUS_TABLES.get(operation, {}).get(code) or _GENERAL_STATUS.get(code)
+    if known is not None:
+        meaning = known
     elif code & 0xFF00 == 0xA700:
         meaning = "Refused: Out of resources"
     elif code & 0xFF00 == 0xA900:

@@ -29,10 +29,8 @@ from types import TracebackType
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from pynetdicom import build_context
-from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 
-from dicomtrolley.dimse.contexts import UNCOMPRESSED, qr_model
+from dicomtrolley.dimse.contexts import proposal, qr_model
 from dicomtrolley.dimse.errors import (
     DIMSEError,
     ServiceNotSupportedError,
@@ -50,6 +48,7 @@ from dicomtrolley.dimse.messages import (
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
 from dicomtrolley.fields import InstanceLevel, SeriesLevel, SeriesLevelPromotable
 from dicomtrolley.formats import dimse_commands, dul
+from dicomtrolley.formats.association import ExtendedNegotiation
 from dicomtrolley.logs import get_module_logger
 
 logger = get_module_logger("dimse")
@@ -103,12 +102,9 @@ def level_of(keyword: str) -> str:
     return STUDY
 
 
-def relational_requested(model_uid: str) -> SOPClassExtendedNegotiation:
+def relational_requested(model_uid: str) -> ExtendedNegotiation:
     """The extended negotiation item that asks for relational queries."""
-    item = SOPClassExtendedNegotiation()
-    item.sop_class_uid = model_uid
-    item.service_class_application_information = RELATIONAL_QUERIES
-    return item
+    return ExtendedNegotiation(str(model_uid), RELATIONAL_QUERIES)
 
 
 def relational_accepted(link: Link, model_uid: str) -> bool:
@@ -148,7 +144,7 @@ class FindAssociation:
             )
         self.link = link
         self.model_uid = str(model_uid)
-        self.context_id = int(context.context_id or 0)
+        self.context_id = context.context_id
         self.syntax = transfer_syntax(link, self.context_id)
         self.relational = relational_accepted(link, self.model_uid)
         self._stop_deadline: float | None = None
@@ -174,7 +170,7 @@ class FindAssociation:
         extended = [relational_requested(model_uid)] if ask_relational else []
         link = Link.connect(
             peer,
-            [build_context(model_uid, list(UNCOMPRESSED))],
+            [proposal(model_uid)],
             operation=operation,
             timeouts=timeouts,
             extended=extended,

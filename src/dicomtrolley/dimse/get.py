@@ -15,12 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import build_context
-from pynetdicom.presentation import PresentationContext
-
 from dicomtrolley.dimse.contexts import (
     MAX_CONTEXTS,
-    UNCOMPRESSED,
+    Proposal,
+    proposal,
     qr_model,
     scp_roles,
     storage_contexts,
@@ -32,17 +30,19 @@ from dicomtrolley.dimse.retrieve import STATUS_OUT_OF_RESOURCES, Tally
 from dicomtrolley.dimse.sessions import RetrieveSession
 from dicomtrolley.dimse.settings import Peer
 from dicomtrolley.formats import dimse_commands, dul
+from dicomtrolley.formats.association import RoleSelection
+from dicomtrolley.formats.negotiation import AcceptedContext
 
 OPERATION = "C-GET"
 
 
-def get_contexts(model: str, sop_classes: Sequence[str]) -> list[PresentationContext]:
+def get_contexts(model: str, sop_classes: Sequence[str]) -> list[Proposal]:
     """The GET model context, then storage contexts for sop_classes (<= 128)."""
-    model_context = build_context(qr_model(model, "get"), list(UNCOMPRESSED))
+    model_context = proposal(qr_model(model, "get"))
     return [model_context, *storage_contexts(sop_classes, MAX_CONTEXTS - 1)]
 
 
-def require_scp_role(contexts: Sequence[PresentationContext], peer: Peer) -> None:
+def require_scp_role(contexts: Sequence[AcceptedContext], peer: Peer) -> None:
     """Raise ServiceNotSupportedError when no storage context came with our SCP role."""
     if not any(cx.as_scp for cx in contexts):
         raise ServiceNotSupportedError(
@@ -66,7 +66,7 @@ class GetSession(RetrieveSession):
     def __init__(
         self,
         *args: Any,
-        contexts: Sequence[PresentationContext],
+        contexts: Sequence[Proposal],
         spool: Path | None = None,
         **kwargs: Any,
     ) -> None:
@@ -78,14 +78,14 @@ class GetSession(RetrieveSession):
         )
         self.proposed = list(contexts)
 
-    def contexts(self) -> list[PresentationContext]:
+    def contexts(self) -> list[Proposal]:
         return self.proposed
 
     def command(self, msg_id: int) -> bytes:
         return dimse_commands.c_get_rq(msg_id, str(self.model_uid))
 
-    def roles(self) -> list[object]:
-        return list(scp_roles(self.proposed[1:]))
+    def roles(self) -> list[RoleSelection]:
+        return scp_roles(self.proposed[1:])
 
     def check(self, link: Link) -> None:
         require_scp_role(list(link.contexts.values()), self.peer)

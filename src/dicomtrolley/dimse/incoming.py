@@ -152,7 +152,7 @@ class StoreIntake:
         header = file_header(
             dul.command_str(command, dul.AFFECTED_SOP_CLASS_UID),
             dul.command_str(command, dul.AFFECTED_SOP_INSTANCE_UID),
-            str(context.transfer_syntax[0]),
+            context.transfer_syntax,
             self.link.peer.aec,
         )
         self.incoming = _Incoming(command, self.spool, header)

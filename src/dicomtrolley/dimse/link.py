@@ -11,13 +11,17 @@ PDU: a C-GET of the 105-instance demo set took 3.3 times as long as DCMTK's
 A :class:`Link` does the same work synchronously, like ``getscu``: the caller's
 thread reads the socket in large blocks, cuts the bytes into PDUs with the
 sans-I/O :class:`~dicomtrolley.formats.dul.PDUReader`, and writes answers
-straight back. pynetdicom still does the parts where it is not in the way:
-encoding the A-ASSOCIATE-RQ, decoding A-ASSOCIATE-AC/RJ, and the presentation
-context and role negotiation (:func:`pynetdicom.presentation.negotiate_as_requestor`).
+straight back. The A-ASSOCIATE PDUs are encoded and decoded by
+:mod:`~dicomtrolley.formats.association`, the presentation contexts and roles
+negotiated by :mod:`~dicomtrolley.formats.negotiation`; what the association
+may use is in :attr:`Link.contexts` (:class:`~dicomtrolley.formats.negotiation.
+AcceptedContext` values).
 
-Timeouts need no watchdog thread here: every wait on the socket is cut into
-short slices, between which the total deadline, the idle time since the peer
-last sent anything, and the caller's ``cancelled()`` are checked.
+Timeouts need no watchdog thread here: every wait on the socket, connecting
+and the wait for the A-ASSOCIATE-AC included, is cut into short slices, between
+which the deadlines, the idle time since the peer last sent anything, and the
+caller's ``cancelled()`` are checked. ``DICOMQR(debug=True)`` logs the
+association and its messages (:mod:`~dicomtrolley.dimse.trace`).
 
 As acceptor (:meth:`Link.accept`, for the storage SCP that receives C-MOVE
 sub-operations), the same loop runs once the A-ASSOCIATE-RQ is read, vetted
@@ -30,24 +34,19 @@ negotiation`).
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import selectors
 import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
-    SCP_SCU_RoleSelectionNegotiation,
-    SOPClassExtendedNegotiation,
-)
-from pynetdicom.presentation import PresentationContext, negotiate_as_requestor
+from pydicom.uid import UID
 
-from dicomtrolley.dimse import tls
+from dicomtrolley.dimse import tls, trace
+from dicomtrolley.dimse.contexts import Proposal
 from dicomtrolley.dimse.errors import (
     AssociationAbortedError,
     AssociationBusyError,
@@ -59,7 +58,17 @@ from dicomtrolley.dimse.errors import (
 )
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer, check_ae_title
 from dicomtrolley.formats import dul, negotiation
-from dicomtrolley.formats.association import AssociateRJ, AssociateRQ
+from dicomtrolley.formats.association import (
+    AssociateAC,
+    AssociateRJ,
+    AssociateRQ,
+    ExtendedNegotiation,
+    RoleSelection,
+    UserInformation,
+    decode_association,
+    presentation_contexts,
+)
+from dicomtrolley.formats.negotiation import AcceptedContext
 from dicomtrolley.formats.part10 import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
@@ -96,6 +105,8 @@ class Link:
     contexts:
         The accepted presentation contexts by context ID, each with its one
         transfer syntax and our roles (``as_scp`` for storage contexts).
+    trace:
+        Whether the protocol trace is logged (:mod:`~dicomtrolley.dimse.trace`).
     peer_max_pdu:
         The peer's Maximum Length Received (0: no limit).
     extended:
@@ -108,7 +119,7 @@ class Link:
         sock: socket.socket,
         peer: Peer,
         timeouts: DIMSETimeouts,
-        contexts: dict[int, PresentationContext],
+        contexts: dict[int, AcceptedContext],
         peer_max_pdu: int,
         operation: str,
     ) -> None:
@@ -123,6 +134,8 @@ class Link:
         self.extended: dict[str, bytes] = {}
         self._slice = min(SLICE, timeouts.idle)
         sock.settimeout(self._slice)
+        self.trace = trace.enabled()
+        self._incoming = trace.Incoming(peer) if self.trace else None
 
     # -- opening ---------------------------------------------------------------
 
@@ -130,17 +143,22 @@ class Link:
     def connect(
         cls,
         peer: Peer,
-        contexts: Sequence[PresentationContext],
+        contexts: Sequence[Proposal],
         *,
         operation: str,
         timeouts: DIMSETimeouts,
-        roles: Sequence[SCP_SCU_RoleSelectionNegotiation] = (),
-        extended: Sequence[SOPClassExtendedNegotiation] = (),
+        roles: Sequence[RoleSelection] = (),
+        extended: Sequence[ExtendedNegotiation] = (),
+        cancelled: Cancelled = _never,
     ) -> Link:
         """Open a TCP connection to peer and negotiate an association.
 
+        ``contexts`` are proposed with IDs 1, 3, 5 ... in their order;
+        ``roles``: our SCP/SCU roles to propose per SOP class (PS3.7 D.3.3.4);
         ``extended``: SOP class extended negotiation items to propose (such as
-        relational queries, PS3.4 C.5.1); the answers are in :attr:`extended`.
+        relational queries, PS3.4 C.5.1), whose answers are in :attr:`extended`.
+        ``cancelled()`` is looked at while connecting and waiting for the
+        answer, at least every :data:`SLICE` seconds.
 
         Raises
         ------
@@ -154,30 +172,41 @@ class Link:
         ServiceNotSupportedError
             The peer accepted none of the presentation contexts.
         AssociationAbortedError
-            The peer aborted or closed the connection during negotiation.
+            The peer aborted or closed the connection during negotiation, or
+            ``cancelled()`` said the caller went away.
+        DULValueError
+            What we would propose cannot be encoded (more than 128 contexts).
         """
-        proposed = _numbered(contexts, roles)
-        sock = _connect(peer, timeouts, operation)
+        request = associate_rq(peer, contexts, roles, extended)
+        encoded = request.encode()
+        sock = _connect(peer, timeouts, operation, cancelled)
         try:
             sock.settimeout(timeouts.connect)
-            sock.sendall(_associate_rq(peer, proposed, [*roles, *extended]))
-            answer = _read_association_answer(sock, peer, timeouts, operation)
-            accepted, peer_max = _accepted(answer, proposed, peer, operation)
-            answers = _extended_answers(answer) if extended else {}
+            sock.sendall(encoded)
+            if trace.enabled():
+                trace.request(peer, request)
+            raw = _read_association_answer(
+                sock, peer, timeouts, operation, cancelled=cancelled
+            )
+            answer, accepted, peer_max = _negotiated(raw, request, peer, operation)
         except BaseException:
             with contextlib.suppress(OSError):
-                sock.sendall(dul.abort())
+                sock.settimeout(0)
+                sock.send(dul.abort())
             sock.close()
             raise
         logger.debug(
             "association with %s accepted: %d of %d contexts, peer's maximum PDU %d",
             peer,
             len(accepted),
-            len(proposed),
+            len(request.presentation_contexts),
             peer_max,
         )
         link = cls(sock, peer, timeouts, accepted, peer_max, operation)
-        link.extended = answers
+        link.extended = {
+            item.sop_class_uid: item.info
+            for item in answer.user_information.extended_negotiation
+        }
         return link
 
     @classmethod
@@ -222,10 +251,14 @@ class Link:
             if raw.type == dul.A_ABORT:
                 raise _aborted_during_negotiation(unknown, operation, "A-ABORT")
             request = decode_associate_rq(raw.raw, unknown, operation)
+            if trace.enabled():
+                trace.received_request(unknown, request)
             refusal = _vet_titles(request, aet) or vet(request, host)
             if refusal is not None:
                 rejection = AssociateRJ(refusal.result, refusal.source, refusal.reason)
                 sock.sendall(rejection.encode())
+                if trace.enabled():
+                    trace.rejected("sent", unknown, rejection)
                 raise AssociationRejectedError(
                     f"association from {request.calling_ae_title!r} refused: "
                     f"{refusal.why}",
@@ -233,21 +266,22 @@ class Link:
                     operation=operation,
                 )
             answer = negotiate(request)
-            sock.sendall(
-                negotiation.accept(
-                    request,
-                    answer,
-                    maximum_length=MAXIMUM_PDU_SIZE,
-                    implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-                    implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-                ).encode()
+            reply = negotiation.accept(
+                request,
+                answer,
+                maximum_length=MAXIMUM_PDU_SIZE,
+                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             )
+            sock.sendall(reply.encode())
         except BaseException:
             with contextlib.suppress(OSError):
                 sock.close()
             raise
         peer = Peer(host, port, aet, request.calling_ae_title)
-        accepted = {cid: _context(cx) for cid, cx in answer.accepted.items()}
+        accepted = dict(answer.accepted)
+        if trace.enabled():
+            trace.accepted("sent", peer, reply, accepted, answer.refused)
         peer_max = request.user_information.maximum_length or 0
         logger.debug(
             "association from %s accepted: %d of %d contexts, peer's maximum PDU %d",
@@ -260,7 +294,7 @@ class Link:
 
     # -- using -----------------------------------------------------------------
 
-    def context_for(self, abstract_syntax: str) -> PresentationContext | None:
+    def context_for(self, abstract_syntax: str) -> AcceptedContext | None:
         """The first accepted context for abstract_syntax."""
         for context in self.contexts.values():
             if context.abstract_syntax == abstract_syntax:
@@ -277,6 +311,11 @@ class Link:
                 context_id, dataset, command=False, max_length=self.peer_max_pdu
             )
         self._sendall(b"".join(pieces))
+        if self.trace:
+            size = None if dataset is None else len(dataset)
+            trace.message(
+                "sent", self.peer, context_id, dul.decode_command(command), size
+            )
 
     def _sendall(self, data: bytes) -> None:
         try:
@@ -349,6 +388,8 @@ class Link:
                 self.abort()
                 raise self._broken(f"protocol error: {error}") from error
             if events:
+                if self._incoming is not None:
+                    self._incoming.events(events)
                 return events
             last_heard = time.monotonic()
 
@@ -392,6 +433,8 @@ class Link:
             timeout = min(RELEASE_TIMEOUT, self.timeouts.idle)
         try:
             self._sendall(dul.release_rq())
+            if self.trace:
+                trace.pdu("sent", self.peer, dul.A_RELEASE_RQ)
             deadline = time.monotonic() + timeout
             while self.open:
                 for event in self.receive(deadline):
@@ -413,6 +456,8 @@ class Link:
         """Answer the peer's A-RELEASE-RQ and close (an acceptor's normal end)."""
         with contextlib.suppress(OSError):
             self.sock.sendall(dul.release_rp())
+        if self.trace:
+            trace.pdu("sent", self.peer, dul.A_RELEASE_RP)
         self._lost()
 
     def abort(self) -> None:
@@ -422,6 +467,8 @@ class Link:
         with contextlib.suppress(OSError):
             self.sock.settimeout(1.0)
             self.sock.sendall(dul.abort())
+        if self.trace:
+            trace.pdu("sent", self.peer, dul.A_ABORT)
         self._lost()
 
     def _lost(self) -> None:
@@ -443,72 +490,111 @@ class Link:
 # -- association negotiation ---------------------------------------------------
 
 
-def _numbered(
-    contexts: Sequence[PresentationContext],
-    roles: Sequence[SCP_SCU_RoleSelectionNegotiation],
-) -> list[PresentationContext]:
-    """Copies of contexts with IDs 1, 3, 5 ... and our proposed roles set."""
-    by_class = {str(r.sop_class_uid): (r.scu_role, r.scp_role) for r in roles}
-    numbered = []
-    for index, context in enumerate(contexts):
-        copy = PresentationContext()
-        copy.context_id = 2 * index + 1
-        copy.abstract_syntax = context.abstract_syntax
-        copy.transfer_syntax = list(context.transfer_syntax)
-        proposed = by_class.get(str(context.abstract_syntax))
-        if proposed is not None:
-            copy.scu_role = bool(proposed[0])
-            copy.scp_role = bool(proposed[1])
-        numbered.append(copy)
-    return numbered
-
-
-def _associate_rq(
+def associate_rq(
     peer: Peer,
-    contexts: list[PresentationContext],
-    roles: Sequence[SCP_SCU_RoleSelectionNegotiation | SOPClassExtendedNegotiation],
-) -> bytes:
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = APPLICATION_CONTEXT_NAME
-    primitive.calling_ae_title = peer.aet
-    primitive.called_ae_title = peer.aec
-    primitive.presentation_context_definition_list = contexts
-    primitive.user_information = [*_user_information(), *roles]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return bytes(pdu.encode())
+    contexts: Sequence[Proposal],
+    roles: Sequence[RoleSelection] = (),
+    extended: Sequence[ExtendedNegotiation] = (),
+) -> AssociateRQ:
+    """Our A-ASSOCIATE-RQ to peer: contexts numbered 1, 3, 5 ..., our maximum
+    PDU length and implementation (PS3.7 D.3.3.1, D.3.3.2), roles and extended
+    negotiation items."""
+    return AssociateRQ(
+        peer.aec,
+        peer.aet,
+        presentation_contexts(contexts),
+        UserInformation(
+            maximum_length=MAXIMUM_PDU_SIZE,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            roles=tuple(roles),
+            extended_negotiation=tuple(extended),
+        ),
+        APPLICATION_CONTEXT_NAME,
+    )
 
 
-def _user_information() -> list[Any]:
-    """Our maximum PDU length and implementation (PS3.7 D.3.3.1, D.3.3.2)."""
-    maximum = MaximumLengthNotification()
-    maximum.maximum_length_received = MAXIMUM_PDU_SIZE
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    return [maximum, implementation, version]
-
-
-def _connect(peer: Peer, timeouts: DIMSETimeouts, operation: str) -> socket.socket:
+def _connect(
+    peer: Peer, timeouts: DIMSETimeouts, operation: str, cancelled: Cancelled
+) -> socket.socket:
+    """A TCP connection to peer within ``timeouts.connect``, each address in
+    turn; ``cancelled()`` is looked at every SLICE seconds meanwhile."""
+    deadline = time.monotonic() + timeouts.connect
     try:
-        sock = socket.create_connection((peer.host, peer.port), timeouts.connect)
-    except TimeoutError as error:
-        raise DIMSETimeoutError(
-            f"no TCP connection within {timeouts.connect:g} s",
-            peer=peer,
-            operation=operation,
-        ) from error
+        addresses = socket.getaddrinfo(peer.host, peer.port, type=socket.SOCK_STREAM)
     except OSError as error:
         raise DIMSEConnectionError(
             f"cannot connect: {error.strerror or error}", peer=peer, operation=operation
         ) from error
-    with contextlib.suppress(OSError):
-        # a DIMSE message is several small writes: no waiting for delayed ACKs
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if peer.tls is not None:  # DICOM over TLS (PS3.15 B): handshake in slices
-        return tls.wrap_client(sock, peer, peer.tls, timeouts, operation)
-    return sock
+    failure: OSError | None = None
+    for family, kind, proto, _, address in addresses:
+        sock = socket.socket(family, kind, proto)
+        try:
+            _connect_in_slices(sock, address, deadline, cancelled)
+        except OSError as error:  # refused, unreachable: the next address
+            sock.close()
+            failure = error
+            continue
+        except BaseException as error:
+            sock.close()
+            if isinstance(error, _Cancelled):
+                raise AssociationAbortedError(
+                    "aborted while connecting: cancelled by the caller",
+                    peer=peer,
+                    operation=operation,
+                ) from None
+            if isinstance(error, _OutOfTime):
+                raise DIMSETimeoutError(
+                    f"no TCP connection within {timeouts.connect:g} s",
+                    peer=peer,
+                    operation=operation,
+                ) from None
+            raise
+        with contextlib.suppress(OSError):
+            # a DIMSE message is several small writes: no waiting for delayed ACKs
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if peer.tls is not None:  # DICOM over TLS (PS3.15 B): handshake in slices
+            return tls.wrap_client(sock, peer, peer.tls, timeouts, operation, cancelled)
+        return sock
+    detail = (failure.strerror or str(failure)) if failure else "no address"
+    raise DIMSEConnectionError(
+        f"cannot connect: {detail}", peer=peer, operation=operation
+    ) from failure
+
+
+class _Cancelled(Exception):
+    """The caller went away while we were connecting."""
+
+
+class _OutOfTime(Exception):
+    """The connect timeout passed."""
+
+
+def _connect_in_slices(
+    sock: socket.socket, address: Any, deadline: float, cancelled: Cancelled
+) -> None:
+    """Connect sock without blocking for more than SLICE seconds at a time.
+
+    Raises OSError (refused, unreachable ...), _Cancelled or _OutOfTime.
+    """
+    sock.setblocking(False)
+    code = sock.connect_ex(address)
+    if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+        raise OSError(code, os.strerror(code))
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_WRITE)
+        while code != 0:
+            if cancelled():
+                raise _Cancelled()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _OutOfTime()
+            if selector.select(min(SLICE, remaining)):
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code != 0:
+                    raise OSError(code, os.strerror(code))
+                break
+    sock.setblocking(True)
 
 
 _ANSWERS = frozenset({dul.A_ASSOCIATE_AC, dul.A_ASSOCIATE_RJ, dul.A_ABORT})
@@ -521,18 +607,25 @@ def _read_association_answer(
     timeouts: DIMSETimeouts,
     operation: str,
     wanted: frozenset[int] = _ANSWERS,
+    cancelled: Cancelled = _never,
 ) -> dul.PDU:
+    """The first PDU from sock, within ``timeouts.connect``, if of a wanted
+    type; read in slices between which ``cancelled()`` is looked at."""
     reader = dul.PDUReader(max_length=1024 * 1024)
     deadline = time.monotonic() + timeouts.connect
     while True:
+        if cancelled():
+            raise _aborted_during_negotiation(
+                peer, operation, "cancelled by the caller"
+            )
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _no_answer(peer, timeouts, operation)
-        sock.settimeout(remaining)
+        sock.settimeout(min(SLICE, remaining))
         try:
             data = sock.recv(65536)
-        except TimeoutError as error:
-            raise _no_answer(peer, timeouts, operation) from error
+        except TimeoutError:
+            continue
         except OSError as error:
             raise _aborted_during_negotiation(peer, operation, str(error)) from error
         if not data:
@@ -549,94 +642,58 @@ def _read_association_answer(
             )
 
 
-def _accepted(
-    answer: dul.PDU,
-    proposed: list[PresentationContext],
-    peer: Peer,
-    operation: str,
-) -> tuple[dict[int, PresentationContext], int]:
-    """The accepted contexts and the peer's maximum PDU length, or the error."""
-    if answer.type == dul.A_ABORT:
+def _negotiated(
+    raw: dul.PDU, request: AssociateRQ, peer: Peer, operation: str
+) -> tuple[AssociateAC, dict[int, AcceptedContext], int]:
+    """The peer's A-ASSOCIATE-AC, the contexts it lets us use and its maximum
+    PDU length; or the error its answer means."""
+    if raw.type == dul.A_ABORT:
+        if trace.enabled():
+            trace.pdu("received", peer, dul.A_ABORT)
         raise _aborted_during_negotiation(peer, operation, "A-ABORT")
-    if answer.type == dul.A_ASSOCIATE_RJ:
-        rejected = A_ASSOCIATE_RJ()
-        try:
-            rejected.decode(answer.raw)
-        except Exception as error:  # pynetdicom raises assorted errors on garbage
-            raise _aborted_during_negotiation(peer, operation, str(error)) from error
-        raise rejection_error(rejected.to_primitive(), peer, operation)
-    pdu = A_ASSOCIATE_AC()
     try:
-        pdu.decode(answer.raw)
-        primitive = pdu.to_primitive()
-    except Exception as error:  # pynetdicom raises assorted errors on garbage
+        answer = decode_association(raw.raw)
+        if isinstance(answer, AssociateRJ):
+            if trace.enabled():
+                trace.rejected("received", peer, answer)
+            raise rejection_error(answer, peer, operation)
+        if not isinstance(answer, AssociateAC):
+            raise dul.DULProtocolError("an A-ASSOCIATE-RQ in answer to ours")
+        result = negotiation.negotiate_as_requestor(request, answer)
+    except dul.DULProtocolError as error:
         raise _aborted_during_negotiation(peer, operation, str(error)) from error
-    roles = {
-        str(item.sop_class_uid): (item.scu_role, item.scp_role)
-        for item in primitive.user_information
-        if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
-    }
-    negotiated = negotiate_as_requestor(
-        proposed,
-        primitive.presentation_context_definition_results_list,
-        roles,  # type: ignore[arg-type]
-    )
-    accepted = {int(cx.context_id or 0): cx for cx in negotiated if cx.result == 0}
-    if not accepted:
-        names = dict.fromkeys(
-            getattr(cx.abstract_syntax, "name", str(cx.abstract_syntax))
-            for cx in negotiated
-        )
+    if trace.enabled():
+        trace.accepted("received", peer, answer, result.accepted, result.refused)
+    if not result.accepted:
+        reasons: dict[str, str] = {}
+        for refused in result.refused:
+            name = UID(refused.abstract_syntax).name or refused.abstract_syntax
+            reasons.setdefault(name, refused.describe().split(": ", 1)[-1])
+        listed = ", ".join(f"{name}: {why}" for name, why in reasons.items())
         raise ServiceNotSupportedError(
-            "the peer accepted none of the proposed presentation contexts "
-            f"({', '.join(names)})",
+            f"the peer accepted none of the proposed presentation contexts ({listed})",
             peer=peer,
             operation=operation,
         )
-    return accepted, int(primitive.maximum_length_received or 0)
+    return answer, dict(result.accepted), result.maximum_length
 
 
-def _extended_answers(answer: dul.PDU) -> dict[str, bytes]:
-    """The SOP class extended negotiation items of an A-ASSOCIATE-AC."""
-    pdu = A_ASSOCIATE_AC()
-    pdu.decode(answer.raw)  # decoded once already by _accepted
-    return {
-        str(item.sop_class_uid): bytes(
-            item.service_class_application_information or b""
-        )
-        for item in pdu.to_primitive().user_information
-        if isinstance(item, SOPClassExtendedNegotiation)
-    }
-
-
-def rejection_error(primitive: Any, peer: Peer, operation: str) -> DIMSEError:
-    """The error for an A-ASSOCIATE-RJ (as a pynetdicom primitive)."""
-    detail = _rejection(primitive)
-    if getattr(primitive, "result", None) == 2:
+def rejection_error(rejection: AssociateRJ, peer: Peer, operation: str) -> DIMSEError:
+    """The error for the peer's A-ASSOCIATE-RJ."""
+    detail = rejection.describe()
+    if rejection.transient:
         return AssociationBusyError(
-            f"association rejected for now ({detail}); try again later",
+            f"association {detail}; try again later",
             peer=peer,
             operation=operation,
         )
     return AssociationRejectedError(
-        f"association rejected ({detail}). Check the AE titles: the PACS must "
-        f"know the calling AE title {peer.aet!r} and answer to the called AE "
-        f"title {peer.aec!r}",
+        f"association {detail}. Check the AE titles: the PACS must know the "
+        f"calling AE title {peer.aet!r} and answer to the called AE title "
+        f"{peer.aec!r}",
         peer=peer,
         operation=operation,
     )
-
-
-def _rejection(primitive: Any) -> str:
-    parts = []
-    for name in ("result_str", "source_str", "reason_str"):
-        try:
-            text = getattr(primitive, name)
-        except (AttributeError, KeyError, TypeError, ValueError):
-            continue
-        if text:
-            parts.append(str(text).lower())
-    return ", ".join(parts) or "no reason given"
 
 
 def _no_answer(peer: Peer, timeouts: DIMSETimeouts, operation: str) -> DIMSEError:
@@ -707,12 +764,3 @@ def decode_associate_rq(raw: bytes, peer: Peer, operation: str) -> AssociateRQ:
         return AssociateRQ.decode(raw)
     except dul.DULProtocolError as error:
         raise _aborted_during_negotiation(peer, operation, str(error)) from error
-
-
-def _context(accepted: negotiation.AcceptedContext) -> PresentationContext:
-    """An accepted context in the shape the requestor side holds (Link.contexts)."""
-    context = PresentationContext()
-    context.context_id = accepted.context_id
-    context.abstract_syntax = accepted.abstract_syntax
-    context.transfer_syntax = [accepted.transfer_syntax]
-    return context

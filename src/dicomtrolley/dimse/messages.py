@@ -94,7 +94,7 @@ class MessageReader:
 
 def transfer_syntax(link: Link, context_id: int) -> UID:
     """The transfer syntax accepted for a context of link."""
-    return UID(str(link.contexts[context_id].transfer_syntax[0]))
+    return UID(link.contexts[context_id].transfer_syntax)
 
 
 def encode_identifier(dataset: Dataset, syntax: UID) -> bytes:
@@ -113,12 +113,11 @@ def encode_identifier(dataset: Dataset, syntax: UID) -> bytes:
     return buffer.getvalue()
 
 
-def decode_identifier(data: bytes, syntax: UID, link: Link) -> Dataset:
+def read_identifier(data: bytes, syntax: UID) -> Dataset:
     """The data set of a message, every element decoded (pydicom would decode
     them on access, and raise its errors to whoever looks first).
 
-    Raises AssociationAbortedError (after aborting) when the bytes are not a
-    data set in syntax.
+    Raises PermanentError when the bytes are not a data set in syntax.
     """
     try:
         dataset = read_dataset(
@@ -127,8 +126,17 @@ def decode_identifier(data: bytes, syntax: UID, link: Link) -> Dataset:
         for _ in dataset:  # iterating converts the raw elements
             pass
     except Exception as error:  # pydicom raises assorted errors on garbage
-        raise link.fail(f"protocol error: undecodable identifier ({error})") from error
+        raise PermanentError(f"undecodable identifier ({error})") from error
     return dataset
+
+
+def decode_identifier(data: bytes, syntax: UID, link: Link) -> Dataset:
+    """:func:`read_identifier`, aborting the association (and raising
+    AssociationAbortedError) when the bytes are not a data set in syntax."""
+    try:
+        return read_identifier(data, syntax)
+    except PermanentError as error:
+        raise link.fail(f"protocol error: {error}") from error
 
 
 __all__ = [
@@ -136,5 +144,6 @@ __all__ = [
     "MessageReader",
     "decode_identifier",
     "encode_identifier",
+    "read_identifier",
     "transfer_syntax",
 ]

@@ -13,10 +13,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from pynetdicom import build_context
-from pynetdicom.presentation import PresentationContext
-
-from dicomtrolley.dimse.contexts import UNCOMPRESSED, qr_model
+from dicomtrolley.dimse.contexts import Proposal, proposal, qr_model
 from dicomtrolley.dimse.errors import MOVE_DESTINATION_UNKNOWN
 from dicomtrolley.dimse.link import Heard
 from dicomtrolley.dimse.sessions import RetrieveSession
@@ -56,8 +53,8 @@ class MoveSession(RetrieveSession):
         )
         self.scp = scp
 
-    def contexts(self) -> list[PresentationContext]:
-        return [build_context(self.model_uid, list(UNCOMPRESSED))]
+    def contexts(self) -> list[Proposal]:
+        return [proposal(self.model_uid)]
 
     def command(self, msg_id: int) -> bytes:
         return dimse_commands.c_move_rq(msg_id, str(self.model_uid), self.scp.aet)

@@ -27,25 +27,24 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
-from io import BytesIO
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ImplicitVRLittleEndian
-from pynetdicom.dsutils import decode, encode
-from pynetdicom.presentation import PresentationContext
+from pydicom.uid import UID
 
-from dicomtrolley.dimse.contexts import require_context
+from dicomtrolley.dimse.contexts import Proposal, require_context
 from dicomtrolley.dimse.errors import DIMSEError, DIMSEStatusError
 from dicomtrolley.dimse.incoming import Command, CommandAssembler, StoreIntake
 from dicomtrolley.dimse.link import Heard, Link
+from dicomtrolley.dimse.messages import encode_identifier, read_identifier
 from dicomtrolley.dimse.retrieve import Receiver, RetrieveUnit, Tally, check_outcome
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
 from dicomtrolley.download import DownloadReport, Progress
 from dicomtrolley.exceptions import PermanentError, StorageError
 from dicomtrolley.formats import dul
+from dicomtrolley.formats.association import RoleSelection
 from dicomtrolley.logs import get_module_logger
 
 logger = get_module_logger("dimse")
@@ -68,12 +67,6 @@ def next_message_id() -> int:
     """A message ID that no other request of this process is using right now."""
     with _message_ids_lock:
         return next(_message_ids)
-
-
-def transfer_syntax(context: PresentationContext | None) -> UID:
-    if context is None:
-        return ImplicitVRLittleEndian
-    return UID(str(context.transfer_syntax[0]))
 
 
 class RetrieveSession:
@@ -112,10 +105,10 @@ class RetrieveSession:
 
     # -- what subclasses say ------------------------------------------------------
 
-    def contexts(self) -> list[PresentationContext]:
+    def contexts(self) -> list[Proposal]:
         raise NotImplementedError()
 
-    def roles(self) -> list[object]:
+    def roles(self) -> list[RoleSelection]:
         return []
 
     def check(self, link: Link) -> None:
@@ -145,7 +138,8 @@ class RetrieveSession:
             self.contexts(),
             operation=self.operation,
             timeouts=self.timeouts,
-            roles=self.roles(),  # type: ignore[arg-type]
+            roles=self.roles(),
+            cancelled=self.receiver.cancelled,
         )
         try:
             accepted = list(link.contexts.values())
@@ -181,17 +175,16 @@ class RetrieveSession:
         link = self.association()
         context = link.context_for(self.model_uid)
         assert context is not None  # checked by open()
-        syntax = transfer_syntax(context)
-        identifier = encode(
-            unit.identifier(patient_root=self.model == "patient"),
-            syntax.is_implicit_VR,
-            syntax.is_little_endian,
-        )
-        if identifier is None:
-            raise PermanentError(
-                f"cannot encode the {self.operation} identifier for {unit}",
-                uids=unit.uids(),
+        try:
+            identifier = encode_identifier(
+                unit.identifier(patient_root=self.model == "patient"),
+                UID(context.transfer_syntax),
             )
+        except PermanentError as error:
+            raise PermanentError(
+                f"cannot encode the {self.operation} identifier for {unit}: {error}",
+                uids=unit.uids(),
+            ) from error
         if self.spool is not None:
             try:
                 self.spool.mkdir(parents=True, exist_ok=True)
@@ -207,7 +200,7 @@ class RetrieveSession:
         logger.debug("%s of %s (message %d)", self.operation, unit, msg_id)
         self.receiver.register(msg_id, tally)
         try:
-            link.send(int(context.context_id or 0), self.command(msg_id), identifier)
+            link.send(context.context_id, self.command(msg_id), identifier)
             final, found = _Exchange(self, link, tally, msg_id).run(deadline)
         except DIMSEError as error:
             if not error.uids:
@@ -338,14 +331,11 @@ class _Exchange:
         self.done = not dul.has_dataset(command)
 
     def _decode_identifier(self) -> Dataset | None:
-        syntax = transfer_syntax(self.link.context_for(self.session.model_uid))
+        context = self.link.context_for(self.session.model_uid)
+        assert context is not None  # the request went on it
         try:
-            return decode(
-                BytesIO(bytes(self.identifier)),
-                syntax.is_implicit_VR,
-                syntax.is_little_endian,
-            )
-        except Exception:  # the counts still tell what went wrong
+            return read_identifier(bytes(self.identifier), UID(context.transfer_syntax))
+        except PermanentError:  # the counts still tell what went wrong
             logger.warning(
                 "cannot decode the identifier of the final %s response",
                 self.session.operation,
@@ -480,5 +470,4 @@ __all__ = [
     "SessionPool",
     "next_message_id",
     "run_stoppable",
-    "transfer_syntax",
 ]
