@@ -17,6 +17,12 @@ its row number.
 ``--dry-run`` only searches, and lists each row with what it found (studies,
 instances) as a table, or as JSON or CSV (``--format``) on stdout.
 
+``--dask tcp://scheduler:8786`` (or ``--dask local:N``, N worker processes
+here) downloads the studies on a Dask cluster instead, one task per study,
+into ``--output`` as every worker sees it; ``--workers`` is then the most
+transfers the server sees at once from the whole cluster, ``--rate`` the most
+HTTP requests a second (see :mod:`dicomtrolley.cli.batch_dask`).
+
 Exit status: 0 every row found and downloaded; 1 some row matched nothing or
 too much, or some download failed (all listed); 2 usage error or unusable
 file; 130 interrupted (Ctrl-C), after a summary of what was saved.
@@ -465,6 +471,21 @@ def _problem_lines(results: Sequence[RowResult]) -> list[str]:
     show_default=True,
     help="How --dry-run lists the rows on stdout.",
 )
+@click.option(
+    "--dask",
+    "dask_address",
+    metavar="ADDRESS",
+    help="Download on a Dask cluster: its scheduler (tcp://host:8786), or local:N "
+    "for N worker processes on this machine. --output must be the same path on "
+    "every worker. Needs dicomtrolley[dask].",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="N",
+    help="With --dask: at most N HTTP requests a second to the server from the "
+    "whole cluster.",
+)
 @transfer_options
 @connection_options
 def batch(
@@ -474,6 +495,8 @@ def batch(
     refresh: bool,
     dry_run: bool,
     output_format: str,
+    dask_address: str | None,
+    rate: float | None,
     transfer: TransferOptions,
     connection: ConnectionSettings,
 ) -> None:
@@ -492,6 +515,8 @@ def batch(
           --host pacs --port 104 --aec PACS
       dicomtrolley batch accessions.txt --column AccessionNumber --url ... -o out \\
           --dry-run --format json
+      dicomtrolley batch cohort.csv --profile pacs1 -o /shared/cohort \\
+          --dask tcp://scheduler:8786 --workers 8 --rate 50
 
     \b
     Exit status: 0 all rows found and downloaded; 1 rows not found or matching
@@ -501,6 +526,10 @@ def batch(
     ctx = click.get_current_context()
     if output_format != "table" and not dry_run:
         raise click.UsageError("--format lists the rows of --dry-run; add --dry-run")
+    if dask_address and not dry_run:
+        _check_dask(transfer)
+    elif rate is not None:
+        raise click.UsageError("--rate paces the workers of --dask; add --dask")
     try:
         data = file.read_bytes()
         batch_file = parse_batch(data, column)
@@ -552,6 +581,24 @@ def batch(
                 "all their files are there (--refresh to search them again)",
                 markup=False,
             )
+        if dask_address and not dry_run:
+            from dicomtrolley.cli.batch_dask import download_on_dask
+
+            download_on_dask(
+                ctx,
+                dask_address,
+                rate,
+                results,
+                problems,
+                searcher,
+                storage,
+                transfer,
+                connection,
+                _source(transfer),
+                console,
+                completed,
+            )
+            return
         _download(
             ctx,
             results,
@@ -563,6 +610,19 @@ def batch(
             transfer,
             console,
             completed,
+        )
+
+
+def _check_dask(transfer: TransferOptions) -> None:
+    """Dask is installed and the protocols can run on workers, or an error now
+    (before any search is sent)."""
+    from dicomtrolley.distributed.cluster import require_dask
+
+    require_dask()
+    if "c-move" in transfer.protocols:
+        raise click.UsageError(
+            "--dask cannot use C-MOVE: the PACS sends to one storage address, "
+            "and each worker would need its own; use C-GET or WADO"
         )
 
 

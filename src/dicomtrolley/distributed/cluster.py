@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from dicomtrolley.distributed.plan import BatchPlan, TaskResult
-from dicomtrolley.distributed.worker import RunSettings, close_run, run_task
+from dicomtrolley.distributed.worker import RunSettings, run_task
 from dicomtrolley.exceptions import PermanentError, TransientError
 from dicomtrolley.logs import get_module_logger
 
@@ -203,13 +203,16 @@ def run_batch(
     started = time.monotonic()
     if not plan.tasks:
         return outcome
-    # one copy of the settings for every task; recomputed if its worker dies
-    shared = client.submit(_keep, settings, key=f"dicomtrolley-settings-{plan.run}")
+    from dicomtrolley.distributed.plugin import RunPlugin
+
+    # the settings go to every worker once (and to workers that join later)
+    plugin = RunPlugin(settings)
+    client.register_plugin(plugin)
     spec = (semaphore_name(plan.connector.server, limit), limit)
     futures = client.map(
         run_task,
         plan.tasks,
-        settings=shared,
+        run=plan.run,
         semaphore=spec,
         key=[f"dicomtrolley-study-{plan.run[:8]}-{n}" for n in range(len(plan.tasks))],
         pure=False,
@@ -236,12 +239,8 @@ def run_batch(
     finally:
         outcome.results = [r for r in results if r is not None]
         outcome.elapsed = time.monotonic() - started
-        _finish(client, plan)
+        _finish(client, plan, plugin.name)
     return outcome
-
-
-def _keep(value: Any) -> Any:
-    return value
 
 
 def _result_of(future: Any, key: str, study_uid: str) -> TaskResult:
@@ -256,11 +255,11 @@ def _result_of(future: Any, key: str, study_uid: str) -> TaskResult:
     return result
 
 
-def _finish(client: Client, plan: BatchPlan) -> None:
+def _finish(client: Client, plan: BatchPlan, plugin: str) -> None:
     """Close the workers' shards and sessions of the run; remove temporary files
     of processes that died (a worker killed mid-file)."""
-    with contextlib.suppress(Exception):
-        client.run(close_run, plan.run)
+    with contextlib.suppress(Exception):  # a cluster going away closes them too
+        client.unregister_worker_plugin(plugin)  # type: ignore[no-untyped-call]
     from dicomtrolley.storage import remove_stale_temp_files
 
     remove_stale_temp_files(plan.output)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from dicomtrolley.catalog import utc_now
+from dicomtrolley.logs import get_module_logger
 
 if TYPE_CHECKING:
     import requests
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from dicomtrolley.config_model import Profile
     from dicomtrolley.core import DICOMObject, Downloader, Searcher
     from dicomtrolley.storage import DICOMDiskStorage
+
+logger = get_module_logger("distributed")
 
 __all__ = [
     "DEFAULT_SPLIT_ABOVE",
@@ -52,8 +55,11 @@ class Connector(Protocol):
     may see at once from the whole cluster.
     """
 
-    server: str
-    limit: int
+    @property
+    def server(self) -> str: ...
+
+    @property
+    def limit(self) -> int: ...
 
     def open(self, pool_size: int) -> tuple[Searcher, Downloader, requests.Session]:
         """A searcher and downloader (one transfer at a time) and their session."""
@@ -177,12 +183,15 @@ class BatchPlan:
         storage: DICOMDiskStorage | None = None,
         *,
         rate: float | None = None,
+        searcher: Searcher | None = None,
+        split_above: int = DEFAULT_SPLIT_ABOVE,
     ) -> BatchPlan:
         """A plan of one task per study (or series) found by a search.
 
         ``storage``: default the study/series/instance layout of
         :class:`~dicomtrolley.storage.StorageDir` in output. A study found
-        twice is downloaded once.
+        twice is downloaded once. With a searcher, a study of more than
+        split_above instances is one task per series (see :meth:`add_study`).
         """
         from dicomtrolley.storage import StorageDir
 
@@ -194,8 +203,44 @@ class BatchPlan:
             rate=rate,
         )
         for study in studies:
-            plan.add(StudyTask(study, label=study.uid))
+            plan.add_study(study, searcher=searcher, split_above=split_above)
         return plan
+
+    def add_study(
+        self,
+        study: DICOMObject,
+        *,
+        row: Any = None,
+        query: str | None = None,
+        searcher: Searcher | None = None,
+        split_above: int = DEFAULT_SPLIT_ABOVE,
+    ) -> int:
+        """Add the task(s) of study; returns how many were added.
+
+        A study whose search result counts more than split_above instances is
+        split: the searcher is asked for its series (one request, here on the
+        client) and each series is a task, so that several workers share it.
+        Without a searcher, or when that search fails, the study stays one task.
+        """
+        whole = StudyTask(study, row, query, label=study.uid)
+        expected = whole.instances
+        if searcher is None or expected is None or expected <= split_above:
+            return int(self.add(whole))
+        from dicomtrolley.core import QueryLevels
+        from dicomtrolley.exceptions import DICOMTrolleyError
+
+        try:
+            found = searcher.find_study_by_id(study.uid, query_level=QueryLevels.SERIES)
+        except DICOMTrolleyError as error:
+            logger.warning("study %s stays one task: %s", study.uid, error)
+            return int(self.add(whole))
+        series = found.all_series()
+        if len(series) < 2:
+            return int(self.add(whole))
+        return sum(
+            self.add(StudyTask(one, row, query, label=f"{study.uid} {one.uid}"))
+            for one in series
+        )
 
     def add(self, task: StudyTask) -> bool:
         """Add task unless one of the same key is there; True when added."""

@@ -161,6 +161,13 @@ class _Opened:
 
 _opened: dict[str, _Opened] = {}
 _opened_lock = threading.Lock()
+_runs: dict[str, RunSettings] = {}
+
+
+def register_run(settings: RunSettings) -> None:
+    """Keep the settings of a run in this process (see the RunPlugin)."""
+    with _opened_lock:
+        _runs[settings.run] = settings
 
 
 def _open(settings: RunSettings) -> _Opened:
@@ -197,6 +204,7 @@ def _open(settings: RunSettings) -> _Opened:
 def close_run(run: str) -> None:
     """Close this process's connection and shard of run (when it is over)."""
     with _opened_lock:
+        _runs.pop(run, None)
         opened = _opened.pop(run, None)
     if opened is not None:
         opened.close()
@@ -206,17 +214,23 @@ def close_run(run: str) -> None:
 
 
 def run_task(
-    task: StudyTask, settings: RunSettings, semaphore: tuple[str, int] | None
+    task: StudyTask, run: str, semaphore: tuple[str, int] | None
 ) -> TaskResult:
-    """Download one task's study (or series) into the shared folder.
+    """Download one task's study (or series) of run into the shared folder.
 
-    Waits for a lease of the cluster's semaphore (name, leases); None: no
-    limit. Never raises for a failed download: the result says what
+    The run's settings are those registered in this process (by the
+    RunPlugin). Waits for a lease of the cluster's semaphore (name, leases);
+    None: no limit. Never raises for a failed download: the result says what
     failed (a task that raised would be retried by Dask, and a failure that
     a retry cannot mend would only be asked for again).
     """
     started = time.monotonic()
     result = TaskResult(task.key, task.study_uid, worker=shard_name(), row=task.row)
+    with _opened_lock:
+        settings = _runs.get(run)
+    if settings is None:
+        result.error = f"this worker has no settings of run {run}"
+        return result
     try:
         opened = _open(settings)
     except DICOMTrolleyError as error:
