@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import debug_logger
 
 from dicomtrolley.core import (
     DICOMDownloadable,
@@ -58,6 +57,7 @@ from dicomtrolley.core import (
     Searcher,
     Study,
 )
+from dicomtrolley.dimse import trace
 from dicomtrolley.dimse.contexts import MODELS, sop_classes_of
 from dicomtrolley.dimse.errors import (
     AssociationAbortedError,
@@ -244,7 +244,10 @@ class DICOMQR(Searcher):
     aet, aec:
         Our (calling) and the PACS's (called) AE title.
     debug:
-        Log pynetdicom's protocol details (pynetdicom's ``debug_logger``).
+        Log the protocol trace (:mod:`~dicomtrolley.dimse.trace`): PDU
+        types, negotiated contexts, DIMSE command fields and statuses, never
+        data set contents or credentials; through the ``trolley.dimse``
+        logger at DEBUG, to stderr when the application set up no logging.
     model:
         ``"study"`` (Study Root, default) or ``"patient"`` (Patient Root).
     timeout:
@@ -275,7 +278,7 @@ class DICOMQR(Searcher):
         self.timeouts = DIMSETimeouts.coerce(timeout)
         self.relational = relational
         if debug:
-            debug_logger()
+            trace.enable()
 
     def __str__(self) -> str:
         return f"DICOMQR C-FIND at {self.peer}"
@@ -345,7 +348,7 @@ class _Retriever(Downloader):
         self.max_workers = max_workers
         self.retry = DEFAULT_RETRY if retry is None else retry
         if debug:
-            debug_logger()
+            trace.enable()
 
     def __str__(self) -> str:
         return f"{type(self).__name__} {self.operation} from {self.peer}"
