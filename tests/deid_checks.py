@@ -15,6 +15,7 @@ from pathlib import Path
 import pydicom
 
 from dicomtrolley.catalog import STATE_FOLDER
+from dicomtrolley.manifest import MANIFEST_NAME
 from dicomtrolley.synthetic import StudySpec, instance_specs
 
 KEY = "a-test-key-of-more-than-16-characters"
@@ -39,11 +40,14 @@ def source_markers(studies: list[StudySpec]) -> list[bytes]:
 
 
 def output_files(out: Path) -> list[Path]:
-    """The DICOM files of out (the state folder left out)."""
+    """The DICOM files of out (the state folder and the manifest, which keep
+    source UIDs for resume and reports, left out)."""
     return sorted(
         path
         for path in out.rglob("*")
-        if path.is_file() and STATE_FOLDER not in path.relative_to(out).parts
+        if path.is_file()
+        and STATE_FOLDER not in path.relative_to(out).parts
+        and path.name != MANIFEST_NAME
     )
 
 
