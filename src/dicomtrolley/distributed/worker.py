@@ -22,7 +22,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,9 +89,18 @@ class Pacer:
     cluster sends at most ``rate``. Thread-safe.
     """
 
-    def __init__(self, rate: float | None, limit: int) -> None:
+    def __init__(
+        self,
+        rate: float | None,
+        limit: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.rate = rate
         self.limit = max(1, limit)
+        self._clock = clock
+        self._sleep = sleep
         self._lock = threading.Lock()
         self._held = 0
         self._next = 0.0
@@ -113,11 +122,11 @@ class Pacer:
             return
         with self._lock:
             interval = self.limit / (self.rate * max(1, self._held))
-            now = time.monotonic()
+            now = self._clock()
             slot = max(now, self._next)
             self._next = slot + interval
         if slot > now:
-            time.sleep(slot - now)
+            self._sleep(slot - now)
 
 
 class PacedAdapter(BaseAdapter):
