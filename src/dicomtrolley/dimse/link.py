@@ -182,7 +182,11 @@ class Link:
         sock = _connect(peer, timeouts, operation, cancelled)
         try:
             sock.settimeout(timeouts.connect)
-            sock.sendall(encoded)
+            try:
+                sock.sendall(encoded)
+            except OSError as error:  # reset; TLS 1.3: our certificate refused
+                detail = str(error)
+                raise _aborted_during_negotiation(peer, operation, detail) from error
             if trace.enabled():
                 trace.request(peer, request)
             raw = _read_association_answer(
