@@ -46,7 +46,6 @@ __all__ = [
     "AuthConfig",
     "BasicAuthConfig",
     "BearerAuthConfig",
-    "DeidConfig",
     "DimseConfig",
     "NoAuthConfig",
     "OAuth2Config",
