@@ -7,6 +7,7 @@ association working.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,3 +99,35 @@ def test_c_echo_rejected(tmp_path: Path) -> None:
         pytest.raises(AssociationRejectedError, match="calling AE"),
     ):
         c_echo(Peer(HOST, service.port, "STRANGER", "STRICT"), DIMSETimeouts())
+
+
+def test_debug_logs_the_protocol_trace_and_no_data(
+    big_study: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("trolley.dimse")
+    level = logger.level
+    try:
+        with caplog.at_level(logging.DEBUG, logger="trolley.dimse"):
+            found = DICOMQR(
+                HOST, big_study.dimse.port, aet="TRACER", aec="BIGSCP", debug=True
+            ).send_c_find(DICOMQuery(PatientID="COH00001", query_level="STUDY"))
+    finally:
+        logger.setLevel(level)
+    assert len(found) == 1
+    text = caplog.text
+    model = qr_model("study", "find")
+    for expected in (
+        "A-ASSOCIATE-RQ sent to BIGSCP",
+        f"proposed context 1: {model} in",
+        "A-ASSOCIATE-AC received from BIGSCP",
+        f"context 1: {model} in",
+        "C-FIND-RQ, context 1, message 1, data set of ",
+        "C-FIND-RSP, context 1, answers message 1, status 0xFF00, data set of ",
+        "C-FIND-RSP, context 1, answers message 1, status 0x0000 received from",
+        "A-RELEASE-RQ sent to BIGSCP",
+        "A-RELEASE-RP received from BIGSCP",
+    ):
+        assert expected in text
+    # what was asked and found stays out of the log
+    assert "COH00001" not in text
+    assert str(found[0].StudyInstanceUID) not in text

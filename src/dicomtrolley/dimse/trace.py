@@ -79,16 +79,21 @@ def enable() -> None:
         logger.addHandler(handler)
 
 
+def _towards(direction: str) -> str:
+    """'sent to' or 'received from'."""
+    return f"{direction} {'to' if direction == 'sent' else 'from'}"
+
+
 def pdu(direction: str, peer: Peer, pdu_type: int) -> None:
     """A PDU other than P-DATA-TF and the A-ASSOCIATEs (release, abort)."""
     name = PDU_NAMES.get(pdu_type, f"PDU type 0x{pdu_type:02X}")
-    logger.debug("%s %s %s", direction, name, peer)
+    logger.debug("%s %s %s", name, _towards(direction), peer)
 
 
 def request(peer: Peer, rq: AssociateRQ) -> None:
     info = rq.user_information
     logger.debug(
-        "sent A-ASSOCIATE-RQ to %s: %d presentation contexts, maximum PDU %s, "
+        "A-ASSOCIATE-RQ sent to %s: %d presentation contexts, maximum PDU %s, "
         "roles for %d SOP classes, %d extended negotiation items",
         peer,
         len(rq.presentation_contexts),
@@ -107,7 +112,7 @@ def request(peer: Peer, rq: AssociateRQ) -> None:
 
 def received_request(peer: Peer, rq: AssociateRQ) -> None:
     logger.debug(
-        "received A-ASSOCIATE-RQ from %s (called %r, calling %r): %d "
+        "A-ASSOCIATE-RQ received from %s (called %r, calling %r): %d "
         "presentation contexts, maximum PDU %s",
         peer,
         rq.called_ae_title,
@@ -127,9 +132,9 @@ def accepted(
     """An A-ASSOCIATE-AC and what it let us use."""
     info = answer.user_information
     logger.debug(
-        "%s A-ASSOCIATE-AC %s: %d contexts accepted, %d refused, maximum PDU %s, "
+        "A-ASSOCIATE-AC %s %s: %d contexts accepted, %d refused, maximum PDU %s, "
         "implementation %s %s",
-        direction,
+        _towards(direction),
         peer,
         len(contexts),
         len(refused),
@@ -155,7 +160,9 @@ def accepted(
 
 
 def rejected(direction: str, peer: Peer, rejection: AssociateRJ) -> None:
-    logger.debug("%s A-ASSOCIATE-RJ %s: %s", direction, peer, rejection.describe())
+    logger.debug(
+        "A-ASSOCIATE-RJ %s %s: %s", _towards(direction), peer, rejection.describe()
+    )
 
 
 def message(
@@ -178,7 +185,7 @@ def message(
         parts.append(f"status 0x{dul.command_int(command, dul.STATUS):04X}")
     if data_bytes is not None:
         parts.append(f"data set of {data_bytes} bytes")
-    logger.debug("%s %s %s", direction, peer, ", ".join(parts))
+    logger.debug("%s %s %s", ", ".join(parts), _towards(direction), peer)
 
 
 class Incoming:
