@@ -1,12 +1,13 @@
 """An association driven from the calling thread: our requestor side for C-GET
 and C-MOVE, and the acceptor side of the C-MOVE storage SCP.
 
-pynetdicom runs each association on a reactor thread that polls the socket,
-passes every PDU through its state machine and hands DIMSE messages to the
-caller's thread through queues. For a retrieve that is a thread hand-over in
-each direction for every instance, plus about 50 microseconds of Python per
-PDU: a C-GET of the 105-instance demo set took 3.3 times as long as DCMTK's
-``getscu``, and a 300 MB study 1.6 to 1.9 times (benchmarks/dimse.py).
+The DICOM network stack we used before ran each association on a reactor
+thread that polled the socket, passed every PDU through its state machine and
+handed DIMSE messages to the caller's thread through queues. For a retrieve
+that is a thread hand-over in each direction for every instance, plus about 50
+microseconds of Python per PDU: a C-GET of the 105-instance demo set took 3.3
+times as long as DCMTK's ``getscu``, and a 300 MB study 1.6 to 1.9 times
+(benchmarks/dimse.py).
 
 A :class:`Link` does the same work synchronously, like ``getscu``: the caller's
 thread reads the socket in large blocks, cuts the bytes into PDUs with the

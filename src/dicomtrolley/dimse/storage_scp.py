@@ -336,7 +336,7 @@ class StoreSCP:
         """The C-MOVE of ours this C-STORE request belongs to (PS3.7 9.1.1.1).
 
         By Move Originator Message ID; not by Move Originator AE Title, which
-        some SCPs fill in with their own title (pynetdicom's C-MOVE SCP).
+        some SCPs fill in with their own title (the emulator's C-MOVE SCP).
         """
         value = command.get(dul.MOVE_ORIGINATOR_MESSAGE_ID)
         msg_id = value if isinstance(value, int) else None

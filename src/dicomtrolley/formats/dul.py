@@ -1,8 +1,8 @@
 """DICOM Upper Layer framing (PS3.8 9.3) and DIMSE command sets (PS3.7 E), sans-I/O.
 
-Our C-GET association (:mod:`dicomtrolley.dimse.link`) runs from the calling
-thread, without pynetdicom's reactor thread; this module holds its byte-level
-parts, none of which does I/O:
+Our associations (:mod:`dicomtrolley.dimse.link`) run from the calling
+thread, without a reactor thread; this module holds their byte-level parts,
+none of which does I/O:
 
 * :class:`PDUReader` is fed whatever the socket returned, in pieces split
   anywhere, and yields complete PDUs: a :class:`Fragment` per presentation data
@@ -17,10 +17,11 @@ parts, none of which does I/O:
   group 0000 in Implicit VR Little Endian, always (PS3.7 6.3.1). One builder
   per DIMSE-C message is in :mod:`dicomtrolley.formats.dimse_commands`.
 
-Why by hand: pynetdicom encodes and decodes command sets through pydicom
-Datasets and passes every PDU through its state machine and two queues on a
-reactor thread, about 50 microseconds per PDU and several thread hand-overs
-per instance; these functions are plain byte work (see benchmarks/dimse.py).
+Why by hand: a general-purpose stack that encodes and decodes command sets
+through pydicom Datasets and passes every PDU through its state machine and two
+queues on a reactor thread costs about 50 microseconds per PDU and several
+thread hand-overs per instance; these functions are plain byte work (see
+benchmarks/dimse.py).
 """
 
 from __future__ import annotations
