@@ -57,6 +57,7 @@ from dicomtrolley.core import (
     Searcher,
     Study,
 )
+from dicomtrolley.credentials import ConfigError
 from dicomtrolley.dimse import trace
 from dicomtrolley.dimse.contexts import MODELS, sop_classes_of
 from dicomtrolley.dimse.errors import (
@@ -88,6 +89,7 @@ from dicomtrolley.dimse.retrieve import (
 from dicomtrolley.dimse.sessions import SessionPool, run_stoppable
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer, check_ae_title
 from dicomtrolley.dimse.storage_scp import StoreSCP
+from dicomtrolley.dimse.tls import DIMSETLS, DIMSETLSError
 from dicomtrolley.download import (
     DownloadReport,
     NullProgress,
@@ -107,6 +109,7 @@ logger = get_module_logger("dicom_qr")
 
 __all__ = [
     "DICOMQR",
+    "DIMSETLS",
     "AssociationAbortedError",
     "AssociationBusyError",
     "AssociationRejectedError",
@@ -117,6 +120,7 @@ __all__ = [
     "DIMSEError",
     "DIMSEOutOfResourcesError",
     "DIMSEStatusError",
+    "DIMSETLSError",
     "DIMSETimeoutError",
     "DIMSETimeouts",
     "MoveDestinationUnknownError",
@@ -257,6 +261,9 @@ class DICOMQR(Searcher):
         one relational query (PS3.4 C.4.1.2.3), False goes level by level
         (hierarchical), None (default) uses relational queries when the PACS
         accepts them in extended negotiation.
+    tls:
+        Connect over TLS (:class:`DIMSETLS`: CA, our certificate, verification
+        on by default); None: plain TCP.
     """
 
     def __init__(
@@ -270,9 +277,11 @@ class DICOMQR(Searcher):
         model: str = "study",
         timeout: DIMSETimeouts | float | None = None,
         relational: bool | None = None,
+        tls: DIMSETLS | None = None,
     ) -> None:
         self.host, self.port, self.aet, self.aec = host, port, aet, aec
-        self.peer = Peer(host, port, aet, aec)
+        self.tls = tls
+        self.peer = Peer(host, port, aet, aec, tls=tls)
         self.debug = debug
         self.model = _check_model(model)
         self.timeouts = DIMSETimeouts.coerce(timeout)
@@ -340,9 +349,11 @@ class _Retriever(Downloader):
         max_workers: int | None = None,
         debug: bool = False,
         retry: Retry | None = None,
+        tls: DIMSETLS | None = None,
     ) -> None:
         self.host, self.port, self.aet, self.aec = host, port, aet, aec
-        self.peer = Peer(host, port, aet, aec)
+        self.tls = tls
+        self.peer = Peer(host, port, aet, aec, tls=tls)
         self.model = _check_model(model)
         self.timeouts = DIMSETimeouts.coerce(timeout)
         self.max_workers = max_workers
@@ -477,7 +488,8 @@ class DICOMQRGet(_Retriever):
     once in :meth:`save_all` when the Trolley passes none) and ``retry``: the
     :class:`~dicomtrolley.transport.Retry` for requests broken off by a
     transient error (default ``transport.DEFAULT_RETRY``; ``Retry(total=0)``:
-    none), each retry asking only for the instances still missing.
+    none), each retry asking only for the instances still missing. ``tls``
+    as for :class:`DICOMQR`.
     """
 
     operation = "C-GET"
@@ -518,7 +530,13 @@ class DICOMQRMove(_Retriever):
     every interface) and only accepts associations from the PACS's address
     (``accept_from``: other addresses, or None for any) and, when
     ``accept_aets`` is given, with one of those calling AE titles. ``retry`` as
-    for :class:`DICOMQRGet`.
+    for :class:`DICOMQRGet`, ``tls`` as for :class:`DICOMQR`.
+
+    ``store_tls``: how the storage SCP secures the PACS's connections. None
+    (default): as ``tls`` says (its certificate is then the SCP's, and with
+    ``verify`` the PACS must show one too); False: plain TCP even when
+    ``tls`` is set; or a :class:`DIMSETLS` of its own. The PACS must be told
+    to use TLS for the move destination.
     """
 
     operation = "C-MOVE"
@@ -540,6 +558,8 @@ class DICOMQRMove(_Retriever):
         max_workers: int | None = None,
         debug: bool = False,
         retry: Retry | None = None,
+        tls: DIMSETLS | None = None,
+        store_tls: DIMSETLS | bool | None = None,
     ) -> None:
         super().__init__(
             host,
@@ -551,7 +571,11 @@ class DICOMQRMove(_Retriever):
             max_workers=max_workers,
             debug=debug,
             retry=retry,
+            tls=tls,
         )
+        if store_tls is True:
+            raise ConfigError("store_tls: give a DIMSETLS, None (as tls) or False")
+        self.store_tls = tls if store_tls is None else (store_tls or None)
         self.store_aet = check_ae_title(store_aet or aet, "move destination AE title")
         self.store_port = int(store_port)
         self.store_bind = store_bind
@@ -577,6 +601,7 @@ class DICOMQRMove(_Retriever):
             accept_from=self.accept_from,
             accept_aets=self.accept_aets,
             spool=spool,
+            tls=self.store_tls,
         )
 
         def session() -> MoveSession:

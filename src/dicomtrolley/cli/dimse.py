@@ -12,22 +12,37 @@ in a script::
 
 ``--timeout CONNECT,READ`` applies too: CONNECT to the connection and the
 association request, READ as the idle timeout (the longest silence of the PACS).
+
+DICOM over TLS: ``--tls`` (the PACS's certificate checked against the system's
+CAs), ``--tls-ca FILE`` (against this CA instead), ``--tls-cert FILE`` and
+``--tls-key FILE`` (our certificate: the client's, and the C-MOVE storage SCP's),
+the key's password in ``$DICOMTROLLEY_TLS_KEY_PASSWORD``. ``--tls-no-verify``
+encrypts without checking who answers (tests only). Any ``--tls-*`` option
+implies ``--tls``. In a script: ``tls=DIMSETLS(ca_file=..., cert_file=...,
+key_file=...)``.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from dicomtrolley.cli.connection import ConnectionSettings
-from dicomtrolley.dimse.settings import DIMSETimeouts, check_ae_title
+from dicomtrolley.dimse.settings import (
+    KEY_PASSWORD_ENV,
+    DIMSETimeouts,
+    check_ae_title,
+)
 
 if TYPE_CHECKING:  # the DIMSE stack is imported when a DIMSE protocol is used
     from dicomtrolley.dicom_qr import DICOMQR, DICOMQRGet, DICOMQRMove
+    from dicomtrolley.dimse.tls import DIMSETLS
 
 R = TypeVar("R")
 
@@ -47,6 +62,7 @@ class DIMSESettings:
     aec: str = DEFAULT_AEC
     store_aet: str | None = None
     store_port: int = DEFAULT_STORE_PORT
+    tls: DIMSETLS | None = None
 
     def require_address(self, protocol: str) -> tuple[str, int]:
         """(host, port), or a usage error naming what is missing."""
@@ -80,7 +96,12 @@ class DIMSESettings:
 
         host, port = self.require_address("c-find")
         return DICOMQR(
-            host, port, self.aet, self.aec, timeout=self.timeouts(connection)
+            host,
+            port,
+            self.aet,
+            self.aec,
+            timeout=self.timeouts(connection),
+            tls=self.tls,
         )
 
     def downloader(
@@ -101,6 +122,7 @@ class DIMSESettings:
                 timeout=timeouts,
                 max_workers=workers,
                 retry=connection.retry,
+                tls=self.tls,
             )
         return DICOMQRGet(
             host,
@@ -110,6 +132,7 @@ class DIMSESettings:
             timeout=timeouts,
             max_workers=workers,
             retry=connection.retry,
+            tls=self.tls,
         )
 
 
@@ -167,6 +190,78 @@ _STORE_OPTIONS = (
 )
 
 
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+_TLS_OPTIONS = (
+    click.option(
+        "--tls",
+        is_flag=True,
+        help="DIMSE protocols: DICOM over TLS; the PACS's certificate is checked "
+        "against the system's CAs (or --tls-ca).",
+    ),
+    click.option(
+        "--tls-ca",
+        type=_FILE,
+        metavar="FILE",
+        help="DIMSE over TLS: the CA certificate(s) to check the PACS's against "
+        "(PEM). Implies --tls.",
+    ),
+    click.option(
+        "--tls-cert",
+        type=_FILE,
+        metavar="FILE",
+        help="DIMSE over TLS: our certificate (PEM), shown to the PACS and used by "
+        "the C-MOVE storage SCP. Implies --tls.",
+    ),
+    click.option(
+        "--tls-key",
+        type=_FILE,
+        metavar="FILE",
+        help=f"DIMSE over TLS: the private key of --tls-cert (PEM; an encrypted "
+        f"one's password in ${KEY_PASSWORD_ENV}). Implies --tls.",
+    ),
+    click.option(
+        "--tls-no-verify",
+        is_flag=True,
+        help="DIMSE over TLS without checking the PACS's certificate: anyone on the "
+        "way could pose as the PACS. For tests only. Implies --tls.",
+    ),
+)
+
+
+def tls_settings(
+    tls: bool,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    no_verify: bool,
+) -> DIMSETLS | None:
+    """The TLS options as :class:`DIMSETLS` (None: plain TCP); files checked now."""
+    from dicomtrolley.dimse.tls import DIMSETLS
+
+    if not (tls or ca or cert or key or no_verify):
+        return None
+    if key is not None and cert is None:
+        raise click.UsageError("--tls-key needs --tls-cert")
+    if no_verify:
+        if ca is not None:
+            raise click.UsageError("--tls-ca and --tls-no-verify: choose one")
+        click.echo(
+            "warning: --tls-no-verify: the PACS's certificate is not checked; "
+            "anyone on the way could pose as the PACS",
+            err=True,
+        )
+    settings = DIMSETLS(
+        ca_file=ca,
+        cert_file=cert,
+        key_file=key,
+        key_password=os.environ.get(KEY_PASSWORD_ENV) or None,
+        verify=not no_verify,
+    )
+    settings.client_context()  # a ConfigError naming a file that cannot be used
+    return settings
+
+
 def _apply(
     options: tuple[Callable[[Callable[..., Any]], Callable[..., Any]], ...],
     func: Callable[..., R],
@@ -192,6 +287,11 @@ def dimse_options(
             aec: str,
             store_aet: str | None = None,
             store_port: int = DEFAULT_STORE_PORT,
+            tls: bool = False,
+            tls_ca: Path | None = None,
+            tls_cert: Path | None = None,
+            tls_key: Path | None = None,
+            tls_no_verify: bool = False,
             **kwargs: Any,
         ) -> R:
             settings = DIMSESettings(
@@ -201,10 +301,11 @@ def dimse_options(
                 aec=aec,
                 store_aet=store_aet,
                 store_port=store_port,
+                tls=tls_settings(tls, tls_ca, tls_cert, tls_key, tls_no_verify),
             )
             return func(*args, dimse=settings, **kwargs)
 
-        options = _ADDRESS_OPTIONS + (_STORE_OPTIONS if store else ())
+        options = _ADDRESS_OPTIONS + _TLS_OPTIONS + (_STORE_OPTIONS if store else ())
         return _apply(options, wrapper)
 
     return decorate

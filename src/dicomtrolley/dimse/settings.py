@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from dicomtrolley.dimse.tls import DIMSETLS
 
+#: Where the CLI and profiles read the password of an encrypted TLS key.
+KEY_PASSWORD_ENV = "DICOMTROLLEY_TLS_KEY_PASSWORD"
 #: The longest AE title DICOM allows (PS3.5 table 6.2-1, VR AE).
 MAX_AE_TITLE_LENGTH = 16
 

@@ -19,6 +19,12 @@ thread of its own; its C-STORE requests go through the same
 C-MOVE of ours that waits for them (several may run at once); an instance none
 of them waits for is refused (status A700) and logged.
 
+Over TLS (``tls``, a :class:`~dicomtrolley.dimse.tls.DIMSETLS` with our
+certificate), each accepted connection is secured by a handshake before the
+association request is read; with ``tls.verify`` the PACS must present a
+certificate the CAs vouch for. A connection whose handshake fails is logged
+and closed.
+
 Starting and stopping is cheap: one listening socket and a thread that waits
 for connections or a wake-up byte; stopping shuts the open associations'
 sockets, so their threads end at once.
@@ -52,6 +58,7 @@ from dicomtrolley.dimse.incoming import (
 from dicomtrolley.dimse.link import Link, Rejection
 from dicomtrolley.dimse.retrieve import Receiver, Tally
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
+from dicomtrolley.dimse.tls import DIMSETLS, DIMSETLSError, wrap_server
 from dicomtrolley.formats import dimse_commands, dul
 from dicomtrolley.formats.association import AssociateRQ
 from dicomtrolley.logs import get_module_logger
@@ -108,6 +115,9 @@ class StoreSCP:
         Where instances are written as they arrive (default: the system
         temporary folder; the output folder keeps the final rename on one
         file system).
+    tls:
+        Accept only TLS connections, with this certificate (see the module
+        docstring); None: plain TCP.
     """
 
     def __init__(
@@ -122,8 +132,10 @@ class StoreSCP:
         accept_from: Iterable[str] | str | None = "pacs",
         accept_aets: Iterable[str] | None = None,
         spool: Path | None = None,
+        tls: DIMSETLS | None = None,
     ) -> None:
         self.aet = aet
+        self.tls = tls
         self.port = port
         self.pacs = pacs
         self.receiver = receiver
@@ -146,6 +158,8 @@ class StoreSCP:
     # -- starting and stopping ----------------------------------------------------
 
     def start(self) -> StoreSCP:
+        if self.tls is not None:
+            self.tls.server_context()  # a ConfigError naming the file, now
         try:
             self.spool.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -192,7 +206,9 @@ class StoreSCP:
             serving = dict(self._serving)
         for sock in serving.values():  # wakes its thread's recv at once
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                # the TCP socket's own shutdown, TLS or not: an SSLSocket's
+                # would unwrap it under the thread still reading it
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
         for worker in serving:
             worker.join()
         self._listener.close()
@@ -245,6 +261,8 @@ class StoreSCP:
     def _serve(self, sock: socket.socket, address: tuple[Any, ...]) -> None:
         me = threading.current_thread()
         try:
+            if self.tls is not None:
+                sock = self._secure(sock, address, me, self.tls)
             link = Link.accept(
                 sock,
                 address,
@@ -254,7 +272,7 @@ class StoreSCP:
                 operation=OPERATION,
                 timeouts=self.timeouts,
             )
-        except AssociationRejectedError as error:
+        except (AssociationRejectedError, DIMSETLSError) as error:
             logger.warning("%s: %s", self, error)
             self._forget(me)
             return
@@ -272,6 +290,22 @@ class StoreSCP:
         finally:
             link.abort()
             self._forget(me)
+
+    def _secure(
+        self,
+        sock: socket.socket,
+        address: tuple[Any, ...],
+        me: threading.Thread,
+        tls: DIMSETLS,
+    ) -> socket.socket:
+        """sock after a TLS handshake, in place of it for :meth:`stop`."""
+        peer = Peer(str(address[0]), int(address[1]), self.aet, "?", tls=tls)
+        secured = wrap_server(
+            sock, peer, tls, self.timeouts, OPERATION, self._stopping.is_set
+        )
+        with self._lock:
+            self._serving[me] = secured
+        return secured
 
     def _forget(self, worker: threading.Thread) -> None:
         with self._lock:

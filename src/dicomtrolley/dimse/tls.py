@@ -41,7 +41,7 @@ from dicomtrolley.dimse.errors import (
     DIMSEError,
     DIMSETimeoutError,
 )
-from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
+from dicomtrolley.dimse.settings import KEY_PASSWORD_ENV, DIMSETimeouts, Peer
 from dicomtrolley.exceptions import PermanentError
 from dicomtrolley.logs import get_module_logger
 
@@ -49,8 +49,6 @@ logger = get_module_logger("dimse")
 
 #: Longest single wait during a handshake, between checks of cancellation.
 SLICE = 0.2
-#: Where the CLI and profiles read the password of an encrypted key.
-KEY_PASSWORD_ENV = "DICOMTROLLEY_TLS_KEY_PASSWORD"
 
 Cancelled = Callable[[], bool]
 

@@ -122,6 +122,7 @@ from dicomtrolley.emulator.matching import (
 from dicomtrolley.emulator.service import Service
 
 if TYPE_CHECKING:
+    from dicomtrolley.dimse.tls import DIMSETLS
     from dicomtrolley.emulator.app import Emulator
 
 logger = logging.getLogger("trolley.emulator.dimse")
@@ -597,6 +598,11 @@ class DimseService(Service):
     max_associations:
         Associations served at once (each in a thread); more are rejected
         (transient, "local limit exceeded").
+    tls:
+        Serve DICOM over TLS (PS3.15 B) with ``tls.cert_file`` and
+        ``tls.key_file``; with ``tls.verify`` an SCU must present a certificate
+        the CAs vouch for. C-MOVE sub-operations then go over TLS too, verifying
+        the destination's certificate and host name as ``tls`` says.
 
     ``move_destinations`` may be changed while the service runs.
     ``cancelled_finds`` lists (calling AE title, message ID) of every C-FIND
@@ -615,8 +621,10 @@ class DimseService(Service):
         allowed_calling_aes: Iterable[str] | None = None,
         host: str | None = None,
         max_associations: int = 16,
+        tls: DIMSETLS | None = None,
     ) -> None:
         self.requested_port = port
+        self.tls = tls
         self.ae_title = _check_ae_title(ae_title, "AE title")
         self.move_destinations = {
             _check_ae_title(title, "move destination"): (address[0], int(address[1]))
@@ -666,10 +674,19 @@ class DimseService(Service):
         ]
         host = self.host or self.emulator.host
         self._server = ae.start_server(
-            (host, self.requested_port), block=False, evt_handlers=handlers
+            (host, self.requested_port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=None if self.tls is None else self.tls.server_context(),
         )
         self._ae = ae
-        logger.info("DIMSE serving AE %s at %s:%d", self.ae_title, host, self.port)
+        logger.info(
+            "DIMSE serving AE %s at %s:%d%s",
+            self.ae_title,
+            host,
+            self.port,
+            "" if self.tls is None else " over TLS",
+        )
 
     def stop(self) -> None:
         ae, self._ae, self._server = self._ae, None, None
@@ -863,6 +880,9 @@ class DimseService(Service):
                 (evt.EVT_ESTABLISHED, remember),
             ],
         }
+        if self.tls is not None:
+            context = self.tls.client_context()
+            options["tls_args"] = (context, host if context.check_hostname else None)
         yield host, port, options
         yield len(instances)
         accepted: dict[str, set[str]] = {}

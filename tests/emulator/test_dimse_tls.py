@@ -1,0 +1,348 @@
+"""DIMSE over TLS: our C-FIND, C-GET and C-MOVE against the emulator's TLS SCP.
+
+The emulator's DIMSE service (pynetdicom, ``ssl_context``) serves the demo
+studies over TLS with certificates of a throwaway CA made by ``openssl`` at
+test time (:mod:`tests.tls_pki`); with ``verify`` it requires a client
+certificate. C-MOVE sub-operations come back over TLS into our storage SCP.
+Then what must fail, and how: an unknown CA, a certificate for another host, an
+expired one, a plain client at a TLS port and a TLS client at a plain port (both
+fast), no client certificate; ``verify=False`` connects with a warning. Last, a
+connection cut in the middle of the TLS stream: the retrieve resumes on a new
+one. Everything on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicomtrolley.core import Query, StudyReference
+from dicomtrolley.dicom_qr import DICOMQR, DICOMQRGet, DICOMQRMove
+from dicomtrolley.dimse.errors import DIMSEConnectionError, DIMSEError
+from dicomtrolley.dimse.settings import DIMSETimeouts
+from dicomtrolley.dimse.tls import DIMSETLS, DIMSETLSError
+from dicomtrolley.emulator import DimseService, Emulator, default_services
+from dicomtrolley.exceptions import PermanentError, TransientError
+from dicomtrolley.storage import TemplateStorage
+from dicomtrolley.synthetic import large_study
+from dicomtrolley.transport import NO_RETRY, Retry
+from tests.emulator.conftest import DemoData
+from tests.emulator.test_dimse_service import free_port
+from tests.fakes import tree
+from tests.tls_pki import Pair, Pki, make_pki
+
+HOST = "127.0.0.1"
+AET = "TROLLEY"
+STORE_AET = "TROLLEY-STORE"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def serving(pki: Pki, pair: Pair | None = None, verify: bool = True) -> DIMSETLS:
+    pair = pair or pki.server
+    return DIMSETLS(
+        ca_file=pki.ca, cert_file=pair.cert, key_file=pair.key, verify=verify
+    )
+
+
+def client(pki: Pki, **options: object) -> DIMSETLS:
+    settings: dict[str, object] = {
+        "ca_file": pki.ca,
+        "cert_file": pki.client.cert,
+        "key_file": pki.client.key,
+    }
+    settings.update(options)
+    return DIMSETLS(**settings)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def tls_emulator(root: Path, tls: DIMSETLS | None) -> Iterator[DimseService]:
+    service = DimseService(tls=tls)
+    with Emulator(root, services=[*default_services(), service], rescan_interval=None):
+        yield service
+
+
+@pytest.fixture(scope="module")
+def secure(demo: DemoData, pki: Pki) -> Iterator[DimseService]:
+    with tls_emulator(demo.root, serving(pki)) as service:
+        yield service
+
+
+def storage(folder: Path) -> TemplateStorage:
+    return TemplateStorage(folder, "{StudyInstanceUID}/{SOPInstanceUID}.dcm")
+
+
+def saved(folder: Path) -> dict[str, pydicom.Dataset]:
+    found = {}
+    for path in tree(folder):
+        if path.is_file():
+            dataset = pydicom.dcmread(path)
+            found[str(dataset.SOPInstanceUID)] = dataset
+    return found
+
+
+def assert_same(folder: Path, demo: DemoData, study: str) -> None:
+    received = saved(folder)
+    assert set(received) == set(demo.files_of(study))
+    for uid, dataset in received.items():
+        assert dataset == pydicom.dcmread(demo.by_uid[uid]), uid
+
+
+def find(service: DimseService, tls: DIMSETLS | None, **options: object) -> object:
+    searcher = DICOMQR(HOST, service.port, AET, service.ae_title, tls=tls)
+    return searcher.find_studies(Query(**options))  # type: ignore[arg-type]
+
+
+# -- working ------------------------------------------------------------------------
+
+
+def test_c_find_over_tls(secure: DimseService, demo: DemoData, pki: Pki) -> None:
+    studies = find(secure, client(pki))
+    assert isinstance(studies, list)
+    assert {s.uid for s in studies} == {s.study_uid for s in demo.studies}
+
+
+def test_c_get_over_tls(
+    secure: DimseService, demo: DemoData, pki: Pki, tmp_path: Path
+) -> None:
+    study = demo.study("DTR003").study_uid
+    getter = DICOMQRGet(HOST, secure.port, AET, secure.ae_title, tls=client(pki))
+    report = getter.save_all([StudyReference(study)], storage(tmp_path), tmp_path)
+    assert not report.failures
+    assert_same(tmp_path, demo, study)
+
+
+def test_c_move_over_tls_into_our_tls_storage_scp(
+    secure: DimseService, demo: DemoData, pki: Pki, tmp_path: Path
+) -> None:
+    port = free_port()
+    secure.move_destinations[STORE_AET] = (HOST, port)
+    mover = DICOMQRMove(
+        HOST,
+        secure.port,
+        AET,
+        secure.ae_title,
+        store_aet=STORE_AET,
+        store_port=port,
+        tls=client(pki),  # its certificate is the storage SCP's too
+    )
+    study = demo.study("DTR001").study_uid
+    report = mover.save_all([StudyReference(study)], storage(tmp_path), tmp_path)
+    assert not report.failures
+    assert_same(tmp_path, demo, study)
+
+
+def test_c_move_to_a_plain_storage_scp_is_refused_by_the_tls_one(
+    secure: DimseService, demo: DemoData, pki: Pki, tmp_path: Path
+) -> None:
+    """The emulator moves over TLS; a storage SCP told to take plain TCP
+    (store_tls=False) receives nothing and the study fails, named."""
+    port = free_port()
+    secure.move_destinations[STORE_AET] = (HOST, port)
+    mover = DICOMQRMove(
+        HOST,
+        secure.port,
+        AET,
+        secure.ae_title,
+        store_aet=STORE_AET,
+        store_port=port,
+        tls=client(pki),
+        store_tls=False,
+        retry=NO_RETRY,
+        timeout=5,
+    )
+    study = demo.study("DTR001").study_uid
+    report = mover.save_all([StudyReference(study)], storage(tmp_path), tmp_path)
+    assert report.failures and not saved(tmp_path)
+    assert study in str(report.failures[0])
+
+
+def test_large_instances_over_tls(pki: Pki, tmp_path: Path) -> None:
+    """Instances of 24 MiB: many TLS records per PDU and PDUs per record
+    boundary; every byte arrives."""
+    data = tmp_path / "data"
+    paths = large_study(data, 48 * 1024**2, 24 * 1024**2, key="tls-large")
+    study = str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+    out = tmp_path / "out"
+    with tls_emulator(data, serving(pki)) as service:
+        getter = DICOMQRGet(HOST, service.port, AET, service.ae_title, tls=client(pki))
+        report = getter.save_all([StudyReference(study)], storage(out), out)
+    assert not report.failures
+    received = saved(out)
+    assert len(received) == len(paths) == 2
+    for path in paths:
+        original = pydicom.dcmread(path)
+        assert received[str(original.SOPInstanceUID)].PixelData == original.PixelData
+
+
+# -- refused, and how ---------------------------------------------------------------
+
+
+def permanent(error: BaseException) -> bool:
+    return isinstance(error, PermanentError) and not isinstance(error, TransientError)
+
+
+def test_unknown_ca_is_refused(secure: DimseService, pki: Pki) -> None:
+    with pytest.raises(DIMSETLSError) as caught:
+        find(secure, client(pki, ca_file=pki.other_ca))
+    assert permanent(caught.value)
+    message = str(caught.value)
+    assert "certificate was refused" in message and "CA is not one we trust" in message
+    assert f"{HOST}:{secure.port}" in message
+
+
+def test_system_cas_do_not_know_a_private_ca(secure: DimseService, pki: Pki) -> None:
+    with pytest.raises(DIMSETLSError, match="not one we trust"):
+        find(secure, client(pki, ca_file=None))
+
+
+@pytest.mark.parametrize(
+    ("which", "why"),
+    [
+        ("wrong_host", "not issued for '127.0.0.1'"),
+        ("expired", "certificate has expired"),
+        ("untrusted", "CA is not one we trust"),
+    ],
+)
+def test_bad_server_certificates_are_refused(
+    demo: DemoData, pki: Pki, which: str, why: str
+) -> None:
+    with tls_emulator(demo.root, serving(pki, getattr(pki, which))) as service:
+        with pytest.raises(DIMSETLSError, match=why) as caught:
+            find(service, client(pki))
+        assert permanent(caught.value)
+        # what the check is for: without it, the same server is accepted
+        if which == "wrong_host":
+            assert find(service, client(pki, check_hostname=False))
+
+
+def test_no_verify_connects_with_a_warning(
+    demo: DemoData, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        tls_emulator(demo.root, serving(pki, pki.untrusted)) as service,
+        caplog.at_level(logging.WARNING, logger="dicomtrolley"),
+    ):
+        studies = find(service, client(pki, ca_file=None, verify=False))
+    assert studies
+    assert any("without verifying" in r.getMessage() for r in caplog.records)
+
+
+def test_client_certificate_required(secure: DimseService, pki: Pki) -> None:
+    """No certificate of ours: the server refuses it after the handshake (TLS
+    1.3), as an alert or by closing: a DIMSE error naming the peer, no result."""
+    with pytest.raises(DIMSEError) as caught:
+        find(secure, DIMSETLS(ca_file=pki.ca))
+    assert f"{HOST}:{secure.port} (TLS, calling AE {AET})" in str(caught.value)
+
+
+def test_plain_client_at_a_tls_port_fails_fast(secure: DimseService) -> None:
+    started = time.monotonic()
+    with pytest.raises(DIMSEError):
+        find(secure, None)
+    assert time.monotonic() - started < 3
+
+
+def test_tls_client_at_a_plain_port_fails_fast(demo: DemoData, pki: Pki) -> None:
+    with tls_emulator(demo.root, None) as service:
+        started = time.monotonic()
+        with pytest.raises(DIMSETLSError, match="does not speak TLS on this port"):
+            find(service, client(pki))
+        assert time.monotonic() - started < 3
+
+
+def test_handshake_times_out_on_a_silent_peer(pki: Pki) -> None:
+    """A port that accepts and says nothing: the connect timeout ends it."""
+    with socket.create_server((HOST, 0)) as silent:
+        port = silent.getsockname()[1]
+        timeouts = DIMSETimeouts(connect=0.6, idle=5)
+        searcher = DICOMQR(HOST, port, AET, "SILENT", tls=client(pki), timeout=timeouts)
+        started = time.monotonic()
+        with pytest.raises(DIMSEConnectionError, match="no TLS handshake within"):
+            searcher.find_studies(Query())
+        assert time.monotonic() - started < 2
+
+
+# -- a TLS stream cut mid-PDU ---------------------------------------------------------
+
+
+class CuttingRelay:
+    """Relays 127.0.0.1 connections to upstream; the first one is cut after
+    ``cut_after`` bytes from upstream (in the middle of TLS records and PDUs)."""
+
+    def __init__(self, upstream: int, cut_after: int) -> None:
+        self.upstream, self.cut_after = upstream, cut_after
+        self.server = socket.create_server((HOST, 0))
+        self.port = int(self.server.getsockname()[1])
+        self.connections = 0
+        self.cut = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            far = socket.create_connection((HOST, self.upstream))
+            limit = self.cut_after if self.connections == 1 else None
+            threading.Thread(target=self._pipe, args=(near, far, None)).start()
+            threading.Thread(target=self._pipe, args=(far, near, limit)).start()
+
+    def _pipe(
+        self, source: socket.socket, sink: socket.socket, limit: int | None
+    ) -> None:
+        sent = 0
+        with contextlib.suppress(OSError):
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if limit is not None and sent + len(data) >= limit:
+                    sink.sendall(data[: limit - sent])
+                    self.cut = True
+                    break
+                sink.sendall(data)
+                sent += len(data)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_tls_stream_cut_mid_pdu_is_transient_and_resumed(
+    secure: DimseService, demo: DemoData, pki: Pki, tmp_path: Path
+) -> None:
+    relay = CuttingRelay(secure.port, cut_after=150_000)
+    try:
+        study = demo.study("DTR003").study_uid
+        getter = DICOMQRGet(
+            HOST,
+            relay.port,
+            AET,
+            secure.ae_title,
+            tls=client(pki),
+            retry=Retry(total=2, backoff_factor=0),
+        )
+        report = getter.save_all([StudyReference(study)], storage(tmp_path), tmp_path)
+    finally:
+        relay.close()
+    assert relay.cut and relay.connections >= 2
+    assert not report.failures
+    assert_same(tmp_path, demo, study)
+    assert len(report.saved) == len(set(report.saved)) == len(demo.files_of(study))
