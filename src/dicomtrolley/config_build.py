@@ -136,6 +136,7 @@ def make_searcher(
             dimse.aet,
             dimse.aec,
             timeout=profile.timeouts.dimse(),
+            tls=dimse.tls_settings(),
         )
     raise ConfigError(f"{profile.where}: search: unknown protocol {protocol!r}")
 
@@ -183,6 +184,7 @@ def make_downloader(
                 timeout=profile.timeouts.dimse(),
                 max_workers=workers,
                 retry=retry,
+                tls=dimse.tls_settings(),
             )
         return DICOMQRGet(
             dimse.host,
@@ -192,6 +194,7 @@ def make_downloader(
             timeout=profile.timeouts.dimse(),
             max_workers=workers,
             retry=retry,
+            tls=dimse.tls_settings(),
         )
     raise ConfigError(f"{profile.where}: download: unknown protocol {protocol!r}")
 

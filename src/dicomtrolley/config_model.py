@@ -11,6 +11,8 @@ naming the key (never pydantic's ValidationError).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -29,12 +31,17 @@ from pydantic import (
 
 from dicomtrolley.auth import DEFAULT_REALM
 from dicomtrolley.credentials import ConfigError, Secrets
-from dicomtrolley.dimse.settings import DIMSETimeouts, check_ae_title
+from dicomtrolley.dimse.settings import (
+    KEY_PASSWORD_ENV,
+    DIMSETimeouts,
+    check_ae_title,
+)
 from dicomtrolley.oauth import DEFAULT_REFRESH_MARGIN
 from dicomtrolley.transport import DEFAULT_RETRY, DEFAULT_TIMEOUT, Retry, Timeout
 
 if TYPE_CHECKING:
     from dicomtrolley.core import Downloader, Searcher
+    from dicomtrolley.dimse.tls import DIMSETLS
     from dicomtrolley.storage import DICOMDiskStorage
     from dicomtrolley.trolley import Trolley
 
@@ -47,6 +54,7 @@ __all__ = [
     "BasicAuthConfig",
     "BearerAuthConfig",
     "DimseConfig",
+    "DimseTLSConfig",
     "NoAuthConfig",
     "OAuth2Config",
     "Profile",
@@ -172,8 +180,45 @@ class RetryConfig(_Model):
         )
 
 
+class DimseTLSConfig(_Model):
+    """DICOM over TLS: the CAs to trust, our certificate, whether to verify.
+
+    ``tls = {}`` (or ``tls = true``) checks the PACS's certificate against the
+    system's CAs. The key's password comes from the variable ``key_password_env``.
+    """
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    key_password_env: EnvName = KEY_PASSWORD_ENV
+    verify: bool = True
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _files(self) -> DimseTLSConfig:
+        if self.key is not None and self.cert is None:
+            raise ValueError("key needs cert")
+        if self.ca is not None and not self.verify:
+            raise ValueError("ca with verify = false: choose one")
+        return self
+
+    def settings(self, environ: Mapping[str, str] | None = None) -> DIMSETLS:
+        """As :class:`~dicomtrolley.dimse.tls.DIMSETLS` (the password looked up now)."""
+        from dicomtrolley.dimse.tls import DIMSETLS
+
+        env = os.environ if environ is None else environ
+        return DIMSETLS(
+            ca_file=self.ca,
+            cert_file=self.cert,
+            key_file=self.key,
+            key_password=env.get(self.key_password_env) or None,
+            verify=self.verify,
+            check_hostname=self.check_hostname,
+        )
+
+
 class DimseConfig(_Model):
-    """Where the PACS listens for DIMSE, and the C-MOVE destination."""
+    """Where the PACS listens for DIMSE, the C-MOVE destination, and TLS."""
 
     host: Annotated[str, Field(min_length=1)]
     port: Annotated[int, Field(ge=1, le=65535)]
@@ -181,6 +226,18 @@ class DimseConfig(_Model):
     aec: str = "ANY-SCP"
     store_aet: str | None = None
     store_port: Annotated[int, Field(ge=1, le=65535)] = 11112
+    tls: DimseTLSConfig | None = None
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _tls_flag(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        return None if value is False else value
+
+    def tls_settings(self) -> DIMSETLS | None:
+        """The TLS settings of the connections to the PACS (None: plain TCP)."""
+        return None if self.tls is None else self.tls.settings()
 
     @field_validator("aet", "aec", "store_aet")
     @classmethod
@@ -406,7 +463,7 @@ class Profile(_Model):
                 auth[key] = getattr(self.auth, key)
         dimse = None
         if self.dimse is not None:
-            dimse = self.dimse.model_dump(exclude_none=True)
+            dimse = self.dimse.model_dump(mode="json", exclude_none=True)
         return {
             "name": self.name,
             "search": self.search_protocol,

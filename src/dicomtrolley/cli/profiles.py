@@ -133,7 +133,7 @@ def _timed(name: str, action: Callable[[], str]) -> Step:
 def c_echo(profile: Profile) -> str:
     """A C-ECHO to the profile's DIMSE server (raises DICOMTrolleyError)."""
     dimse = profile.require_dimse("C-ECHO")
-    peer = Peer(dimse.host, dimse.port, dimse.aet, dimse.aec)
+    peer = Peer(dimse.host, dimse.port, dimse.aet, dimse.aec, dimse.tls_settings())
     send_c_echo(peer, profile.timeouts.dimse())
     return f"{dimse.aec} at {dimse.host}:{dimse.port}"
 

@@ -214,7 +214,7 @@ class DIMSETLS:
             reason = _reason(error)
             if "KEY_VALUES_MISMATCH" in reason:
                 why = f"key file {key} does not belong to certificate {self.cert_file}"
-            elif "BAD_DECRYPT" in reason or "PASSWORD" in reason.upper():
+            elif "BAD_DECRYPT" in reason or _encrypted(key):
                 why = (
                     f"key file {key} is encrypted: wrong or missing password "
                     f"(key_password; the CLI and profiles read ${KEY_PASSWORD_ENV})"
@@ -250,6 +250,12 @@ def _pem_labels(path: Path) -> set[str]:
         if line.startswith("-----BEGIN ") and line.endswith("-----"):
             labels.add(line[len("-----BEGIN ") : -len("-----")])
     return labels
+
+
+def _encrypted(path: Path) -> bool:
+    """Whether the PEM key in path is encrypted (PKCS #8 or OpenSSL's own)."""
+    text = path.read_bytes().decode("ascii", "replace")
+    return "ENCRYPTED PRIVATE KEY" in text or "Proc-Type: 4,ENCRYPTED" in text
 
 
 def _reason(error: ssl.SSLError) -> str:
