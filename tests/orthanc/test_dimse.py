@@ -597,7 +597,7 @@ def test_wrong_called_ae_title_is_rejected_with_both_titles(
     text = str(caught.value)
     assert "'TROLLEYTEST'" in text and "'NOT-ORTHANC'" in text
     assert f"{move_orthanc.host}:{move_orthanc.dicom_port}" in text
-    assert "rejected permanent" in text and "called ae title not recognised" in text
+    assert "rejected permanent" in text and "called AE title not recognized" in text
 
 
 # -- peers that refuse or hang ------------------------------------------------------
