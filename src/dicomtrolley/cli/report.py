@@ -1,8 +1,9 @@
 """``dicomtrolley report DIR``: what an output folder holds and what failed.
 
 Reads the folder's index (``.dicomtrolley/index.sqlite``: instances present
-and intact) and its ``manifest.jsonl`` (every outcome of every download into
-it); see :func:`dicomtrolley.manifest.summarize`. ``--json`` prints the same
+and intact) and its ``manifest.jsonl`` with the shards of Dask workers
+(``manifest.d/*.jsonl``), merged by time: every outcome of every download into
+it; see :func:`dicomtrolley.manifest.summarize`. ``--json`` prints the same
 as one JSON object.
 """
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -268,25 +267,3 @@ def _finish(client: Client, plan: BatchPlan, plugin: str) -> None:
 def threads_for(limit: int, workers: int) -> int:
     """Threads per local worker so that workers x threads covers limit."""
     return max(1, math.ceil(limit / max(1, workers)))
-
-
-class Throughput:
-    """Tasks done, bytes and rate so far, for progress lines. Thread-safe."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.started = time.monotonic()
-        self._lock = threading.Lock()
-        self.done = 0
-        self.bytes = 0
-
-    def add(self, result: TaskResult) -> None:
-        with self._lock:
-            self.done += 1
-            self.bytes += result.bytes_saved
-
-    @property
-    def rate(self) -> float:
-        """Bytes a second since the start."""
-        elapsed = time.monotonic() - self.started
-        return self.bytes / elapsed if elapsed > 0 else 0.0
