@@ -36,6 +36,7 @@ from dicomtrolley.synthetic import large_study
 from dicomtrolley.transport import NO_RETRY, Retry
 from tests.emulator.conftest import DemoData
 from tests.emulator.test_dimse_service import free_port
+from tests.emulator.transfer_helpers import cli_command, run_cli
 from tests.fakes import tree
 from tests.tls_pki import Pair, Pki, make_pki
 
@@ -346,3 +347,31 @@ def test_tls_stream_cut_mid_pdu_is_transient_and_resumed(
     assert not report.failures
     assert_same(tmp_path, demo, study)
     assert len(report.saved) == len(set(report.saved)) == len(demo.files_of(study))
+
+
+# -- the command line -----------------------------------------------------------------
+
+
+def test_cli_download_over_tls(
+    secure: DimseService, demo: DemoData, pki: Pki, tmp_path: Path
+) -> None:
+    study = demo.study("DTR003").study_uid
+    address = ["--host", HOST, "--port", str(secure.port), "--aec", secure.ae_title]
+    keys = ["--tls-ca", str(pki.ca), "--tls-cert", str(pki.client.cert)]
+    keys += ["--tls-key", str(pki.client.key)]
+    done = run_cli(
+        cli_command(
+            "download", "--protocol", "c-get", *address, *keys,
+            "--study-uid", study, "-o", str(tmp_path),
+        )
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert set(saved(tmp_path)) == set(demo.files_of(study))
+    refused = run_cli(
+        cli_command(
+            "download", "--protocol", "c-get", *address, "--tls-ca",
+            str(pki.other_ca), "--study-uid", study, "-o", str(tmp_path / "no"),
+        )
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "CA is not one we trust" in refused.stdout + refused.stderr
