@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from distributed import Client
 
 from dicomtrolley.cli.main import main
 from dicomtrolley.config_model import BasicAuthConfig, Profile
@@ -33,6 +32,7 @@ from dicomtrolley.distributed import (
 from dicomtrolley.emulator import Emulator
 from dicomtrolley.query import Query
 from dicomtrolley.synthetic import cohort_studies, write_studies
+from distributed import Client
 from tests.dask_cluster import local_cluster, manifest_facts, saved_per_instance
 from tests.emulator.conftest import USER, DemoData
 from tests.emulator.transfer_helpers import (
@@ -61,6 +61,12 @@ def cluster() -> Iterator[Client]:
     """3 process workers of 2 threads, with the emulator's password."""
     with local_cluster(workers=3, threads=2, env=ENV) as client:
         yield client
+
+
+@pytest.fixture(autouse=True)
+def _password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client searches with the emulator's password (from the environment)."""
+    monkeypatch.setenv("DICOMTROLLEY_PASSWORD", ENV["DICOMTROLLEY_PASSWORD"])
 
 
 @pytest.fixture
@@ -169,9 +175,7 @@ def test_the_server_sees_no_more_transfers_than_the_limit_from_the_whole_cluster
     tmp_path: Path,
     cluster: Client,
     slow_emulator: Callable[[Path], tuple[Emulator, RequestLog]],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("DICOMTROLLEY_PASSWORD", ENV["DICOMTROLLEY_PASSWORD"])
     emulator, _ = slow_emulator(cohort)
     limited = plan_all(emulator, tmp_path / "two", workers=2)
     emulator.concurrency.reset()
@@ -192,9 +196,7 @@ def test_the_rate_limit_spaces_the_requests_of_the_whole_cluster(
     tmp_path: Path,
     cluster: Client,
     slow_emulator: Callable[[Path], tuple[Emulator, RequestLog]],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("DICOMTROLLEY_PASSWORD", ENV["DICOMTROLLEY_PASSWORD"])
     emulator, log = slow_emulator(cohort)
     plan = plan_all(emulator, tmp_path / "paced", workers=3, rate=25.0)
     times: list[float] = []
@@ -236,9 +238,7 @@ def test_a_worker_killed_mid_study_leaves_no_partial_or_doubled_file(
     tmp_path: Path,
     cluster: Client,
     slow_emulator: Callable[[Path], tuple[Emulator, RequestLog]],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("DICOMTROLLEY_PASSWORD", ENV["DICOMTROLLEY_PASSWORD"])
     root = tmp_path / "data"
     big = cohort_studies(1, instances=40, size=32, key="killed")[0]
     write_studies(root, [big, *cohort_studies(2, instances=3, key="calm")])
@@ -266,9 +266,7 @@ def test_a_large_study_is_one_task_per_series(
     demo: DemoData,
     tmp_path: Path,
     cluster: Client,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("DICOMTROLLEY_PASSWORD", ENV["DICOMTROLLEY_PASSWORD"])
     spec = max(demo.studies, key=lambda study: len(study.series))
     profile = profile_of(emulator, workers=3, protocol="wado-rs")
     searcher = profile.searcher()

@@ -59,7 +59,7 @@ from dicomtrolley.cli.main import (
     stderr_console,
     warn,
 )
-from dicomtrolley.cli.progress import RichProgress
+from dicomtrolley.cli.progress import RichProgress, TransferCounts
 from dicomtrolley.cli.transfer import (
     EXIT_INTERRUPTED,
     TransferOptions,
@@ -721,7 +721,6 @@ def _download(
     console: Console,
     completed: CompletedRows,
 ) -> None:
-    from dicomtrolley.cli.download import summary
     from dicomtrolley.trolley import Trolley
 
     output = transfer.output
@@ -763,13 +762,37 @@ def _download(
         _record_completed(results, state.succeeded, completed, output)
     if transfer.manifest_csv is not None:
         manifest.write_csv(transfer.manifest_csv)
-    elapsed = time.monotonic() - started
-    counts = progress.counts
+    for item, error in state.failures:
+        problems.append(f"{item.row.describe()}: study {item.study.uid}: {error}")
+    conclude(
+        ctx,
+        progress.counts,
+        time.monotonic() - started,
+        output,
+        problems,
+        len(rows),
+        stopped=stopped,
+        after_summary=lambda: print_fallbacks(downloader),
+    )
+
+
+def conclude(
+    ctx: click.Context,
+    counts: TransferCounts,
+    elapsed: float,
+    output: Path,
+    problems: Sequence[str],
+    rows: int,
+    *,
+    stopped: bool = False,
+    after_summary: Callable[[], None] = lambda: None,
+) -> None:
+    """The end of a batch that downloaded: the summary after Ctrl-C (exit
+    130), else the summary line and the problems (exit 1 if any)."""
+    from dicomtrolley.cli.download import summary
+
     if stopped:
-        click.echo(
-            interrupted(counts, output, elapsed, problems),
-            err=True,
-        )
+        click.echo(interrupted(counts, output, elapsed, problems), err=True)
         ctx.exit(EXIT_INTERRUPTED)
     if not quiet():
         click.echo(
@@ -781,10 +804,8 @@ def _download(
                 output.resolve(),
             )
         )
-        print_fallbacks(downloader)
-    for item, error in state.failures:
-        problems.append(f"{item.row.describe()}: study {item.study.uid}: {error}")
-    _report_problems(problems, len(rows))
+        after_summary()
+    _report_problems(problems, rows)
     if problems:
         ctx.exit(1)
 

@@ -32,7 +32,7 @@ from dicomtrolley.batchstate import CompletedRows
 from dicomtrolley.cli.connection import PASSWORD_ENV, TOKEN_ENV, ConnectionSettings
 from dicomtrolley.cli.main import quiet
 from dicomtrolley.cli.progress import RichProgress
-from dicomtrolley.cli.transfer import EXIT_INTERRUPTED, TransferOptions, interrupted
+from dicomtrolley.cli.transfer import TransferOptions
 from dicomtrolley.config_model import BasicAuthConfig
 from dicomtrolley.credentials import MissingSecretError, Secrets
 from dicomtrolley.distributed import BatchOutcome, BatchPlan, TaskResult
@@ -218,9 +218,8 @@ def download_on_dask(
     from dicomtrolley.cli.batch import (
         _note_complete_rows,
         _record_completed,
-        _report_problems,
+        conclude,
     )
-    from dicomtrolley.cli.download import summary
 
     output = transfer.output
     connector = CommandConnector.of(transfer, connection, server)
@@ -274,30 +273,21 @@ def download_on_dask(
             _record_completed(results, succeeded, completed, output)
     if transfer.manifest_csv is not None:
         manifest.write_csv(transfer.manifest_csv)
-    elapsed = time.monotonic() - started
-    if stopped:
-        click.echo(interrupted(progress.counts, output, elapsed, problems), err=True)
-        ctx.exit(EXIT_INTERRUPTED)
-    if outcome.stopped is not None:
+    if outcome.stopped is not None and not stopped:
         raise click.ClickException(f"stopped: {outcome.stopped}")
-    counts = progress.counts
-    if not quiet():
-        click.echo(
-            summary(
-                counts.downloaded,
-                counts.skipped,
-                counts.bytes_saved,
-                elapsed,
-                output.resolve(),
-            )
-        )
     for result in outcome.failed:
         where = by_row[result.row].describe() if result.row in by_row else "?"
         error = result.error or "; ".join(result.failures[:3])
         problems.append(f"{where}: study {result.key}: {error}")
-    _report_problems(problems, len(by_row))
-    if problems:
-        ctx.exit(1)
+    conclude(
+        ctx,
+        progress.counts,
+        time.monotonic() - started,
+        output,
+        problems,
+        len(by_row),
+        stopped=stopped,
+    )
 
 
 def _studies_done(plan: BatchPlan, outcome: BatchOutcome) -> set[str]:
