@@ -539,6 +539,11 @@ def batch(
     except BatchFileError as error:
         raise click.UsageError(f"{file}: {error}") from error
     storage = transfer.storage()
+    if dask_address and not dry_run and getattr(storage, "transform", None):
+        raise click.UsageError(
+            "--dask cannot de-identify yet: the key would have to travel to every "
+            "worker; run the batch without --dask, or without de-identification"
+        )
     transfer = transfer.checked()
     if not dry_run:
         check_output(transfer.output, warn=warn)
