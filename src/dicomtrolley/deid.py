@@ -76,7 +76,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -84,7 +85,17 @@ from pydicom.sequence import Sequence
 from dicomtrolley.catalog import STATE_FOLDER, Catalog, utc_now
 from dicomtrolley.core import InstanceReference
 from dicomtrolley.credentials import ConfigError
-from dicomtrolley.deid_table import ProfileOptions, basic_recipe, profile_rows
+from dicomtrolley.deid_table import (
+    BLANK,
+    DUMMY,
+    EDITION,
+    PSEUDONYM,
+    REMOVE,
+    SHIFT_DATE,
+    ProfileOptions,
+    all_rows,
+    profile_actions,
+)
 from dicomtrolley.exceptions import DICOMTrolleyError, PermanentError
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.storage import DEID_STATE_NAME, DatasetHook
@@ -197,12 +208,21 @@ class Deidentifier(DatasetHook):
         retain_device: bool = False,
         retain_uids: bool = False,
     ) -> None:
-        parser_class, recipe_class = _require_deid()
-        self._parser_class = parser_class
         self._key = _key_bytes(key)
         self.options = ProfileOptions(retain_dates, retain_device, retain_uids)
         self.profile = str(profile)
-        self._recipe, recipe_text = self._load_recipe(recipe_class)
+        self._recipe: Any = None
+        if self.profile == "basic":
+            try:
+                self._actions = profile_actions(self.options)
+            except ConfigError as error:
+                raise MissingDeidExtraError(str(error)) from error
+            recipe_text = f"PS3.15 {EDITION} Table E.1-1 {self.options.describe()}"
+        else:
+            self._actions = {}
+            parser_class, recipe_class = _require_deid()
+            self._parser_class = parser_class
+            self._recipe, recipe_text = self._load_recipe(recipe_class)
         digest = hashlib.sha256(recipe_text.encode()).hexdigest()[:16]
         self.description = (
             self.options.describe()
@@ -257,10 +277,13 @@ class Deidentifier(DatasetHook):
         patient = _patient_key(dataset)
         note = DeidNote(source_uid=uids[0], flag=burned_in_reason(dataset))
         try:
-            dataset = self._run_recipe(dataset, patient)
-            _remove_curves_and_overlays(dataset)
-            if not self.options.retain_uids:
-                self._map_uids(dataset, note.uids)
+            if self._recipe is None:
+                self._apply_profile(dataset, patient, note.uids)
+            else:
+                dataset = self._run_recipe(dataset, patient)
+                _remove_curves_and_overlays(dataset)
+                if not self.options.retain_uids:
+                    self._map_uids(dataset, note.uids)
             self._mark(dataset)
         except DICOMTrolleyError:
             raise
@@ -396,9 +419,6 @@ class Deidentifier(DatasetHook):
     # -- the steps ---------------------------------------------------------------
 
     def _load_recipe(self, recipe_class: Any) -> tuple[Any, str]:
-        if self.profile == "basic":
-            text = basic_recipe(self.options)
-            return _recipe_from_text(recipe_class, text), text
         path = Path(self.profile)
         try:
             text = path.read_text(encoding="utf-8")
@@ -412,6 +432,58 @@ class Deidentifier(DatasetHook):
                 "'basic' or a recipe file"
             )
         return _recipe_from_text(recipe_class, text), text
+
+    def _apply_profile(
+        self, dataset: Dataset, patient: str, pairs: dict[str, str]
+    ) -> None:
+        """The Basic Profile (and options), private attributes, curves and
+        overlays removed and UIDs mapped, in one pass over dataset and its
+        sequence items at any depth. Elements left alone are not decoded
+        (pixel data is never read)."""
+        actions = self._actions
+        alias = self.pseudonym(patient)
+        offset = self.offset_for(patient)
+        map_uids = not self.options.retain_uids
+        stack = [dataset]
+        while stack:
+            item = stack.pop()
+            for tag in list(item.keys()):
+                if _always_removed(tag):
+                    del item[tag]
+                    continue
+                action = actions.get(tag)
+                if action == REMOVE:
+                    del item[tag]
+                    continue
+                if action is not None:
+                    _change(item[tag], action, alias, offset)
+                    continue
+                vr = _raw_vr(item.get_item(tag), tag)
+                if vr == "SQ":
+                    value = item[tag].value
+                    stack.extend(x for x in value or () if isinstance(x, Dataset))
+                elif vr == "UI" and map_uids and _mappable_tag(tag):
+                    self._map_element(item[tag], pairs)
+
+    def _map_element(self, element: DataElement, pairs: dict[str, str]) -> None:
+        """element's UIDs replaced by their mapped UIDs (pairs records them)."""
+        if not element.value:
+            return
+        values = (
+            list(element.value)
+            if isinstance(element.value, MultiValue)
+            else [element.value]
+        )
+        mapped = []
+        for value in values:
+            text = str(value).strip("\x00 ")
+            if text.startswith(STANDARD_UID_ROOT) or not text:
+                mapped.append(text)
+                continue
+            new = pairs.get(text) or self.map_uid(text)
+            pairs[text] = new
+            mapped.append(new)
+        element.value = mapped if len(mapped) > 1 else mapped[0]
 
     def _run_recipe(self, dataset: Dataset, patient: str) -> Dataset:
         """Apply the recipe; returns the data set (a FileDataset sharing
@@ -445,23 +517,8 @@ class Deidentifier(DatasetHook):
     def _map_uids(self, dataset: Dataset, pairs: dict[str, str]) -> None:
         for item in _datasets(dataset):
             for element in item:
-                if element.VR != "UI" or not element.value or not _mappable(element):
-                    continue
-                values = (
-                    list(element.value)
-                    if isinstance(element.value, MultiValue)
-                    else [element.value]
-                )
-                mapped = []
-                for value in values:
-                    text = str(value).strip("\x00 ")
-                    if text.startswith(STANDARD_UID_ROOT) or not text:
-                        mapped.append(text)
-                        continue
-                    new = pairs.get(text) or self.map_uid(text)
-                    pairs[text] = new
-                    mapped.append(new)
-                element.value = mapped if len(mapped) > 1 else mapped[0]
+                if element.VR == "UI" and _mappable(element):
+                    self._map_element(element, pairs)
 
     def _mark(self, dataset: Dataset) -> None:
         dataset.PatientIdentityRemoved = "YES"
@@ -487,6 +544,53 @@ class Deidentifier(DatasetHook):
 
 
 # -- helpers -------------------------------------------------------------------------
+
+
+def _always_removed(tag: int) -> bool:
+    """Private attributes, curve data (50xx,eeee), overlay data (60xx,3000)
+    and overlay comments (60xx,4000)."""
+    group = tag >> 16
+    if group & 1:
+        return True
+    if 0x5000 <= group <= 0x50FF:
+        return True
+    return 0x6000 <= group <= 0x60FF and tag & 0xFFFF in (0x3000, 0x4000)
+
+
+def _raw_vr(element: DataElement | RawDataElement, tag: int) -> str:
+    """The VR of an element, decoded or not (the dictionary's for implicit VR)."""
+    if element.VR:
+        return str(element.VR)
+    return _dictionary_vr(tag)
+
+
+@functools.lru_cache(maxsize=4096)
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+@functools.lru_cache(maxsize=4096)
+def _mappable_tag(tag: int) -> bool:
+    """Every UID but SOP classes and transfer syntaxes (unless the table says U)."""
+    keyword = keyword_for_tag(tag) or ""
+    if tag in _table_uid_tags():
+        return True
+    return not (keyword.endswith("ClassUID") or keyword == "TransferSyntaxUID")
+
+
+def _change(element: DataElement, action: str, alias: str, offset: int) -> None:
+    """Apply a profile action other than REMOVE to element."""
+    if action == BLANK:
+        element.value = element.empty_value
+    elif action == PSEUDONYM:
+        element.value = alias
+    elif action == SHIFT_DATE:
+        element.value = _shift_value(element, offset)
+    elif action == DUMMY:
+        element.value = _dummy_for(element.VR)
 
 
 _DEID_LOCK = threading.Lock()
@@ -567,17 +671,13 @@ def _datasets(dataset: Dataset) -> Iterator[Dataset]:
 
 
 @functools.lru_cache(maxsize=1)
-def _table_uids() -> frozenset[str]:
-    """Keywords Table E.1-1 marks U (ManufacturerDeviceClassUID among them)."""
-    return frozenset(row.keyword for row in profile_rows() if "U" in row.basic)
+def _table_uid_tags() -> frozenset[int]:
+    """Tags Table E.1-1 marks U (ManufacturerDeviceClassUID among them)."""
+    return frozenset(row.tag for row in all_rows() if "U" in row.basic)
 
 
 def _mappable(element: DataElement) -> bool:
-    """Every UID but SOP classes and transfer syntaxes (unless the table says U)."""
-    keyword = element.keyword or ""
-    if keyword in _table_uids():
-        return True
-    return not (keyword.endswith("ClassUID") or keyword == "TransferSyntaxUID")
+    return _mappable_tag(int(element.tag))
 
 
 def _remove_curves_and_overlays(dataset: Dataset) -> None:
@@ -607,9 +707,12 @@ _DUMMIES = {
 
 
 def _dummy_value(**kw: Any) -> Any:
-    """A dummy value of the element's VR (PS3.15 action D)."""
-    element = kw["field"].element
-    vr = element.VR
+    """A dummy value of the element's VR (PS3.15 action D), for deid recipes."""
+    return _dummy_for(kw["field"].element.VR)
+
+
+def _dummy_for(vr: str) -> Any:
+    """A dummy value of VR vr (PS3.15 action D)."""
     if vr in _DUMMIES:
         return _DUMMIES[vr]
     if vr in ("US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"):

