@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import os
 import re
+import secrets
 import string
 import struct
 import tempfile
@@ -77,6 +79,10 @@ UNKNOWN = "unknown"
 DEID_STATE_NAME = "deid.json"
 #: Set on a data set the storage's transform has changed (never applied twice).
 _TRANSFORMED = "_dicomtrolley_transformed"
+#: The most bytes of one instance held in memory while a transform waits for
+#: it to be complete (``memory_limit``); the environment variable overrides it.
+DEFAULT_MEMORY_LIMIT = 1 << 30
+MEMORY_LIMIT_ENV = "DICOMTROLLEY_DEID_MEMORY_LIMIT"
 
 
 class DatasetHook:
@@ -555,12 +561,19 @@ def _verify_with_pydicom(path: Path) -> FileDataset:
         raise DICOMParseError(
             f"{path.name}: not a readable DICOM file: {error}"
         ) from error
+    _check_element_ends(dataset, size, path.name)
+    return dataset
+
+
+def _check_element_ends(dataset: FileDataset, size: int, name: str) -> None:
+    """DICOMParseError when an element read by pydicom runs past size bytes,
+    or bytes are left after the last complete one (a cut element header)."""
     if not dataset:
-        raise DICOMParseError(f"{path.name}: DICOM file holds no data elements")
+        raise DICOMParseError(f"{name}: DICOM file holds no data elements")
     syntax = dataset.file_meta.get("TransferSyntaxUID") if dataset.file_meta else None
     if _is_deflated(syntax):
         # positions refer to the inflated stream; zlib has checked completeness
-        return dataset
+        return
     end = 0
     for element in dataset._dict.values():
         if not isinstance(element, RawDataElement) or element.length == 0xFFFFFFFF:
@@ -569,17 +582,70 @@ def _verify_with_pydicom(path: Path) -> FileDataset:
         end = element.value_tell + element.length
         if end > size:
             raise DICOMParseError(
-                f"{path.name}: truncated: element {element.tag} ends at byte "
+                f"{name}: truncated: element {element.tag} ends at byte "
                 f"{end}, file has {size} bytes"
             )
     if 0 < end < size:
         # pydicom stops quietly at a partial element header: the file was cut
         # inside the header of the element after the last complete one
         raise DICOMParseError(
-            f"{path.name}: truncated: {size - end} byte(s) after the last complete "
-            "element"
+            f"{name}: truncated: {size - end} byte(s) after the last complete element"
         )
+
+
+def read_dicom_bytes(data: bytes, name: str) -> FileDataset:
+    """A complete DICOM file held in memory, parsed (every value read).
+
+    The checks of :func:`verify_dicom_file`: the walker for little endian
+    files, else pydicom's element positions.
+
+    Raises
+    ------
+    DICOMParseError
+        When data is not DICOM or an element runs past its end.
+    """
+    try:
+        walked = _walk_bytes(data)
+    except DICOMParseError as error:
+        raise DICOMParseError(f"{name}: truncated: {error}") from error
+    except (ValueError, struct.error):  # a walker bug: pydicom decides
+        walked = False
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+    except Exception as error:  # pydicom raises assorted errors on garbage
+        raise DICOMParseError(f"{name}: not a readable DICOM file: {error}") from error
+    if not walked:
+        _check_element_ends(dataset, len(data), name)
+    elif not dataset:
+        raise DICOMParseError(f"{name}: DICOM file holds no data elements")
     return dataset
+
+
+def _walk_bytes(data: bytes) -> bool:
+    """True when the walker found data a complete file; False when it cannot
+    tell (pydicom decides). DICOMParseError when it is truncated."""
+    view = memoryview(data)
+    try:
+        header = _file_header(data, at_eof=True)
+    except DICOMParseError:
+        return False
+    if header is None:
+        return False
+    walker = DatasetWalker(implicit_vr=header.implicit_vr, offset=header.dataset_offset)
+    position, size = header.dataset_offset, len(view)
+    try:
+        while position < size:
+            skip = min(walker.skippable, size - position)
+            if skip:
+                walker.skip(skip)
+                position += skip
+                continue
+            block = view[position : position + _READ_BLOCK]
+            walker.feed(block)
+            position += len(block)
+    except DICOMParseError:
+        return False  # pydicom may still read it (implicit VR switches ...)
+    return walker.elements() is not None
 
 
 def _is_deflated(syntax: Any) -> bool:
@@ -608,6 +674,11 @@ class InstanceWriter:
 
     The temporary file lives in the output folder itself, so the final rename is
     atomic (same file system).
+
+    With a storage ``transform`` the received bytes are held in memory instead
+    (at most the storage's ``memory_limit``): only the changed data set is
+    written, so no byte of what arrived reaches the disk. An instance larger
+    than the limit fails (:class:`InstanceTooLargeError`).
     """
 
     def __init__(
@@ -624,15 +695,34 @@ class InstanceWriter:
         self.bytes_written = 0
         self._crc = 0
         self._checksum: str | None = None  # of a file the transform wrote
+        self._file: IO[bytes] | None = None
+        #: the received bytes, while a transform waits for them (else None)
+        self._chunks: list[bytes] | None = None
+        self.memory_limit = 0
         try:
             root.mkdir(parents=True, exist_ok=True)
+            if storage.transform is not None:
+                self._chunks = []
+                self.memory_limit = storage.memory_limit
+                # reserved for the changed file; nothing is there before commit
+                name = f"{temp_prefix()}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+                self.temp_path = root / name
+                return
             fd, name = make_temp_file(root)
         except OSError as error:
             raise StorageError(f"cannot create a file in {root}: {error}") from error
         self.temp_path = Path(name)
-        self._file: IO[bytes] | None = os.fdopen(fd, "wb")
+        self._file = os.fdopen(fd, "wb")
+
+    @property
+    def in_memory(self) -> bool:
+        """True while the received bytes are held in memory (a transform)."""
+        return self._chunks is not None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._chunks is not None:
+            self._hold(data)
+            return
         if self._file is None:
             raise StorageError("write after commit or abort")
         try:
@@ -641,6 +731,23 @@ class InstanceWriter:
             self.abort()
             raise StorageError(f"cannot write {self.temp_path}: {error}") from error
         self._crc = zlib.crc32(data, self._crc)
+        self.bytes_written += len(data)
+
+    def _hold(self, data: bytes | bytearray | memoryview) -> None:
+        chunks = self._chunks
+        assert chunks is not None
+        if self.bytes_written + len(data) > self.memory_limit:
+            prefix = b"".join(chunks[:64])[: 1 << 20]
+            self.abort()
+            uids = self._expected_uids() or uids_in_prefix(prefix)
+            raise InstanceTooLargeError(
+                f"instance {uids[0] if uids else '(UID not known yet)'} is larger "
+                f"than {self.memory_limit} bytes, the most a transform (e.g. "
+                f"--deidentify) holds in memory: raise {MEMORY_LIMIT_ENV} or the "
+                "storage's memory_limit",
+                uids=uids,
+            )
+        chunks.append(bytes(data))
         self.bytes_written += len(data)
 
     def _close(self) -> None:
@@ -658,19 +765,21 @@ class InstanceWriter:
 
         The file gets the umask's mode, and the output folder's index
         (:mod:`dicomtrolley.catalog`) a row for it, right after the rename.
-        With a storage ``transform``, the received file is read, changed and
-        written again first; the path and the checks are those of the changed
+        With a storage ``transform``, the instance held in memory is parsed,
+        changed and written; the path and the checks are those of the changed
         data set, the index row has the UIDs received.
         """
         uids = self._expected_uids()
         try:
-            self._close()
-            apply_file_mode(self.temp_path)  # also for a file adopted by rename
-            dataset = verify_dicom_file(self.temp_path)
-            _check_instance(dataset, self.expected, uids)
-            source, hook, note = dataset, self.storage.transform, None
-            if hook is not None:
-                dataset, note = self._transform(hook, uids)
+            hook = self.storage.transform
+            if self._chunks is not None and hook is not None:
+                source, dataset, note = self._transform(hook, uids)
+            else:
+                self._close()
+                apply_file_mode(self.temp_path)  # also for a file adopted by rename
+                dataset = verify_dicom_file(self.temp_path)
+                _check_instance(dataset, self.expected, uids)
+                source, hook, note = dataset, None, None
             planned = self.storage.planned_path(dataset, self.root)
             if planned is not None:
                 # the row first, then the rename: a crash in between leaves a
@@ -719,19 +828,25 @@ class InstanceWriter:
 
     def _transform(
         self, hook: DatasetHook, uids: tuple[str, ...]
-    ) -> tuple[Dataset, Any]:
-        """Read the received file, apply hook, write the result to a new
-        temporary file (which becomes temp_path) and verify it."""
-        try:
-            full = pydicom.dcmread(self.temp_path)
-        except Exception as error:  # pydicom raises assorted errors on garbage
-            raise DICOMParseError(
-                f"{self.temp_path.name}: not a readable DICOM file: {error}"
-            ) from error
+    ) -> tuple[Dataset, Dataset, Any]:
+        """Parse the instance held in memory, apply hook, write the result to
+        temp_path and verify it. Returns the source UIDs (a data set), the
+        written data set and the hook's note."""
+        data = self._received()
+        name = f"instance {uids[0]}" if uids else "received instance"
+        full = read_dicom_bytes(data, name)
+        del data
+        _check_instance(full, self.expected, uids)
+        source = Dataset()  # the UIDs received, for the index
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            setattr(source, keyword, full.get(keyword, ""))
         changed, note = hook.apply(full)
-        fd, name = make_temp_file(self.root)
-        received, self.temp_path = self.temp_path, Path(name)
-        received.unlink(missing_ok=True)
+        _mark_transformed(changed)
+        fd = os.open(
+            self.temp_path,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+            file_mode(),
+        )
         with os.fdopen(fd, "wb") as handle:
             try:
                 changed.save_as(handle, enforce_file_format=False)
@@ -750,10 +865,22 @@ class InstanceWriter:
             None if expected is None else hook.expected_reference(expected),
             uids,
         )
-        return written, note
+        return source, written, note
+
+    def _received(self) -> bytes:
+        """The bytes held in memory (or of a complete file some caller put at
+        temp_path by rename), taken: the writer holds them no longer."""
+        chunks, self._chunks = self._chunks or [], []
+        if not chunks and self.temp_path.exists():
+            data = self.temp_path.read_bytes()
+            self.temp_path.unlink()
+            return data
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def abort(self) -> None:
-        """Throw the partial file away."""
+        """Throw the partial file (or the bytes held in memory) away."""
+        if self._chunks is not None:
+            self._chunks = []
         try:
             if self._file is not None:
                 self._file.close()
@@ -771,8 +898,25 @@ class InstanceWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
+        if self._file is not None or self._chunks:
             self.abort()
+
+
+class InstanceTooLargeError(StorageError):
+    """An instance to transform is larger than the storage's memory_limit."""
+
+
+def uids_in_prefix(prefix: bytes) -> tuple[str, ...]:
+    """The SOP instance, series and study UIDs found in the first bytes of a
+    DICOM file (as many as it holds; none for garbage)."""
+    tags = ["SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"]
+    try:
+        dataset = pydicom.dcmread(
+            io.BytesIO(prefix), force=True, specific_tags=tags, stop_before_pixels=True
+        )
+        return tuple(str(dataset.get(t, "") or "") for t in tags if dataset.get(t))
+    except Exception:  # a cut or broken header: nothing to name
+        return ()
 
 
 def _check_instance(
@@ -790,6 +934,60 @@ def _check_instance(
         )
 
 
+def default_memory_limit() -> int:
+    """``$DICOMTROLLEY_DEID_MEMORY_LIMIT`` (bytes, or with a K, M or G suffix
+    of 1024 steps), else DEFAULT_MEMORY_LIMIT.
+
+    Raises
+    ------
+    StorageError
+        When the variable is not such a size.
+    """
+    raw = os.environ.get(MEMORY_LIMIT_ENV, "")
+    text = raw.strip().upper().removesuffix("B").removesuffix("I")
+    if not text:
+        return DEFAULT_MEMORY_LIMIT
+    scale = 1
+    if text[-1] in "KMG":
+        scale = 1 << (10 * ("KMG".index(text[-1]) + 1))
+        text = text[:-1].strip()
+    if not text.isdigit() or int(text) <= 0:
+        raise StorageError(
+            f"{MEMORY_LIMIT_ENV}={raw!r} is not a size "
+            "(bytes, or a number with K, M or G)"
+        )
+    return int(text) * scale
+
+
+#: Output folders whose storage has a transform -> its memory_limit.
+_in_memory_folders: dict[Path, int] = {}
+_in_memory_lock = threading.Lock()
+
+
+def _hold_in_memory(root: Path, limit: int) -> None:
+    with _in_memory_lock:
+        _in_memory_folders[root.resolve()] = limit
+
+
+def memory_limit_for(folder: Path) -> int | None:
+    """How much of one instance may be held in memory for folder, when what
+    arrives for it must not be written as it came (None: it may).
+
+    True of a folder a storage with a transform checked
+    (:meth:`DICOMDiskStorage.check_folder`, done when a download starts), and
+    of any folder that holds de-identified data (``.dicomtrolley/deid.json``).
+    Receivers that spool instances before a storage takes them (C-GET, the
+    C-MOVE storage SCP) ask this first.
+    """
+    with _in_memory_lock:
+        limit = _in_memory_folders.get(Path(folder).resolve())
+    if limit is not None:
+        return limit
+    if (Path(folder) / STATE_FOLDER / DEID_STATE_NAME).exists():
+        return default_memory_limit()
+    return None
+
+
 class DICOMDiskStorage:
     """Saves datasets to disk. Subclass and implement save(), or use a template.
 
@@ -800,6 +998,21 @@ class DICOMDiskStorage:
     """
 
     fsync: bool = False
+
+    @property
+    def memory_limit(self) -> int:
+        """The most bytes of one instance held in memory while the transform
+        waits for it (default: ``$DICOMTROLLEY_DEID_MEMORY_LIMIT`` or 1 GiB).
+        Several workers hold one instance each: about three times this much
+        memory per worker at most (received, parsed, written)."""
+        limit: int | None = self.__dict__.get("_memory_limit")
+        return default_memory_limit() if limit is None else limit
+
+    @memory_limit.setter
+    def memory_limit(self, value: int | None) -> None:
+        if value is not None and value <= 0:
+            raise StorageError(f"memory_limit must be positive, not {value}")
+        self.__dict__["_memory_limit"] = value
 
     @property
     def transform(self) -> DatasetHook | None:
@@ -836,6 +1049,7 @@ class DICOMDiskStorage:
         hook = self.transform
         if hook is not None:
             hook.check_folder(Path(root))
+            _hold_in_memory(Path(root), self.memory_limit)
         elif (Path(root) / STATE_FOLDER / DEID_STATE_NAME).exists():
             raise StorageError(
                 f"{root} holds de-identified files ({STATE_FOLDER}/"
@@ -962,6 +1176,10 @@ class TemplateStorage(DICOMDiskStorage):
     transform:
         Applied to each data set before it is written (see
         :class:`DatasetHook`), e.g. a :class:`~dicomtrolley.deid.Deidentifier`.
+        Each instance is then received in memory, never written as it came.
+    memory_limit:
+        With a transform: the largest instance (bytes) held in memory; larger
+        ones fail. Default: ``$DICOMTROLLEY_DEID_MEMORY_LIMIT`` or 1 GiB.
     """
 
     def __init__(
@@ -971,11 +1189,13 @@ class TemplateStorage(DICOMDiskStorage):
         fsync: bool = False,
         dots_to_underscores: bool = False,
         transform: DatasetHook | Callable[[Dataset], Dataset] | None = None,
+        memory_limit: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.template = PathTemplate(template, dots_to_underscores)
         self.fsync = fsync
         self.transform = transform
+        self.memory_limit = memory_limit
 
     def __str__(self) -> str:
         return f"{type(self).__name__} at {self.path}"

@@ -10,6 +10,12 @@ to the one :class:`~dicomtrolley.dimse.retrieve.Receiver` entry point
 (:meth:`~dicomtrolley.dimse.retrieve.Receiver.store`: verified, renamed into
 place) and answered with the status it gives. An instance that no request of
 ours waits for is read to its end, thrown away and refused.
+
+When what arrives must not be written as it came (the output folder's storage
+de-identifies: :func:`~dicomtrolley.storage.memory_limit_for`), the data set
+goes into anonymous memory instead (a Linux memfd, gone with the process),
+at most the storage's memory limit; the storage then writes only the changed
+data set.
 """
 
 from __future__ import annotations
@@ -23,11 +29,16 @@ from typing import IO
 from dicomtrolley.dimse.errors import DIMSEError
 from dicomtrolley.dimse.link import Link
 from dicomtrolley.dimse.retrieve import STATUS_OUT_OF_RESOURCES, Receiver, Tally
-from dicomtrolley.exceptions import StorageError
+from dicomtrolley.exceptions import DICOMTrolleyError, StorageError
 from dicomtrolley.formats import dimse_commands, dul
 from dicomtrolley.formats.part10 import file_header
 from dicomtrolley.logs import get_module_logger
-from dicomtrolley.storage import make_temp_file
+from dicomtrolley.storage import (
+    MEMORY_LIMIT_ENV,
+    InstanceTooLargeError,
+    make_temp_file,
+    memory_limit_for,
+)
 
 logger = get_module_logger("dimse")
 
@@ -56,7 +67,7 @@ class CommandAssembler:
 
 
 class _Incoming:
-    """One C-STORE data set on its way into a temporary file."""
+    """One C-STORE data set on its way into a temporary file (or memory)."""
 
     def __init__(self, command: Command, spool: Path, header: bytes) -> None:
         self.command = command
@@ -64,16 +75,49 @@ class _Incoming:
         self.path: Path | None = None
         self.error: BaseException | None = None
         self._file: IO[bytes] | None = None
+        self._memfd: int | None = None
+        self._limit = memory_limit_for(spool)
+        self._size = 0
         try:
-            fd, name = make_temp_file(spool)
-            self.path = Path(name)
+            if self._limit is None:
+                fd, name = make_temp_file(spool)
+                self.path = Path(name)
+            else:
+                fd = self._memory_file()
             self._file = os.fdopen(fd, "wb", buffering=WRITE_BUFFER)
             self._file.write(header)
-        except OSError as error:
+            self._size = len(header)
+        except (OSError, DICOMTrolleyError) as error:
             self._fail(error)
+
+    def _memory_file(self) -> int:
+        """A descriptor to write the data set into anonymous memory; path
+        names the memory for whoever takes the file (Linux: memfd)."""
+        create = getattr(os, "memfd_create", None)
+        if create is None or not Path("/proc/self/fd").is_dir():
+            raise StorageError(
+                f"cannot receive instance {self.sop_uid} in memory for the "
+                "storage's transform: C-GET and C-MOVE need Linux (memfd) for "
+                "that",
+                uids=[self.sop_uid],
+            )
+        self._memfd = create("dicomtrolley-instance", os.MFD_CLOEXEC)
+        self.path = Path(f"/proc/self/fd/{self._memfd}")
+        return os.dup(self._memfd)
 
     def write(self, data: memoryview) -> None:
         if self._file is None:
+            return
+        self._size += len(data)
+        if self._limit is not None and self._size > self._limit:
+            self._fail(
+                InstanceTooLargeError(
+                    f"instance {self.sop_uid} is larger than {self._limit} bytes, "
+                    "the most a transform (e.g. --deidentify) holds in memory: "
+                    f"raise {MEMORY_LIMIT_ENV} or the storage's memory_limit",
+                    uids=[self.sop_uid],
+                )
+            )
             return
         try:
             self._file.write(data)
@@ -88,6 +132,8 @@ class _Incoming:
             except OSError as error:
                 self._fail(error)
             self._file = None
+        if isinstance(self.error, DICOMTrolleyError):
+            raise self.error
         if self.error is not None or self.path is None:
             raise StorageError(
                 f"cannot write received instance {self.sop_uid}: {self.error}",
@@ -100,7 +146,10 @@ class _Incoming:
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
-        if self.path is not None:
+        if self._memfd is not None:
+            os.close(self._memfd)  # the memory is freed with its last descriptor
+            self._memfd = None
+        elif self.path is not None:
             with contextlib.suppress(OSError):
                 self.path.unlink(missing_ok=True)
 
@@ -171,7 +220,10 @@ class StoreIntake:
         if not fragment.last:
             return
         self.incoming = None
-        status = self.receiver.store(incoming.sop_uid, self.tally, incoming.finish)
+        try:
+            status = self.receiver.store(incoming.sop_uid, self.tally, incoming.finish)
+        finally:
+            incoming.discard()  # the receiver took the file (a memfd: freed here)
         logger.debug("C-STORE of %s: status 0x%04X", incoming.sop_uid, status)
         self._respond(incoming.command, status)
 
