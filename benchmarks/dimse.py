@@ -245,30 +245,30 @@ class StoreSCP:
 
 
 def trolley(
-    port: int,
-    aec: str,
+    server: OrthancServer,
     study_uids: list[str],
     out: Path,
-    workers: int,
-    src: Path,
+    args: argparse.Namespace,
     move_port: int = 0,
 ) -> dict[str, float]:
+    """dicomtrolley's C-GET (or C-MOVE to move_port) of study_uids, in a child
+    running args.trolley_src with args.workers."""
     result = subprocess.run(
         [
             sys.executable,
             "-c",
             CHILD,
-            str(port),
-            aec,
+            str(server.dicom_port),
+            server.aet,
             str(out),
-            str(workers),
+            str(args.workers),
             str(move_port),
             *study_uids,
         ],
         check=True,
         capture_output=True,
         text=True,
-        env=dict(os.environ, PYTHONPATH=str(src)),
+        env=dict(os.environ, PYTHONPATH=str(args.trolley_src)),
     )
     data: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
     return data
@@ -298,14 +298,7 @@ def bench(
         dcmtk_files, _ = folder_bytes(out)
         shutil.rmtree(out)
         out = work / f"trolley-{name}-{attempt}"
-        result = trolley(
-            server.dicom_port,
-            server.aet,
-            study_uids,
-            out,
-            args.workers,
-            args.trolley_src,
-        )
+        result = trolley(server, study_uids, out, args)
         shutil.rmtree(out)
         best_ours = min(best_ours, result["seconds"])
         startup = result["startup"]
@@ -346,15 +339,7 @@ def bench_move(
         dcmtk_files, _ = folder_bytes(out)
         shutil.rmtree(out)
         out = work / f"trolley-move-{name}-{attempt}"
-        result = trolley(
-            server.dicom_port,
-            server.aet,
-            study_uids,
-            out,
-            args.workers,
-            args.trolley_src,
-            args.trolley_store_port,
-        )
+        result = trolley(server, study_uids, out, args, args.trolley_store_port)
         shutil.rmtree(out)
         best_ours = min(best_ours, result["seconds"])
         size, files = int(result["bytes"]), int(result["files"])

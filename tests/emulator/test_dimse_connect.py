@@ -7,7 +7,6 @@ otherwise.
 
 from __future__ import annotations
 
-import _thread
 import socket
 import threading
 import time
@@ -23,8 +22,8 @@ from dicomtrolley.dimse.contexts import VERIFICATION, proposal
 from dicomtrolley.dimse.errors import AssociationAbortedError, DIMSETimeoutError
 from dicomtrolley.dimse.link import Link
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
-from dicomtrolley.storage import TemplateStorage
 from dicomtrolley.transport import NO_RETRY
+from tests.emulator.test_store_scp import ctrl_c_during_save_all
 from tests.fakes import tree
 
 HOST = "127.0.0.1"
@@ -109,15 +108,8 @@ def test_ctrl_c_while_connecting_stops_within_a_second(
     tmp_path: Path, kind: str, workers: int
 ) -> None:
     objects = [StudyReference(f"{STUDY}.{n}") for n in range(workers)]
-    storage = TemplateStorage(tmp_path, "{SOPInstanceUID}.dcm")
     with PEERS[kind]() as port:
         downloader = DICOMQRGet(HOST, port, timeout=TIMEOUTS, retry=NO_RETRY)
-        timer = threading.Timer(0.5, _thread.interrupt_main)
-        timer.start()
-        started = time.monotonic()
-        with pytest.raises(KeyboardInterrupt):
-            downloader.save_all(objects, storage, tmp_path, max_workers=workers)
-        interrupted = time.monotonic() - started - 0.5
-        timer.cancel()
+        interrupted = ctrl_c_during_save_all(downloader, objects, tmp_path, workers)
     assert interrupted < 1.0
     assert not [p for p in tree(tmp_path) if p.is_file()]

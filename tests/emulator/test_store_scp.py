@@ -452,6 +452,25 @@ class HangingPeers:
             raise self.errors[0]
 
 
+def ctrl_c_during_save_all(
+    downloader: DICOMQRGet | DICOMQRMove,
+    objects: list[StudyReference],
+    out: Path,
+    workers: int,
+) -> float:
+    """Seconds save_all into out takes to stop after a Ctrl-C 0.5 s into it."""
+    storage = TemplateStorage(out, "{SOPInstanceUID}.dcm")
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    timer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            downloader.save_all(objects, storage, out, max_workers=workers)
+    finally:
+        timer.cancel()
+    return time.monotonic() - started - 0.5
+
+
 @pytest.mark.parametrize(
     ("operation", "workers"), [("C-MOVE", 1), ("C-GET", 1), ("C-GET", 2)]
 )
@@ -470,14 +489,7 @@ def test_ctrl_c_stops_within_a_second(
         )
     else:
         downloader = DICOMQRGet(HOST, peers.port, timeout=timeouts, retry=NO_RETRY)
-    storage = TemplateStorage(tmp_path, "{SOPInstanceUID}.dcm")
-    timer = threading.Timer(0.5, _thread.interrupt_main)
-    timer.start()
-    started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        downloader.save_all(objects, storage, tmp_path, max_workers=workers)
-    interrupted = time.monotonic() - started - 0.5
-    timer.cancel()
+    interrupted = ctrl_c_during_save_all(downloader, objects, tmp_path, workers)
     peers.join()
     assert interrupted < 1.0
     assert seen == ["abort"] * workers
