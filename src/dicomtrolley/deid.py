@@ -344,6 +344,7 @@ class Deidentifier(DatasetHook):
                 _create_private(state, json.dumps(wanted, indent=1) + "\n")
                 found = read_folder_state(root) or wanted
             self._compare(root, found)
+            _make_private(root)
             self._checked.add(root)
 
     def check_existing(self, root: str | Path) -> None:
@@ -769,6 +770,29 @@ def _refuse_identified(root: Path) -> None:
             f"{root} already holds files downloaded without de-identification: "
             "use another output folder"
         )
+
+
+def _make_private(root: Path) -> None:
+    """The index and the manifest (with its shards) of root, which name source
+    UIDs, made mode 0600; the index is created first when missing (SQLite
+    gives its journal files the mode of the database). A new manifest gets
+    0600 from :func:`dicomtrolley.storage.new_file_mode`."""
+    from dicomtrolley.catalog import INDEX_NAME
+    from dicomtrolley.manifest import MANIFEST_NAME, SHARD_FOLDER
+
+    try:
+        Catalog.for_folder(root)
+    except DICOMTrolleyError as error:
+        logger.warning("cannot open the index of %s: %s", root, error)
+    index = root / STATE_FOLDER / INDEX_NAME
+    paths = [index, *(index.with_name(index.name + x) for x in ("-wal", "-shm"))]
+    paths += [root / MANIFEST_NAME, *(root / SHARD_FOLDER).glob("*.jsonl")]
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            try:
+                os.chmod(path, PRIVATE_MODE)
+            except OSError as error:
+                logger.warning("cannot make %s private: %s", path, error)
 
 
 def _create_private(path: Path, text: str) -> None:

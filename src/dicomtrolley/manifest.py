@@ -46,7 +46,7 @@ from dicomtrolley.catalog import Catalog, CatalogEntry, utc_now
 from dicomtrolley.download import one_line
 from dicomtrolley.exceptions import DICOMTrolleyError, StorageError
 from dicomtrolley.logs import get_module_logger
-from dicomtrolley.storage import make_temp_file
+from dicomtrolley.storage import make_temp_file, new_file_mode
 
 logger = get_module_logger("manifest")
 
@@ -135,7 +135,9 @@ class Manifest:
                 if self._fd is None:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
                     self._fd = os.open(
-                        self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666
+                        self.path,
+                        os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                        new_file_mode(self.folder or self.path.parent),
                     )
                 os.write(self._fd, line)
             except OSError as error:

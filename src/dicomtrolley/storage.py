@@ -988,6 +988,13 @@ def memory_limit_for(folder: Path) -> int | None:
     return None
 
 
+def new_file_mode(folder: str | Path) -> int:
+    """The mode to create a file of folder's bookkeeping with (a manifest):
+    0600 when folder holds de-identified data (such files name source UIDs),
+    else 0666 (less the umask)."""
+    return 0o600 if (Path(folder) / STATE_FOLDER / DEID_STATE_NAME).exists() else 0o666
+
+
 class DICOMDiskStorage:
     """Saves datasets to disk. Subclass and implement save(), or use a template.
 
