@@ -788,11 +788,12 @@ def _make_private(root: Path) -> None:
     paths = [index, *(index.with_name(index.name + x) for x in ("-wal", "-shm"))]
     paths += [root / MANIFEST_NAME, *(root / SHARD_FOLDER).glob("*.jsonl")]
     for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            try:
-                os.chmod(path, PRIVATE_MODE)
-            except OSError as error:
-                logger.warning("cannot make %s private: %s", path, error)
+        try:
+            os.chmod(path, PRIVATE_MODE)
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            logger.warning("cannot make %s private: %s", path, error)
 
 
 def _create_private(path: Path, text: str) -> None:

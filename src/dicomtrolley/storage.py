@@ -737,7 +737,7 @@ class InstanceWriter:
         chunks = self._chunks
         assert chunks is not None
         if self.bytes_written + len(data) > self.memory_limit:
-            prefix = b"".join(chunks[:64])[: 1 << 20]
+            prefix = b"".join([*chunks[:64], bytes(data[: 1 << 20])])[: 1 << 20]
             self.abort()
             uids = self._expected_uids() or uids_in_prefix(prefix)
             raise InstanceTooLargeError(
