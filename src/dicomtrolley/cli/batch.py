@@ -30,6 +30,7 @@ file; 130 interrupted (Ctrl-C), after a summary of what was saved.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -185,7 +186,7 @@ def _login_refused(error: DICOMTrolleyError) -> bool:
 
 
 def search_rows(
-    searcher: Searcher,
+    open_searcher: Callable[[], Searcher],
     rows: Sequence[BatchRow],
     *,
     search: str,
@@ -195,33 +196,47 @@ def search_rows(
 ) -> list[RowResult]:
     """Every row's search, workers at a time, in row order, with its status.
 
-    A row that completed(row) knows from an earlier run is not searched for.
+    A row that completed(row) knows from an earlier run is not searched for;
+    open_searcher is called once, only when some row is left to search (a
+    re-run of a complete batch opens no connection).
     A refused login (HTTP 401/403, a failed Vitrea or OAuth2 login) stops the
     searches and is raised: it would refuse every row the same way.
     """
     refused: list[DICOMTrolleyError] = []
-
-    def one(row: BatchRow) -> RowResult:
-        result = RowResult(row)
-        done = completed(row)
+    results = [RowResult(row) for row in rows]
+    pending = []
+    for result in results:
+        done = completed(result.row)
         if done:
             result.status, result.done = COMPLETE, done
-            return result
+        else:
+            pending.append(result)
+    if not pending:
+        return _checked(results, expect_one)
+    searcher = open_searcher()
+
+    def one(result: RowResult) -> None:
+        row = result.row
         if refused:
             result.status, result.error = SEARCH_FAILED, "not searched: login refused"
-            return result
+            return
         try:
             result.studies = list(searcher.find_studies(row_query(row, search)))
         except DICOMTrolleyError as error:
             if _login_refused(error):
                 refused.append(error)
             result.status, result.error = SEARCH_FAILED, one_line("", error)
-        return result
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(one, rows))
+        list(pool.map(one, pending))
     if refused:
         raise refused[0]
+    return _checked(results, expect_one)
+
+
+def _checked(results: list[RowResult], expect_one: bool | None) -> list[RowResult]:
+    """results with the statuses of rows that found nothing, too much, or only
+    studies an earlier row found."""
     first_row: dict[str, int] = {}
     for result in results:
         if result.status in (SEARCH_FAILED, COMPLETE):
@@ -555,8 +570,17 @@ def batch(
     def done(row: BatchRow) -> dict[str, list[str]] | None:
         return completed.done(row_key(row), catalog)
 
-    with connection.session(pool_size=transfer.workers) as session:
-        searcher, downloader = transfer.open(session, connection)
+    with contextlib.ExitStack() as stack:
+        opened: list[tuple[Searcher, Downloader]] = []
+
+        def open_searcher() -> Searcher:
+            """The session and adapters, opened when a row needs a search."""
+            session = stack.enter_context(
+                connection.session(pool_size=transfer.workers)
+            )
+            opened.append(transfer.open(session, connection))
+            return opened[0][0]
+
         if not quiet():
             console.print(
                 f"{file}: {len(rows)} rows of {batch_file.key.label if batch_file.key else '?'}s;"
@@ -564,7 +588,7 @@ def batch(
                 markup=False,
             )
         results = search_rows(
-            searcher,
+            open_searcher,
             rows,
             search=transfer.search,
             expect_one=expect_one,
@@ -586,7 +610,8 @@ def batch(
                 "all their files are there (--refresh to search them again)",
                 markup=False,
             )
-        if dask_address and not dry_run:
+        searcher, downloader = opened[0] if opened else (None, None)
+        if dask_address and searcher is not None:
             from dicomtrolley.cli.batch_dask import download_on_dask
 
             download_on_dask(
@@ -719,24 +744,28 @@ def _download(
     results: Sequence[RowResult],
     problems: list[str],
     rows: Sequence[BatchRow],
-    searcher: Searcher,
-    downloader: Downloader,
+    searcher: Searcher | None,
+    downloader: Downloader | None,
     storage: DICOMDiskStorage,
     transfer: TransferOptions,
     console: Console,
     completed: CompletedRows,
 ) -> None:
-    from dicomtrolley.trolley import Trolley
-
+    """Download the studies of results; searcher and downloader are None when
+    every row was complete from an earlier run (nothing to fetch)."""
     output = transfer.output
     work = _work(results)
+    trolley = None
+    if work and searcher is not None and downloader is not None:
+        from dicomtrolley.trolley import Trolley
+
+        trolley = Trolley(downloader, searcher, storage=storage)
     if not quiet():
         console.print(
             f"Downloading {len(work)} studies with {transfer.describe()} "
             f"({transfer.workers} at a time) to {output}",
             markup=False,
         )
-    trolley = Trolley(downloader, searcher, storage=storage)
     manifest = Manifest.in_folder(output)
     started = time.monotonic()
     stopped = False
@@ -750,16 +779,17 @@ def _download(
             known = _instances_known(results, work)
             _note_complete_rows(results, manifest, output, progress)
             try:
-                download_studies(
-                    work,
-                    trolley,
-                    output,
-                    manifest,
-                    progress,
-                    transfer.workers,
-                    state,
-                    known,
-                )
+                if trolley is not None:
+                    download_studies(
+                        work,
+                        trolley,
+                        output,
+                        manifest,
+                        progress,
+                        transfer.workers,
+                        state,
+                        known,
+                    )
             except KeyboardInterrupt:
                 stopped = True
     finally:

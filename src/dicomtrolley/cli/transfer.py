@@ -280,9 +280,11 @@ def protocol_label(protocol: str) -> str:
     return _LABELS.get(protocol.lower(), protocol.upper())
 
 
-def print_fallbacks(downloader: Downloader) -> None:
+def print_fallbacks(downloader: Downloader | None) -> None:
     """On stderr: which studies came over which protocol, when not all over the
-    first (for a FallbackDownloader; nothing for another downloader)."""
+    first (for a FallbackDownloader; nothing for another downloader or None)."""
+    if downloader is None:
+        return
     from dicomtrolley.fallback import FallbackDownloader
 
     if not isinstance(downloader, FallbackDownloader):
