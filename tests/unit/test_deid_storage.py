@@ -25,6 +25,7 @@ from dicomtrolley.storage import (
     InstanceTooLargeError,
     TemplateStorage,
     default_memory_limit,
+    encode_part10,
     memory_limit_for,
     uids_in_prefix,
 )
@@ -122,3 +123,23 @@ def test_which_folders_want_memory(tmp_path: Path) -> None:
     (other / STATE_FOLDER).mkdir(parents=True)
     (other / STATE_FOLDER / DEID_STATE_NAME).write_text("{}")
     assert memory_limit_for(other) == default_memory_limit()
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"],
+    ids=["explicit-le", "implicit-le", "explicit-be"],
+)
+def test_encode_part10_is_what_pydicom_writes(syntax: str) -> None:
+    """Raw elements copied as read, the rest encoded: the bytes of save_as."""
+    import pydicom
+
+    source = make_dataset(next(instance_specs(STUDIES)))
+    source.file_meta.TransferSyntaxUID = syntax
+    buffer = io.BytesIO()
+    source.save_as(buffer, enforce_file_format=True)
+    read = pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+    changed = Deidentifier(KEY)(read)
+    expected = io.BytesIO()
+    changed.save_as(expected, enforce_file_format=False)
+    assert encode_part10(changed) == expected.getvalue()
