@@ -38,10 +38,13 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import TYPE_CHECKING
 
 from dicomtrolley.exceptions import PermanentError
-from dicomtrolley.query import Query
 from dicomtrolley.uids import is_valid_uid
+
+if TYPE_CHECKING:
+    from dicomtrolley.query import Query
 
 __all__ = [
     "HEADER_NAMES",
@@ -172,6 +175,8 @@ class BatchRow:
 
     def query(self, **kwargs: object) -> Query:
         """The library Query for this row (kwargs: query_level, include_fields...)."""
+        from dicomtrolley.query import Query  # pydantic: only when a query is made
+
         values: dict[str, object] = {self.key.value: self.value}
         for key, value in self.extra:
             values.setdefault(key.value, value)

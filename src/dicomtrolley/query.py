@@ -19,7 +19,6 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-from pydicom.datadict import tag_for_keyword
 
 from dicomtrolley.exceptions import UnSupportedParameterError
 from dicomtrolley.levels import QueryLevels
@@ -79,6 +78,8 @@ class Query(BaseModel):
     @staticmethod
     def validate_keyword(keyword: str) -> None:
         """Raise ValueError if keyword is not a DICOM keyword pydicom knows."""
+        from pydicom.datadict import tag_for_keyword  # pydicom: when needed
+
         if tag_for_keyword(keyword) is None:  # (0000,0000) is a valid tag
             raise ValueError(f"{keyword} is not a valid DICOM keyword")
 
