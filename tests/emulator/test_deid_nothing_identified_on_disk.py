@@ -1,11 +1,11 @@
 """With de-identification, no identified byte is ever written under the output folder.
 
-Every protocol (WADO-RS, WADO-URI, RAD-69, C-GET) downloads studies carrying
+Every protocol (WADO-RS, WADO-URI, RAD-69, C-GET, C-MOVE) downloads studies carrying
 every PS3.15 Table E.1-1 attribute while a watcher reads every file under the
 output folder, temporary names included (the state folder and the manifest,
 which keep source UIDs by design, left out): over and over from a thread, and
 at the moments a received instance is complete (each write of the storage's
-writer, before its commit, before the C-GET intake hands its file over). A run
+writer, before its commit, before the C-GET/C-MOVE intake hands its file over). A run
 without de-identification is the control: there the watcher finds the source
 values. A CLI download killed with SIGKILL mid-run leaves nothing identified
 either. An instance larger than the memory limit fails, named by its UIDs, and
@@ -28,21 +28,27 @@ import pytest
 import requests
 
 from dicomtrolley.catalog import INDEX_NAME, STATE_FOLDER
+from dicomtrolley.core import Query, QueryLevels
 from dicomtrolley.deid import Deidentifier
+from dicomtrolley.dicom_qr import DICOMQRMove
 from dicomtrolley.dimse import retrieve
 from dicomtrolley.emulator import DimseService, Emulator, default_services
 from dicomtrolley.exceptions import DownloadIncompleteError
 from dicomtrolley.manifest import MANIFEST_NAME
-from dicomtrolley.storage import InstanceTooLargeError, InstanceWriter
+from dicomtrolley.qido_rs import QidoRS
+from dicomtrolley.storage import InstanceTooLargeError, InstanceWriter, TemplateStorage
 from dicomtrolley.synthetic import instance_specs, phi_studies, write_studies
-from tests.deid_checks import KEY, output_files, source_markers
+from dicomtrolley.trolley import Trolley
+from tests.deid_checks import KEY, LAYOUT, output_files, source_markers
 from tests.emulator.conftest import PASSWORD, USER
 from tests.emulator.test_deid_download import download
+from tests.emulator.test_dimse_service import free_port
 from tests.emulator.transfer_helpers import REPO, cli_command
 
+HOST = "127.0.0.1"
 STUDIES = phi_studies(3, 3)
 INSTANCES = sum(study.instance_count for study in STUDIES)
-PROTOCOLS = ["wado-rs", "wado-uri", "rad69", "c-get"]
+PROTOCOLS = ["wado-rs", "wado-uri", "rad69", "c-get", "c-move"]
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +142,25 @@ def hooked(monkeypatch: pytest.MonkeyPatch) -> Callable[[Watcher], None]:
     return install
 
 
+def move(
+    emulator: Emulator, session: requests.Session, out: Path, deid: Deidentifier
+) -> int:
+    """A C-MOVE download into out, the storage SCP on a free port."""
+    port = free_port()
+    emulator.dimse.move_destinations["TROLLEY-STORE"] = (HOST, port)
+    trolley = Trolley(
+        DICOMQRMove(
+            HOST, emulator.dimse.port, store_aet="TROLLEY-STORE", store_port=port
+        ),
+        QidoRS(session, emulator.dicomweb_url),
+        storage=TemplateStorage(out, LAYOUT, transform=deid),
+    )
+    studies = trolley.find_studies(
+        Query(PatientID="PHIPAT*", query_level=QueryLevels.INSTANCE)
+    )
+    return len(trolley.download(studies, out, use_async=True, max_workers=2).saved)
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_no_identified_byte_under_the_output_folder(
     protocol: str,
@@ -148,7 +173,12 @@ def test_no_identified_byte_under_the_output_folder(
     hooked(watcher)
     watcher.start()
     try:
-        saved = download(protocol, phi_emulator, session, tmp_path, Deidentifier(KEY))
+        if protocol == "c-move":
+            saved = move(phi_emulator, session, tmp_path, Deidentifier(KEY))
+        else:
+            saved = download(
+                protocol, phi_emulator, session, tmp_path, Deidentifier(KEY)
+            )
     finally:
         watcher.stop()
     watcher.scan()
