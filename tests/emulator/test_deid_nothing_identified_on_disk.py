@@ -284,4 +284,6 @@ def test_sigkill_mid_run_leaves_nothing_identified(
     assert killed, "the download ended before it could be killed"
     watcher.scan()  # what the killed process left, temporary files included
     assert watcher.found == set()
+    manifest = out / MANIFEST_NAME  # the CLI writes one: source UIDs, private
+    assert manifest.exists() and stat.S_IMODE(manifest.stat().st_mode) == 0o600
     assert 2 <= len(output_files(out)) < INSTANCES + 1
