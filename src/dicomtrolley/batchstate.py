@@ -39,15 +39,33 @@ __all__ = ["ROWS_NAME", "CompletedRows"]
 
 
 class CompletedRows:
-    """The completed rows of batches downloaded into one folder. Thread-safe."""
+    """The completed rows of batches downloaded into one folder. Thread-safe.
 
-    def __init__(self, folder: str | Path, source: str, layout: str) -> None:
+    A row is matched on the server (source) and the layout as the user gave
+    it (layout_option: ``--layout`` and what else decides the files' paths).
+    Each record also keeps the storage's own name of its layout (``layout``,
+    :meth:`~dicomtrolley.storage.DICOMDiskStorage.layout_key`), which the
+    folder's index files are filed under: a re-run checks presence under that
+    name, so it need not build the storage (nor import pydicom) to know that
+    nothing is left to fetch. Set :attr:`layout` before :meth:`record`.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        source: str,
+        layout_option: str,
+        layout: str | None = None,
+    ) -> None:
         self.folder = Path(folder)
         self.path = self.folder / STATE_FOLDER / ROWS_NAME
         self.source = source
+        self.layout_option = layout_option
+        #: The storage's layout key (set once the storage exists).
         self.layout = layout
         self._lock = threading.Lock()
         self._known: dict[str, dict[str, list[str]]] = {}
+        self._layouts: dict[str, str] = {}
         self._read()
 
     def _read(self) -> None:
@@ -67,37 +85,56 @@ class CompletedRows:
                 continue
             if (
                 record.get("source") != self.source
-                or record.get("layout") != self.layout
+                or record.get("layout_option") != self.layout_option
             ):
                 continue
             studies = record.get("studies")
             query = record.get("query")
-            if isinstance(query, str) and isinstance(studies, dict):
+            layout = record.get("layout")
+            if (
+                isinstance(query, str)
+                and isinstance(studies, dict)
+                and isinstance(layout, str)
+            ):
                 self._known[query] = {
                     str(uid): [str(i) for i in instances]
                     for uid, instances in studies.items()
                     if isinstance(instances, list)
                 }
+                self._layouts[query] = layout
+
+    @property
+    def empty(self) -> bool:
+        """True when no earlier run completed a row for this server and layout."""
+        return not self._known
 
     def done(self, query: str, catalog: Catalog | None) -> dict[str, list[str]] | None:
         """The studies (UID -> instance UIDs) of query when all are still present."""
         studies = self._known.get(query)
         if not studies or catalog is None:
             return None
+        layout = self._layouts[query]
         for instances in studies.values():
             if not instances:
                 return None
             for uid in instances:
-                if catalog.present(uid, self.layout) is None:
+                if catalog.present(uid, layout) is None:
                     return None
         return studies
 
     def record(self, query: str, studies: Mapping[str, Sequence[str]]) -> None:
-        """Note that query's studies (with these instances) are complete."""
+        """Note that query's studies (with these instances) are complete.
+
+        Raises StorageError when the file cannot be written, or when
+        :attr:`layout` was not set (nothing would find the files again).
+        """
+        if self.layout is None:
+            raise StorageError(f"{self.path}: no storage layout to record")
         line = json.dumps(
             {
                 "time": utc_now(),
                 "source": self.source,
+                "layout_option": self.layout_option,
                 "layout": self.layout,
                 "query": query,
                 "studies": {uid: list(uids) for uid, uids in studies.items()},
@@ -106,6 +143,7 @@ class CompletedRows:
         data = (line + "\n").encode("utf-8")
         with self._lock:
             self._known[query] = {uid: list(uids) for uid, uids in studies.items()}
+            self._layouts[query] = self.layout
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 descriptor = os.open(

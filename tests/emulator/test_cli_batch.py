@@ -666,3 +666,36 @@ def test_a_refused_login_stops_the_batch_with_one_error(
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and "401" in errors[0]  # not once per row
     assert "Hint: check --user" in result.stderr
+
+
+def test_a_layout_that_cannot_work_is_refused_before_any_search(
+    demo: DemoData, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write(b"AccessionNumber\nACC0002\n")
+    with counting_emulator(demo.root) as (emulator, log):
+        result = run(
+            emulator, "batch", str(path), "-o", str(tmp_path / "o"), "--layout", "../x"
+        )
+        assert result.exit_code == 2, result.output
+        assert "--layout" in result.stderr
+        assert log.lines == []
+
+
+def test_a_rerun_with_another_layout_searches_and_saves_its_own_copy(
+    demo: DemoData, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write(b"AccessionNumber\nACC0002\n")
+    out = tmp_path / "out"
+    with counting_emulator(demo.root) as (emulator, log):
+        assert run(emulator, "batch", str(path), "-o", str(out)).exit_code == 0
+        log.clear()
+        flat = run(emulator, "batch", str(path), "-o", str(out), "--layout", "flat")
+        assert flat.exit_code == 0, flat.output
+        assert "rows complete from an earlier run" not in flat.stderr
+        assert any("/studies" in line for line in log.lines)  # searched again
+        assert "Saved 16 files" in flat.stdout
+        log.clear()
+        again = run(emulator, "batch", str(path), "-o", str(out), "--layout", "flat")
+        assert again.exit_code == 0, again.output
+        assert "1 of 1 rows complete from an earlier run" in again.stderr
+        assert log.lines == []

@@ -553,8 +553,7 @@ def batch(
         raise click.UsageError(f"cannot read {file}: {error.strerror}") from error
     except BatchFileError as error:
         raise click.UsageError(f"{file}: {error}") from error
-    storage = transfer.storage()
-    if dask_address and not dry_run and getattr(storage, "transform", None):
+    if dask_address and not dry_run and transfer.deid_requested():
         raise click.UsageError(
             "--dask cannot de-identify yet: the key would have to travel to every "
             "worker; run the batch without --dask, or without de-identification"
@@ -564,7 +563,17 @@ def batch(
         check_output(transfer.output, warn=warn)
     console = stderr_console()
     rows = batch_file.rows
-    completed = CompletedRows(transfer.output, _source(transfer), storage.layout_key())
+    completed = CompletedRows(
+        transfer.output, _source(transfer), transfer.layout_option()
+    )
+    storage: DICOMDiskStorage | None = None
+    if completed.empty or transfer.deid_requested():
+        # Now, before any search: a --layout that cannot work, or a
+        # de-identified folder of another key, is refused at once. A re-run
+        # whose rows an earlier run completed with this layout (so it works)
+        # builds it, and imports pydicom, only when there is something to save.
+        storage = transfer.storage()
+        completed.layout = storage.layout_key()
     catalog = None if refresh else Catalog.existing(transfer.output)
 
     def done(row: BatchRow) -> dict[str, list[str]] | None:
@@ -611,7 +620,10 @@ def batch(
                 markup=False,
             )
         searcher, downloader = opened[0] if opened else (None, None)
-        if dask_address and searcher is not None:
+        if storage is None and _work(results):
+            storage = transfer.storage()
+            completed.layout = storage.layout_key()
+        if dask_address and searcher is not None and storage is not None:
             from dicomtrolley.cli.batch_dask import download_on_dask
 
             download_on_dask(
@@ -746,17 +758,17 @@ def _download(
     rows: Sequence[BatchRow],
     searcher: Searcher | None,
     downloader: Downloader | None,
-    storage: DICOMDiskStorage,
+    storage: DICOMDiskStorage | None,
     transfer: TransferOptions,
     console: Console,
     completed: CompletedRows,
 ) -> None:
-    """Download the studies of results; searcher and downloader are None when
-    every row was complete from an earlier run (nothing to fetch)."""
+    """Download the studies of results; searcher, downloader and storage are
+    None when every row was complete from an earlier run (nothing to fetch)."""
     output = transfer.output
     work = _work(results)
     trolley = None
-    if work and searcher is not None and downloader is not None:
+    if work and searcher is not None and downloader is not None and storage is not None:
         from dicomtrolley.trolley import Trolley
 
         trolley = Trolley(downloader, searcher, storage=storage)

@@ -147,6 +147,21 @@ class TransferOptions:
             storage.transform = deidentifier
         return storage
 
+    def deid_requested(self) -> bool:
+        """Whether --deidentify or the profile's ``deid`` table asks for it
+        (without building the de-identifier)."""
+        from dicomtrolley.cli.connection import current_profile
+
+        profile = current_profile()
+        return self.deidentify is not None or (
+            profile is not None and profile.deid is not None
+        )
+
+    def layout_option(self) -> str:
+        """The layout as given (``--layout``, and whether files are
+        de-identified), for the rows of a batch an earlier run completed."""
+        return f"{self.layout}|deid" if self.deid_requested() else self.layout
+
     def deidentifier(self) -> Deidentifier | None:
         """The de-identification asked for (options first, then the profile's)."""
         from dicomtrolley.cli.connection import current_profile
