@@ -159,7 +159,7 @@ class Catalog:
         if new:
             self.rebuild()
         else:
-            from dicomtrolley.storage import remove_stale_temp_files
+            from dicomtrolley.files import remove_stale_temp_files
 
             remove_stale_temp_files(self.folder)
 
@@ -412,7 +412,7 @@ class Catalog:
         return len(found)
 
     def _scan_files(self) -> Iterator[Path]:
-        from dicomtrolley.storage import is_stale_temp_file, is_temp_name
+        from dicomtrolley.files import is_stale_temp_file, is_temp_name
 
         for parent, folders, names in os.walk(self.folder):
             folders[:] = [name for name in folders if name != STATE_FOLDER]

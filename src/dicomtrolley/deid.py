@@ -112,8 +112,9 @@ from dicomtrolley.deid_table import (
     profile_actions,
 )
 from dicomtrolley.exceptions import DICOMTrolleyError, PermanentError
+from dicomtrolley.files import DEID_STATE_NAME
 from dicomtrolley.logs import get_module_logger
-from dicomtrolley.storage import DEID_STATE_NAME, DatasetHook
+from dicomtrolley.storage import DatasetHook
 
 logger = get_module_logger("deid")
 

@@ -45,8 +45,8 @@ from typing import Any
 from dicomtrolley.catalog import Catalog, CatalogEntry, utc_now
 from dicomtrolley.download import one_line
 from dicomtrolley.exceptions import DICOMTrolleyError, StorageError
+from dicomtrolley.files import make_temp_file, new_file_mode
 from dicomtrolley.logs import get_module_logger
-from dicomtrolley.storage import make_temp_file, new_file_mode
 
 logger = get_module_logger("manifest")
 

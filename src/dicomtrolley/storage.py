@@ -32,9 +32,7 @@ import re
 import secrets
 import string
 import struct
-import tempfile
 import threading
-import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +54,15 @@ from dicomtrolley.exceptions import (
     StorageError,
     UnsafePathError,
 )
+from dicomtrolley.files import (
+    DEID_STATE_NAME,
+    TEMP_SUFFIX,
+    apply_file_mode,
+    file_mode,
+    fsync_dir,
+    make_temp_file,
+    temp_prefix,
+)
 from dicomtrolley.formats.dataset_walker import (
     DatasetWalker,
     character_encoding,
@@ -66,17 +73,13 @@ from dicomtrolley.uids import check_uid
 
 logger = get_module_logger("storage")
 
-TEMP_PREFIX = ".dicomtrolley-"
-TEMP_SUFFIX = ".part"
 #: A temporary file without a process ID in its name is stale after this long.
-STALE_TEMP_AGE_S = 24 * 3600.0
 UID_FIELDS = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"})
 DEFAULT_TEMPLATE = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}"
 _UNSAFE_CHARS = re.compile(r"[^\w.\-^ ]", re.UNICODE)
 #: The path part for a missing value (dicomtrolley 4.1.0's name for it).
 UNKNOWN = "unknown"
 #: In an output folder's state folder: the de-identification it was made with.
-DEID_STATE_NAME = "deid.json"
 #: Set on a data set the storage's transform has changed (never applied twice).
 _TRANSFORMED = "_dicomtrolley_transformed"
 #: The most bytes of one instance held in memory while a transform waits for
@@ -244,98 +247,6 @@ def safe_path_part(keyword: str, value: Any) -> str:
     text = "" if value is None else str(value)
     text = _UNSAFE_CHARS.sub("_", text.replace("\x00", "")).strip(" .")
     return (text[:64].rstrip(" .") or "UNKNOWN") if text else "UNKNOWN"
-
-
-def temp_prefix() -> str:
-    """The prefix of this process's temporary files: ``.dicomtrolley-<pid>-``.
-
-    The process ID lets a later run remove what a killed process left behind
-    (:func:`is_stale_temp_file`) without touching the files of a live one.
-    """
-    return f"{TEMP_PREFIX}{os.getpid()}-"
-
-
-def is_temp_name(name: str) -> bool:
-    """True for the name of a temporary file of dicomtrolley."""
-    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
-
-
-def is_stale_temp_file(path: Path) -> bool:
-    """True for a temporary file whose process is gone (or a day-old one)."""
-    pid_text = path.name[len(TEMP_PREFIX) :].split("-", 1)[0]
-    if pid_text.isdigit() and int(pid_text) > 0:
-        pid = int(pid_text)
-        if pid == os.getpid():
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, OSError):
-            return False
-        return False
-    try:
-        return time.time() - path.stat().st_mtime > STALE_TEMP_AGE_S
-    except OSError:
-        return False
-
-
-def remove_stale_temp_files(folder: Path) -> int:
-    """Remove the temporary files of dead processes directly in folder."""
-    removed = 0
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return 0
-    for name in names:
-        path = folder / name
-        if is_temp_name(name) and is_stale_temp_file(path):
-            with contextlib.suppress(OSError):
-                path.unlink()
-                removed += 1
-    return removed
-
-
-_umask_lock = threading.Lock()
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where the system allows."""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    with _umask_lock:  # elsewhere: set and restore it (a short race window)
-        mask = os.umask(0o022)
-        os.umask(mask)
-    return mask
-
-
-def file_mode() -> int:
-    """The mode of a new file as open() would make it: 0666 less the umask."""
-    return 0o666 & ~current_umask()
-
-
-def apply_file_mode(target: int | Path | str) -> None:
-    """Give a file (descriptor or path) the umask's mode instead of mkstemp's 0600."""
-    try:
-        if isinstance(target, int):
-            if hasattr(os, "fchmod"):
-                os.fchmod(target, file_mode())
-        else:
-            os.chmod(target, file_mode())
-    except OSError as error:
-        logger.debug("cannot set the mode of %s: %s", target, error)
-
-
-def make_temp_file(folder: Path) -> tuple[int, str]:
-    """A new temporary file in folder (mkstemp) with the umask's mode."""
-    fd, name = tempfile.mkstemp(prefix=temp_prefix(), suffix=TEMP_SUFFIX, dir=folder)
-    apply_file_mode(fd)
-    return fd, name
 
 
 def record_saved(
@@ -656,19 +567,6 @@ def _is_deflated(syntax: Any) -> bool:
         return False
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class InstanceWriter:
     """Receives one instance's bytes; commit() verifies, names and renames the file.
 
@@ -801,7 +699,7 @@ class InstanceWriter:
                 )
             target = self.storage.commit_file(self.temp_path, dataset, self.root)
             if self.fsync:
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
             if planned is None:  # the storage decided where: index what it made
                 record_saved(
                     self.root,
@@ -1061,13 +959,6 @@ def memory_limit_for(folder: Path) -> int | None:
     if (Path(folder) / STATE_FOLDER / DEID_STATE_NAME).exists():
         return default_memory_limit()
     return None
-
-
-def new_file_mode(folder: str | Path) -> int:
-    """The mode to create a file of folder's bookkeeping with (a manifest):
-    0600 when folder holds de-identified data (such files name source UIDs),
-    else 0666 (less the umask)."""
-    return 0o600 if (Path(folder) / STATE_FOLDER / DEID_STATE_NAME).exists() else 0o666
 
 
 class DICOMDiskStorage:

@@ -25,7 +25,8 @@ from typing import Any
 import pydicom
 
 from dicomtrolley.emulator import DimseService, Emulator, default_services
-from dicomtrolley.storage import is_temp_name, verify_dicom_file
+from dicomtrolley.files import is_temp_name
+from dicomtrolley.storage import verify_dicom_file
 from tests.emulator.conftest import PASSWORD, DemoData
 from tests.fakes import tree
 

@@ -58,10 +58,11 @@ from dicomtrolley.exceptions import (
     PermanentError,
     TransientError,
 )
+from dicomtrolley.files import TEMP_PREFIX, TEMP_SUFFIX
 from dicomtrolley.mint import Mint
 from dicomtrolley.qido_rs import QidoRS
 from dicomtrolley.rad69 import Rad69
-from dicomtrolley.storage import TEMP_PREFIX, TEMP_SUFFIX, TemplateStorage
+from dicomtrolley.storage import TemplateStorage
 from dicomtrolley.synthetic import SeriesSpec, StudySpec, synthetic_uid, write_studies
 from dicomtrolley.transport import Retry, Timeout
 from dicomtrolley.trolley import Trolley

@@ -24,8 +24,9 @@ import pytest
 
 from dicomtrolley.core import Query
 from dicomtrolley.dicom_qr import DICOMQR, DICOMQRGet
+from dicomtrolley.files import is_temp_name
 from dicomtrolley.manifest import read_manifest
-from dicomtrolley.storage import TemplateStorage, is_temp_name, verify_dicom_file
+from dicomtrolley.storage import TemplateStorage, verify_dicom_file
 from dicomtrolley.trolley import Trolley
 from tests.emulator.transfer_helpers import (
     ENV,

@@ -13,13 +13,8 @@ import pytest
 
 from dicomtrolley.catalog import INDEX_NAME, STATE_FOLDER, Catalog, file_checksum
 from dicomtrolley.core import InstanceReference
-from dicomtrolley.storage import (
-    TEMP_SUFFIX,
-    StorageDir,
-    TemplateStorage,
-    is_stale_temp_file,
-    temp_prefix,
-)
+from dicomtrolley.files import TEMP_SUFFIX, is_stale_temp_file, temp_prefix
+from dicomtrolley.storage import StorageDir, TemplateStorage
 from tests.fakes import dicom_file
 
 STUDY, SERIES = "1.2.840.1", "1.2.840.1.2"

@@ -18,9 +18,9 @@ from pydicom.dataset import Dataset
 from dicomtrolley.catalog import STATE_FOLDER
 from dicomtrolley.deid import Deidentifier
 from dicomtrolley.exceptions import DICOMParseError, StorageError
+from dicomtrolley.files import DEID_STATE_NAME
 from dicomtrolley.storage import (
     DEFAULT_MEMORY_LIMIT,
-    DEID_STATE_NAME,
     MEMORY_LIMIT_ENV,
     InstanceTooLargeError,
     TemplateStorage,

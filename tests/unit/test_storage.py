@@ -19,8 +19,8 @@ from dicomtrolley.exceptions import (
     StorageError,
     UnsafePathError,
 )
+from dicomtrolley.files import TEMP_SUFFIX
 from dicomtrolley.storage import (
-    TEMP_SUFFIX,
     DICOMDiskStorage,
     FlatStorageDir,
     PathTemplate,

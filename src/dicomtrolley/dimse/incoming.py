@@ -30,13 +30,13 @@ from dicomtrolley.dimse.errors import DIMSEError
 from dicomtrolley.dimse.link import Link
 from dicomtrolley.dimse.retrieve import STATUS_OUT_OF_RESOURCES, Receiver, Tally
 from dicomtrolley.exceptions import DICOMTrolleyError, StorageError
+from dicomtrolley.files import make_temp_file
 from dicomtrolley.formats import dimse_commands, dul
 from dicomtrolley.formats.part10 import file_header
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.storage import (
     MEMORY_LIMIT_ENV,
     InstanceTooLargeError,
-    make_temp_file,
     memory_limit_for,
 )
 

@@ -259,7 +259,7 @@ def _finish(client: Client, plan: BatchPlan, plugin: str) -> None:
     of processes that died (a worker killed mid-file)."""
     with contextlib.suppress(Exception):  # a cluster going away closes them too
         client.unregister_worker_plugin(plugin)  # type: ignore[no-untyped-call]
-    from dicomtrolley.storage import remove_stale_temp_files
+    from dicomtrolley.files import remove_stale_temp_files
 
     remove_stale_temp_files(plan.output)
 
