@@ -28,12 +28,19 @@ query with the study and series UIDs, as findscu's), printing the ratio.
 ``--trolley-src`` runs dicomtrolley (every child: C-GET, C-MOVE, C-FIND) from
 another checkout's ``src`` (an older commit, for before/after numbers).
 
+With ``--tls`` (instead of the comparison with DCMTK): dicomtrolley's C-GET of
+the large study and of the demo set from two Orthancs holding the same studies,
+one on plain TCP and one with ``DicomTlsEnabled`` (a throwaway CA made by
+``openssl``, client certificate required), printing the TLS/plain ratio.
+
 Run it in the loopback-only namespace, as Orthanc binds every interface:
 
     bash scripts/loopback-only.sh .venv/bin/python benchmarks/dimse.py [--mb 300]
         [--repeat 3] [--demo] [--move] [--workers 1]
     bash scripts/loopback-only.sh .venv/bin/python benchmarks/dimse.py --find
         [--find-instances 10000] [--trolley-src ../old/src]
+    bash scripts/loopback-only.sh .venv/bin/python benchmarks/dimse.py --tls
+        [--mb 300] [--repeat 3] [--trolley-src ../old/src]
 """
 
 from __future__ import annotations
@@ -68,7 +75,7 @@ TROLLEY_STORE = "TROLLEYSTORE"
 DCMTK_STORE = "DCMTKSTORE"
 
 CHILD = r"""
-import json, sys, time
+import json, os, sys, time
 started = time.perf_counter()
 from dicomtrolley.core import StudyReference
 from dicomtrolley.dicom_qr import DICOMQRGet, DICOMQRMove
@@ -76,12 +83,17 @@ from dicomtrolley.storage import TemplateStorage
 port, aec, out, workers = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
 move_port, studies = int(sys.argv[5]), sys.argv[6:]
 storage = TemplateStorage(out, "{StudyInstanceUID}/{SOPInstanceUID}.dcm")
+options = {}
+if os.environ.get("BENCH_DIMSE_TLS"):  # DIMSETLS arguments, as JSON
+    from dicomtrolley.dimse.tls import DIMSETLS
+    options["tls"] = DIMSETLS(**json.loads(os.environ["BENCH_DIMSE_TLS"]))
 if move_port:
     downloader = DICOMQRMove(
-        "127.0.0.1", port, aec=aec, store_aet="TROLLEYSTORE", store_port=move_port
+        "127.0.0.1", port, aec=aec, store_aet="TROLLEYSTORE", store_port=move_port,
+        **options,
     )
 else:
-    downloader = DICOMQRGet("127.0.0.1", port, aec=aec)
+    downloader = DICOMQRGet("127.0.0.1", port, aec=aec, **options)
 ready = time.perf_counter()
 report = downloader.save_all(
     [StudyReference(uid) for uid in studies], storage, out, max_workers=workers
@@ -250,9 +262,14 @@ def trolley(
     out: Path,
     args: argparse.Namespace,
     move_port: int = 0,
+    tls: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """dicomtrolley's C-GET (or C-MOVE to move_port) of study_uids, in a child
-    running args.trolley_src with args.workers."""
+    running args.trolley_src with args.workers; over TLS with tls (DIMSETLS
+    arguments)."""
+    environment = dict(os.environ, PYTHONPATH=str(args.trolley_src))
+    if tls:
+        environment["BENCH_DIMSE_TLS"] = json.dumps(tls)
     result = subprocess.run(
         [
             sys.executable,
@@ -268,7 +285,7 @@ def trolley(
         check=True,
         capture_output=True,
         text=True,
-        env=dict(os.environ, PYTHONPATH=str(args.trolley_src)),
+        env=environment,
     )
     data: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
     return data
@@ -357,6 +374,73 @@ def bench_move(
     }
 
 
+def bench_tls(args: argparse.Namespace) -> int:
+    """dicomtrolley's C-GET over TLS against the same over plain TCP, each from
+    an Orthanc of its own holding the same studies; best of args.repeat."""
+    from tests.tls_pki import make_pki
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="dicomtrolley-bench-tls-"))
+    work.mkdir(parents=True, exist_ok=True)
+    pki = make_pki(work / "pki")
+    print(f"generating a study of {args.mb:.0f} MB and the demo set ...")
+    large = synthetic.large_study(
+        work / "large",
+        int(args.mb * 1e6),
+        instance_bytes=int(args.instance_mb * 1024**2),
+        key="bench-dimse",
+    )
+    demo = generate_studies(work / "demo")
+    sets = {
+        "demo": [study.study_uid for study in demo.studies],
+        "large": [_study_uid(large[0])],
+    }
+    secured = {
+        "DicomTlsEnabled": True,
+        "DicomTlsCertificate": str(pki.server.cert),
+        "DicomTlsPrivateKey": str(pki.server.key),
+        "DicomTlsTrustedCertificates": str(pki.ca),
+        "DicomTlsRemoteCertificateRequired": True,
+    }
+    ours = {"ca_file": str(pki.ca), "cert_file": str(pki.client.cert)}
+    ours["key_file"] = str(pki.client.key)
+    pdu = {"MaximumPduLength": args.pdu}
+    results: dict[str, dict[str, float]] = {}
+    with (
+        OrthancServer(extra_config=pdu) as plain,
+        OrthancServer(extra_config={**pdu, **secured}) as tls,
+    ):
+        for server in (plain, tls):
+            server.upload([*large, *demo.paths])
+        for name, uids in sets.items():
+            best = {"plain": float("inf"), "tls": float("inf")}
+            size = files = 0.0
+            for attempt in range(args.repeat):
+                for kind, server, settings in (
+                    ("plain", plain, None),
+                    ("tls", tls, ours),
+                ):
+                    out = work / f"{kind}-{name}-{attempt}"
+                    result = trolley(server, uids, out, args, tls=settings)
+                    shutil.rmtree(out)
+                    best[kind] = min(best[kind], result["seconds"])
+                    size, files = result["bytes"], result["files"]
+            results[name] = {"files": files, "mb": size / 1e6, **best}
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(
+        f"{'C-GET':>6} {'files':>6} {'MB':>7} {'plain s':>8} {'TLS s':>8} "
+        f"{'ratio':>6} {'plain MB/s':>11} {'TLS MB/s':>9}"
+    )
+    for name, r in results.items():
+        print(
+            f"{name:>6} {r['files']:6.0f} {r['mb']:7.0f} {r['plain']:8.2f} "
+            f"{r['tls']:8.2f} {r['tls'] / r['plain']:6.2f} "
+            f"{r['mb'] / r['plain']:11.0f} {r['mb'] / r['tls']:9.0f}"
+        )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--mb", type=float, default=300, help="large study size, MB")
@@ -375,6 +459,9 @@ def main() -> int:
     parser.add_argument("--find", action="store_true", help="C-FIND only (vs findscu)")
     parser.add_argument("--find-instances", type=int, default=10_000)
     parser.add_argument(
+        "--tls", action="store_true", help="C-GET over TLS vs plain TCP only"
+    )
+    parser.add_argument(
         "--trolley-src",
         type=Path,
         default=ROOT / "src",
@@ -383,6 +470,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.find:
         return bench_find(args)
+    if args.tls:
+        return bench_tls(args)
     if not Path(GETSCU).exists():
         print(f"{GETSCU} is missing (apt-get install dcmtk)", file=sys.stderr)
         return 2

@@ -39,6 +39,7 @@ import errno
 import os
 import selectors
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,7 +83,8 @@ logger = get_module_logger("dimse")
 APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
 #: The largest PDU we announce we can receive (DCMTK's own maximum).
 MAXIMUM_PDU_SIZE = 131072
-#: The most bytes asked of the socket at once.
+#: The most bytes taken from the socket at once (over TLS: the records already
+#: received, each of at most 16 KiB, gathered up to this size).
 READ_BLOCK = 262144
 #: Longest single wait on the socket (seconds) between checks of the deadlines.
 SLICE = 0.2
@@ -137,6 +139,9 @@ class Link:
         sock.settimeout(self._slice)
         self.trace = trace.enabled()
         self._incoming = trace.Incoming(peer) if self.trace else None
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._buffer = memoryview(bytearray(READ_BLOCK if self._tls else 0))
+        self._deferred: OSError | None = None
 
     # -- opening ---------------------------------------------------------------
 
@@ -186,8 +191,10 @@ class Link:
             try:
                 sock.sendall(encoded)
             except OSError as error:  # reset; TLS 1.3: our certificate refused
-                detail = str(error)
-                raise _aborted_during_negotiation(peer, operation, detail) from error
+                refused = tls.refusal(error, peer, operation)
+                detail = _closed_detail(error, plain=peer.tls is None)
+                lost = _aborted_during_negotiation(peer, operation, detail)
+                raise refused or lost from error
             if trace.enabled():
                 trace.request(peer, request)
             raw = _read_association_answer(
@@ -336,6 +343,9 @@ class Link:
             ) from error
         except OSError as error:
             self._lost()
+            refused = tls.refusal(error, self.peer, self.operation)
+            if refused is not None:
+                raise refused from error
             raise self._broken(f"connection lost while sending: {error}") from error
 
     def receive(
@@ -365,7 +375,7 @@ class Link:
                 self.abort()
                 raise self._broken("aborted: cancelled by the caller")
             try:
-                data = self.sock.recv(READ_BLOCK)
+                data = self._read()
             except TimeoutError:
                 now = time.monotonic()
                 if heard is not None:
@@ -382,6 +392,9 @@ class Link:
                 continue
             except OSError as error:
                 self._lost()
+                refused = tls.refusal(error, self.peer, self.operation)
+                if refused is not None:
+                    raise refused from error
                 raise self._broken(f"connection lost: {error}") from error
             if not data:
                 self._lost()
@@ -397,6 +410,38 @@ class Link:
                     self._incoming.events(events)
                 return events
             last_heard = time.monotonic()
+
+    def _read(self) -> bytes:
+        """What the peer sent, after waiting at most one slice (TimeoutError).
+
+        A TLS socket gives one record (at most 16 KiB) per call: the records
+        already received are gathered without waiting, up to READ_BLOCK, so
+        that each turn of :meth:`receive`'s loop handles as much as it would
+        on plain TCP. An error met while gathering is raised by the next call.
+        """
+        if self._deferred is not None:
+            error, self._deferred = self._deferred, None
+            raise error
+        if not self._tls:
+            return self.sock.recv(READ_BLOCK)
+        view = self._buffer
+        filled = self.sock.recv_into(view)
+        if not filled:
+            return b""
+        self.sock.setblocking(False)
+        try:
+            while filled < READ_BLOCK:
+                more = self.sock.recv_into(view[filled:])
+                if not more:
+                    break
+                filled += more
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            pass  # nothing more for now
+        except OSError as error:
+            self._deferred = error
+        finally:
+            self.sock.settimeout(self._slice)
+        return bytes(view[:filled])
 
     def _check_deadline(self, deadline: float | None) -> None:
         if deadline is not None and time.monotonic() > deadline:
@@ -618,6 +663,7 @@ def _read_association_answer(
     type; read in slices between which ``cancelled()`` is looked at."""
     reader = dul.PDUReader(max_length=1024 * 1024)
     deadline = time.monotonic() + timeouts.connect
+    plain = wanted is _ANSWERS and not isinstance(sock, ssl.SSLSocket)
     while True:
         if cancelled():
             raise _aborted_during_negotiation(
@@ -632,9 +678,15 @@ def _read_association_answer(
         except TimeoutError:
             continue
         except OSError as error:
-            raise _aborted_during_negotiation(peer, operation, str(error)) from error
+            refused = tls.refusal(error, peer, operation)
+            detail = _closed_detail(error, plain)
+            lost = _aborted_during_negotiation(peer, operation, detail)
+            raise refused or lost from error
         if not data:
-            raise _aborted_during_negotiation(peer, operation, "connection closed")
+            detail = _closed_detail(None, plain)
+            raise _aborted_during_negotiation(peer, operation, detail)
+        if not reader.buffered and data[:2] in _TLS_RECORDS:
+            raise _speaks_tls(sock, peer, operation, wanted is _REQUESTS)
         try:
             events = reader.feed(data)
         except dul.DULProtocolError as error:
@@ -707,6 +759,46 @@ def _no_answer(peer: Peer, timeouts: DIMSETimeouts, operation: str) -> DIMSEErro
         peer=peer,
         operation=operation,
     )
+
+
+#: The first two bytes of a TLS record: an alert or a handshake message of TLS
+#: 1.x (record version 3.x). No PDU type is 0x15 or 0x16 (PS3.8 9.3.1).
+_TLS_RECORDS = frozenset({b"\x15\x03", b"\x16\x03"})
+
+
+def _speaks_tls(
+    sock: socket.socket, peer: Peer, operation: str, acceptor: bool
+) -> DIMSEError:
+    """The error for a peer that sent TLS where a PDU was due on plain TCP."""
+    if isinstance(sock, ssl.SSLSocket):  # a TLS record inside TLS: not DICOM
+        return _aborted_during_negotiation(peer, operation, "a TLS record in TLS")
+    if acceptor:
+        # A-ABORT in answer: the client's TLS handshake fails at once, and says
+        # that we do not speak TLS
+        with contextlib.suppress(OSError):
+            sock.sendall(dul.abort())
+        return tls.DIMSETLSError(
+            "the peer speaks TLS and this storage SCP does not: give it a "
+            "certificate (store_tls, --tls-cert and --tls-key), or tell the PACS "
+            "to move without TLS",
+            peer=peer,
+            operation=operation,
+        )
+    return tls.DIMSETLSError(
+        "the peer seems to speak TLS: it answered our association request with "
+        "a TLS record. Use --tls (tls = ... in a profile, DIMSETLS in a script)",
+        peer=peer,
+        operation=operation,
+    )
+
+
+def _closed_detail(error: OSError | None, plain: bool) -> str:
+    """What to say of a connection reset (error) or closed (None) during
+    negotiation; as a plain requestor, a TLS port does that too."""
+    detail = "connection closed" if error is None else str(error)
+    if plain and (error is None or isinstance(error, ConnectionResetError)):
+        detail += "; if the peer expects TLS on this port, use --tls"
+    return detail
 
 
 def _aborted_during_negotiation(peer: Peer, operation: str, detail: str) -> DIMSEError:

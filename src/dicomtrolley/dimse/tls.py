@@ -27,6 +27,7 @@ lost or a timeout during the handshake stays transient
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import time
@@ -262,6 +263,10 @@ def _reason(error: ssl.SSLError) -> str:
     return str(getattr(error, "reason", None) or error.strerror or error)
 
 
+def _reason_of(error: BaseException) -> str | None:
+    return _reason(error) if isinstance(error, ssl.SSLError) else None
+
+
 # -- handshakes ----------------------------------------------------------------------
 
 
@@ -354,10 +359,42 @@ def handshake(
             except TimeoutError:
                 continue
             except (ssl.SSLError, OSError) as error:
+                if server:
+                    _close_gently(sock, plain=_reason_of(error) in _NOT_TLS)
                 raise handshake_error(error, peer, operation, server) from error
     except BaseException:
         sock.close()
         raise
+
+
+#: A fatal TLS alert, protocol_version (RFC 8446 6, 6.2), as a TLS 1.2 record.
+PROTOCOL_VERSION_ALERT = b"\x15\x03\x03\x00\x02\x02\x46"
+#: Seconds to wait for a plain client to close once it has the alert.
+_DRAIN = 1.0
+
+
+def _close_gently(sock: ssl.SSLSocket, plain: bool) -> None:
+    """End a connection whose handshake we (the server) refused so that the
+    client learns why.
+
+    Closing with the client's bytes unread (with TLS 1.3 its first request
+    follows its side of the handshake at once; a plain client's A-ASSOCIATE-RQ)
+    would reset the connection, and a reset may drop our alert before the
+    client reads it. So: shut our side, read until the client closes (at most
+    a second), then close. A client that sent no TLS at all (``plain``) gets
+    a TLS alert first, which OpenSSL does not send: by it our requestor (or a
+    person reading a trace) can tell that the port wants TLS. The plain
+    socket's methods, not the SSLSocket's: the TLS session is over or never was.
+    """
+    deadline = time.monotonic() + _DRAIN
+    with contextlib.suppress(OSError):
+        if plain:
+            socket.socket.sendall(sock, PROTOCOL_VERSION_ALERT)
+        socket.socket.shutdown(sock, socket.SHUT_WR)
+        while (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            if not socket.socket.recv(sock, 65536):
+                break
 
 
 #: OpenSSL reasons that mean the peer's certificate or ours was refused, or
@@ -369,7 +406,9 @@ _REFUSED_BY_PEER = {
     "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the peer refused our certificate",
     "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "the peer refused our certificate",
     "TLSV13_ALERT_CERTIFICATE_REQUIRED": (
-        "the peer requires a client certificate: give one (cert_file, key_file)"
+        "the peer requires a client certificate: give ours (--tls-cert and "
+        "--tls-key, tls.cert and tls.key in a profile, DIMSETLS(cert_file=..., "
+        "key_file=...))"
     ),
     "TLSV1_ALERT_ACCESS_DENIED": "the peer denied access",
     "TLSV1_ALERT_PROTOCOL_VERSION": "no TLS version in common",
@@ -412,6 +451,13 @@ def handshake_error(
         )
     if isinstance(error, ssl.SSLError):
         reason = _reason(error)
+        if reason in _NOT_TLS and server:
+            return DIMSETLSError(
+                f"TLS handshake failed: the peer does not speak TLS ({reason}): it "
+                "connected over plain TCP; it must use TLS for this port",
+                peer=peer,
+                operation=operation,
+            )
         if reason in _REFUSED_BY_PEER:
             return DIMSETLSError(
                 f"TLS handshake failed: {_REFUSED_BY_PEER[reason]} ({reason})",
@@ -433,6 +479,28 @@ def handshake_error(
         f"connection lost during the TLS handshake: {text}",
         peer=peer,
         operation=operation,
+    )
+
+
+def refusal(error: BaseException, peer: Peer, operation: str) -> DIMSETLSError | None:
+    """The permanent error for a TLS alert by which the peer refused us after
+    the handshake, or None for any other error.
+
+    With TLS 1.3 the client's side of the handshake ends before the server has
+    looked at the client's certificate: a server that requires one, or does
+    not trust its CA, says so with an alert that only the first read or write
+    of the association meets. A retry would meet it again.
+    """
+    if not isinstance(error, ssl.SSLError) or isinstance(
+        error, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLWantReadError
+    ):
+        return None
+    reason = _reason(error)
+    why = _REFUSED_BY_PEER.get(reason)
+    if why is None:
+        return None
+    return DIMSETLSError(
+        f"TLS: {why} ({reason}, after the handshake)", peer=peer, operation=operation
     )
 
 
