@@ -6,9 +6,12 @@ test time (:mod:`tests.tls_pki`); with ``verify`` it requires a client
 certificate. C-MOVE sub-operations come back over TLS into our storage SCP.
 Then what must fail, and how: an unknown CA, a certificate for another host, an
 expired one, a plain client at a TLS port and a TLS client at a plain port (both
-fast), no client certificate; ``verify=False`` connects with a warning. Last, a
+fast), no client certificate; ``verify=False`` connects with a warning. A
 connection cut in the middle of the TLS stream: the retrieve resumes on a new
-one. Everything on 127.0.0.1.
+one. Against our own TLS storage SCP: a client certificate refused after the
+handshake (TLS 1.3) is permanent and tried once; plain and TLS clients at the
+wrong kind of port are told so. Last, ``dicomtrolley serve --dimse-tls-*``.
+Everything on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -23,26 +26,40 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from click.testing import CliRunner
 
+from dicomtrolley.cli.main import main
 from dicomtrolley.core import Query, StudyReference
 from dicomtrolley.dicom_qr import DICOMQR, DICOMQRGet, DICOMQRMove
-from dicomtrolley.dimse.errors import DIMSEConnectionError, DIMSEError
-from dicomtrolley.dimse.settings import DIMSETimeouts
-from dicomtrolley.dimse.tls import DIMSETLS, DIMSETLSError
+from dicomtrolley.dimse.echo import c_echo
+from dicomtrolley.dimse.errors import (
+    AssociationAbortedError,
+    DIMSEConnectionError,
+    DIMSEError,
+)
+from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
+from dicomtrolley.dimse.storage_scp import StoreSCP
+from dicomtrolley.dimse.tls import DIMSETLS, PROTOCOL_VERSION_ALERT, DIMSETLSError
 from dicomtrolley.emulator import DimseService, Emulator, default_services
 from dicomtrolley.exceptions import PermanentError, TransientError
+from dicomtrolley.formats import dul
+from dicomtrolley.formats.association import AssociateRJ
 from dicomtrolley.storage import TemplateStorage
 from dicomtrolley.synthetic import large_study
 from dicomtrolley.transport import NO_RETRY, Retry
 from tests.emulator.conftest import DemoData
+from tests.emulator.test_cli_emulator import Served
 from tests.emulator.test_dimse_service import free_port
+from tests.emulator.test_store_scp import STORE_AET as STORE_SCP_AET
+from tests.emulator.test_store_scp import Saved, scp
 from tests.emulator.transfer_helpers import cli_command, run_cli
 from tests.fakes import tree
 from tests.tls_pki import Pair, Pki, make_pki
 
 HOST = "127.0.0.1"
 AET = "TROLLEY"
-STORE_AET = "TROLLEY-STORE"
+STORE_AET = STORE_SCP_AET
+TIMEOUTS = DIMSETimeouts(connect=5, idle=5)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +102,7 @@ def storage(folder: Path) -> TemplateStorage:
 
 
 def saved(folder: Path) -> dict[str, pydicom.Dataset]:
-    found = {}
+    found: dict[str, pydicom.Dataset] = {}
     for path in tree(folder):
         if path.is_file():
             dataset = pydicom.dcmread(path)
@@ -102,7 +119,7 @@ def assert_same(folder: Path, demo: DemoData, study: str) -> None:
 
 def find(service: DimseService, tls: DIMSETLS | None, **options: object) -> object:
     searcher = DICOMQR(HOST, service.port, AET, service.ae_title, tls=tls)
-    return searcher.find_studies(Query(**options))  # type: ignore[arg-type]
+    return searcher.find_studies(Query(**options))
 
 
 # -- working ------------------------------------------------------------------------
@@ -242,10 +259,12 @@ def test_no_verify_connects_with_a_warning(
 
 def test_client_certificate_required(secure: DimseService, pki: Pki) -> None:
     """No certificate of ours: the server refuses it after the handshake (TLS
-    1.3), as an alert or by closing: a DIMSE error naming the peer, no result."""
-    with pytest.raises(DIMSEError) as caught:
+    1.3), as an alert or by closing: a permanent error naming the peer and
+    asking for our certificate."""
+    with pytest.raises(DIMSETLSError, match="client certificate") as caught:
         find(secure, DIMSETLS(ca_file=pki.ca))
     assert f"{HOST}:{secure.port} (TLS, calling AE {AET})" in str(caught.value)
+    assert permanent(caught.value)
 
 
 def test_plain_client_at_a_tls_port_fails_fast(secure: DimseService) -> None:
@@ -375,3 +394,220 @@ def test_cli_download_over_tls(
     )  # fmt: skip
     assert refused.returncode != 0
     assert "CA is not one we trust" in refused.stdout + refused.stderr
+
+
+# -- refused after the handshake (TLS 1.3), by our own TLS storage SCP ---------------
+
+
+def store_scp(pki: Pki, tmp_path: Path, tls: DIMSETLS | None) -> StoreSCP:
+    return scp(Saved(tmp_path / "out"), tls=tls, accept_from=None)
+
+
+@pytest.mark.parametrize(
+    ("ours", "why", "logged"),
+    [
+        (
+            None,
+            "requires a client certificate: give ours (--tls-cert",
+            "no certificate",
+        ),
+        ("untrusted", "does not trust the CA of our certificate", "not one we trust"),
+    ],
+)
+def test_certificate_refused_after_the_handshake_is_permanent(
+    pki: Pki,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    ours: str | None,
+    why: str,
+    logged: str,
+) -> None:
+    """Our TLS storage SCP requires a client certificate from its CA; a client
+    without one, or with one of another CA, learns it from the alert that meets
+    its association request: DIMSETLSError, not retried (one handshake seen)."""
+    pair = None if ours is None else getattr(pki, ours)
+    tls = DIMSETLS(
+        ca_file=pki.ca,
+        cert_file=None if pair is None else pair.cert,
+        key_file=None if pair is None else pair.key,
+    )
+    with (
+        store_scp(pki, tmp_path, serving(pki)) as server,
+        caplog.at_level(logging.WARNING, logger="dicomtrolley"),
+    ):
+        getter = DICOMQRGet(
+            HOST,
+            server.port,
+            AET,
+            STORE_AET,
+            tls=tls,
+            retry=Retry(total=3, backoff_factor=0),
+        )
+        out = tmp_path / "got"
+        report = getter.save_all([StudyReference("1.2.3")], storage(out), out)
+    [failure] = report.failures
+    assert isinstance(failure.error, DIMSETLSError) and permanent(failure.error)
+    assert why in str(failure.error) and "after the handshake" in str(failure.error)
+    refusals = [r for r in caplog.records if logged in r.getMessage()]
+    assert len(refusals) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_with_the_right_certificate_the_same_scp_answers(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """The control for the test above: the SCP does accept its CA's client."""
+    with store_scp(pki, tmp_path, serving(pki)) as server:
+        c_echo(Peer(HOST, server.port, AET, STORE_AET, tls=client(pki)), TIMEOUTS)
+
+
+# -- plain and TLS at the wrong port: said so ------------------------------------------
+
+
+def test_plain_client_at_our_tls_scp_is_told_to_use_tls(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """Our TLS acceptor answers a plain A-ASSOCIATE-RQ with a TLS alert."""
+    with store_scp(pki, tmp_path, serving(pki)) as server:
+        started = time.monotonic()
+        with pytest.raises(DIMSETLSError, match=r"seems to speak TLS.*Use --tls") as e:
+            c_echo(Peer(HOST, server.port, AET, STORE_AET), TIMEOUTS)
+        assert time.monotonic() - started < 3
+    assert permanent(e.value)
+
+
+class OneAnswer:
+    """A listener on 127.0.0.1 that answers each connection with ``answer``
+    once it has read something, then closes (``answer`` empty: only closes)."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.server = socket.create_server((HOST, 0))
+        self.port = int(self.server.getsockname()[1])
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                sock, _ = self.server.accept()
+                with sock:
+                    sock.recv(65536)
+                    sock.sendall(self.answer)
+                    sock.shutdown(socket.SHUT_WR)
+                    sock.settimeout(2)
+                    while sock.recv(65536):
+                        pass
+
+    def __enter__(self) -> OneAnswer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        PROTOCOL_VERSION_ALERT,  # an alert, as our TLS SCP sends
+        b"\x16\x03\x03\x00\x31\x02\x00\x00\x2d\x03\x03" + bytes(43),  # a ServerHello
+    ],
+)
+def test_plain_client_answered_with_a_tls_record(answer: bytes) -> None:
+    with OneAnswer(answer) as peer, pytest.raises(DIMSETLSError, match="speak TLS"):
+        c_echo(Peer(HOST, peer.port, AET, "PACS"), TIMEOUTS)
+
+
+def test_plain_client_reset_by_a_tls_port_gets_a_hint(demo: DemoData, pki: Pki) -> None:
+    """The emulator's TLS port (pynetdicom, OpenSSL) resets a plain client
+    without a TLS record: the error suggests --tls, transient as resets are."""
+    hint = "expects TLS on this port, use --tls"
+    with (
+        tls_emulator(demo.root, serving(pki)) as service,
+        pytest.raises(DIMSEError, match=hint),
+    ):
+        c_echo(Peer(HOST, service.port, AET, service.ae_title), TIMEOUTS)
+
+
+def test_tls_client_at_our_plain_scp_is_told_it_does_not_speak_tls(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Our plain acceptor answers a TLS ClientHello with an A-ABORT: the
+    client's handshake fails at once, saying the peer does not speak TLS; the
+    SCP's log says the peer speaks TLS."""
+    with (
+        store_scp(pki, tmp_path, None) as server,
+        caplog.at_level(logging.WARNING, logger="dicomtrolley"),
+        pytest.raises(DIMSETLSError, match="does not speak TLS on this port"),
+    ):
+        c_echo(Peer(HOST, server.port, AET, STORE_AET, tls=client(pki)), TIMEOUTS)
+    assert any(
+        "speaks TLS and this storage SCP does not" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "why"),
+    [
+        (b"", AssociationAbortedError, "does not speak TLS on this port, it seems"),
+        (dul.abort(), DIMSETLSError, "does not speak TLS on this port"),
+        (
+            AssociateRJ(1, 1, 1).encode(),
+            DIMSETLSError,
+            "does not speak TLS on this port",
+        ),
+    ],
+)
+def test_tls_client_at_a_plain_peer(
+    pki: Pki, answer: bytes, error: type[DIMSEError], why: str
+) -> None:
+    """A plain DICOM peer answers a ClientHello with an A-ABORT, an
+    A-ASSOCIATE-RJ, or closes."""
+    with OneAnswer(answer) as peer, pytest.raises(error, match=why):
+        c_echo(Peer(HOST, peer.port, AET, "PACS", tls=client(pki)), TIMEOUTS)
+
+
+# -- dicomtrolley serve --dimse-tls-* --------------------------------------------------
+
+
+def test_cli_serve_dimse_over_tls(demo: DemoData, pki: Pki) -> None:
+    served = Served(
+        "--data", str(demo.root), "--port", "0", "--dimse-port", "0",
+        "--dimse-aet", "TLS-EMU", "--dimse-tls-cert", str(pki.server.cert),
+        "--dimse-tls-key", str(pki.server.key), "--dimse-tls-ca", str(pki.ca),
+    )  # fmt: skip
+    try:
+        found = served.wait_for(r"DIMSE\s+AE TLS-EMU at 127\.0\.0\.1 port (\d+)")
+        served.wait_for(r"over TLS: .*server\.pem; client certificates of .*ca\.pem")
+        port = int(found.group(1))
+        c_echo(Peer(HOST, port, AET, "TLS-EMU", tls=client(pki)), TIMEOUTS)
+        searcher = DICOMQR(HOST, port, AET, "TLS-EMU", tls=client(pki))
+        studies = searcher.find_studies(Query())
+        assert {s.uid for s in studies} == {s.study_uid for s in demo.studies}
+        with pytest.raises(DIMSETLSError, match="client certificate"):
+            c_echo(
+                Peer(HOST, port, AET, "TLS-EMU", tls=DIMSETLS(ca_file=pki.ca)), TIMEOUTS
+            )
+    finally:
+        stdout, stderr = served.stop()
+    assert served.process.returncode == 0, stdout + stderr
+
+
+def test_cli_serve_dimse_tls_options_checked(pki: Pki, tmp_path: Path) -> None:
+    runner = CliRunner()
+    data = ["serve", "--data", str(tmp_path), "--port", "0"]
+    needs_port = runner.invoke(main, [*data, "--dimse-tls-cert", str(pki.server.cert)])
+    assert needs_port.exit_code == 2 and "need --dimse-port" in needs_port.output
+    needs_cert = runner.invoke(
+        main, [*data, "--dimse-port", "0", "--dimse-tls-ca", str(pki.ca)]
+    )
+    assert needs_cert.exit_code == 2 and "need --dimse-tls-cert" in needs_cert.output
+    wrong_key = runner.invoke(
+        main,
+        [*data, "--dimse-port", "0", "--dimse-tls-cert", str(pki.server.cert),
+         "--dimse-tls-key", str(pki.client.key)],
+    )  # fmt: skip
+    assert wrong_key.exit_code == 2 and "does not belong" in wrong_key.output
+    help_text = runner.invoke(main, ["serve", "--help"]).output
+    for option in ("--dimse-tls-cert", "--dimse-tls-key", "--dimse-tls-ca"):
+        assert option in help_text

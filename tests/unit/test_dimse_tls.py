@@ -18,7 +18,7 @@ from dicomtrolley.config_model import DimseConfig
 from dicomtrolley.credentials import ConfigError
 from dicomtrolley.dicom_qr import DICOMQR, DICOMQRGet, DICOMQRMove
 from dicomtrolley.dimse.settings import KEY_PASSWORD_ENV, Peer
-from dicomtrolley.dimse.tls import DIMSETLS
+from dicomtrolley.dimse.tls import DIMSETLS, DIMSETLSError, refusal
 from tests.tls_pki import KEY_PASSWORD, Pki, make_pki
 
 
@@ -157,3 +157,18 @@ def test_cli_tls_options(pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:
         tls_settings(True, None, None, pki.client.key, False)
     with pytest.raises(ConfigError, match="does not belong"):
         tls_settings(True, None, pki.server.cert, pki.client.key, False)
+
+
+def test_tls_alerts_refusing_us_are_permanent(pki: Pki) -> None:
+    """The alert may meet a later read or write of the link too (unit of the
+    mapping): an SSLError naming a refusal becomes DIMSETLSError; others not."""
+    peer = Peer("pacs", 104, "TROLLEY", "PACS", tls=DIMSETLS(ca_file=pki.ca))
+    alert = ssl.SSLError(1, "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca")
+    alert.reason = "TLSV1_ALERT_UNKNOWN_CA"
+    refused = refusal(alert, peer, "C-GET")
+    assert isinstance(refused, DIMSETLSError) and "does not trust" in str(refused)
+    assert refusal(ssl.SSLEOFError(8, "EOF"), peer, "C-GET") is None
+    assert refusal(ConnectionResetError(104, "reset"), peer, "C-GET") is None
+    other = ssl.SSLError(1, "bad record mac")
+    other.reason = "DECRYPTION_FAILED_OR_BAD_RECORD_MAC"
+    assert refusal(other, peer, "C-GET") is None

@@ -16,6 +16,14 @@ C-MOVE) on port N (0: a free one) with AE title ``--dimse-aet``; C-MOVE
 destinations are declared with ``--move-destination AET=HOST:PORT``. In a script:
 ``Emulator(data, services=[*default_services(), DimseService(port, aet)])``.
 
+``--dimse-tls-cert FILE --dimse-tls-key FILE`` serve that port over TLS (DICOM
+TLS, PS3.15 B) with this certificate, to try a TLS set-up locally; with
+``--dimse-tls-ca FILE`` clients must present a certificate that CA signed, and
+C-MOVE destinations must too (their host name checked). Without it, no client
+certificate is asked for and C-MOVE destinations are not verified. An encrypted
+key's password is read from ``$DICOMTROLLEY_TLS_KEY_PASSWORD``. In a script:
+``DimseService(port, aet, tls=DIMSETLS(ca_file=..., cert_file=..., key_file=...))``.
+
 ``--oauth2 CLIENT:SECRET`` serves an OAuth2 token endpoint (client credentials)
 at ``/oauth2/token``, issuing bearer tokens valid ``--token-lifetime`` seconds;
 every other endpoint then accepts only those tokens. In a script:
@@ -25,6 +33,7 @@ every other endpoint then accepts only those tokens. In a script:
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -34,6 +43,9 @@ from types import FrameType
 import click
 
 from dicomtrolley.cli.main import configure_logging, warn
+from dicomtrolley.credentials import ConfigError
+from dicomtrolley.dimse.settings import KEY_PASSWORD_ENV
+from dicomtrolley.dimse.tls import DIMSETLS
 from dicomtrolley.emulator import (
     DEFAULT_AE_TITLE,
     DEFAULT_REALM,
@@ -129,9 +141,39 @@ def _dimse_lines(emulator: Emulator) -> list[str]:
         f"  DIMSE     AE {dimse.ae_title} at {host} port {port} "
         "(C-ECHO, C-FIND, C-GET, C-MOVE)"
     ]
+    if dimse.tls is not None:
+        who = (
+            f"client certificates of {dimse.tls.ca_file} required"
+            if dimse.tls.verify
+            else "no client certificate asked for"
+        )
+        lines.append(f"            over TLS: {dimse.tls.cert_file}; {who}")
     for title, (to_host, to_port) in sorted(dimse.move_destinations.items()):
         lines.append(f"            C-MOVE to {title} at {to_host} port {to_port}")
     return lines
+
+
+def _dimse_tls(cert: Path | None, key: Path | None, ca: Path | None) -> DIMSETLS | None:
+    """The DIMSE service's TLS from the --dimse-tls-* options, files checked."""
+    if cert is None:
+        if key is not None or ca is not None:
+            raise click.UsageError(
+                "--dimse-tls-key and --dimse-tls-ca need --dimse-tls-cert"
+            )
+        return None
+    tls = DIMSETLS(
+        ca_file=ca,
+        cert_file=cert,
+        key_file=key,
+        key_password=os.environ.get(KEY_PASSWORD_ENV) or None,
+        verify=ca is not None,
+    )
+    try:
+        tls.server_context()
+        tls.client_context()
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from error
+    return tls
 
 
 @click.command("serve")
@@ -195,6 +237,29 @@ def _dimse_lines(emulator: Emulator) -> list[str]:
     help="A C-MOVE destination the DIMSE service knows; repeatable.",
 )
 @click.option(
+    "--dimse-tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Serve DIMSE over TLS with this certificate (PEM, with its chain).",
+)
+@click.option(
+    "--dimse-tls-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="The certificate's private key (PEM; default: in the certificate file; "
+    f"an encrypted key's password in ${KEY_PASSWORD_ENV}).",
+)
+@click.option(
+    "--dimse-tls-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Require client certificates signed by these CAs (PEM), and verify "
+    "C-MOVE destinations against them. Without it: no client certificates.",
+)
+@click.option(
     "--oauth2",
     "oauth2_clients",
     multiple=True,
@@ -223,6 +288,9 @@ def serve(
     dimse_port: int | None,
     dimse_aet: str,
     move_destinations: dict[str, tuple[str, int]],
+    dimse_tls_cert: Path | None,
+    dimse_tls_key: Path | None,
+    dimse_tls_ca: Path | None,
     oauth2_clients: dict[str, str],
     token_lifetime: float,
     verbose: int,
@@ -235,6 +303,8 @@ def serve(
       dicomtrolley demo-data data && dicomtrolley serve --data data
       dicomtrolley serve --data data --port 0 --user alice:secret
       dicomtrolley serve --data data --dimse-port 11112 --dimse-aet PACS
+      dicomtrolley serve --data data --dimse-port 2762 --dimse-tls-cert pacs.pem
+          --dimse-tls-key pacs.key --dimse-tls-ca ca.pem
       dicomtrolley serve --data data --oauth2 app:secret --token-lifetime 60
     """
     if not data_dir.is_dir():
@@ -243,7 +313,9 @@ def serve(
             f"dicomtrolley demo-data {data_dir}"
         )
     services = default_services()
+    tls_options = (dimse_tls_cert, dimse_tls_key, dimse_tls_ca)
     if dimse_port is not None:
+        tls = _dimse_tls(*tls_options)
         try:
             services.append(
                 DimseService(
@@ -251,12 +323,15 @@ def serve(
                     dimse_aet,
                     move_destinations=move_destinations,
                     host=host,
+                    tls=tls,
                 )
             )
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--dimse-aet") from error
-    elif move_destinations or dimse_aet != DEFAULT_AE_TITLE:
-        raise click.UsageError("--dimse-aet and --move-destination need --dimse-port")
+    elif move_destinations or dimse_aet != DEFAULT_AE_TITLE or any(tls_options):
+        raise click.UsageError(
+            "--dimse-aet, --move-destination and --dimse-tls-* need --dimse-port"
+        )
     click.get_current_context().call_on_close(configure_logging(verbose))
     emulator = Emulator(
         data_dir,

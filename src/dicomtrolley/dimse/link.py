@@ -191,10 +191,7 @@ class Link:
             try:
                 sock.sendall(encoded)
             except OSError as error:  # reset; TLS 1.3: our certificate refused
-                refused = tls.refusal(error, peer, operation)
-                detail = _closed_detail(error, plain=peer.tls is None)
-                lost = _aborted_during_negotiation(peer, operation, detail)
-                raise refused or lost from error
+                raise _lost_answer(sock, error, peer, operation) from error
             if trace.enabled():
                 trace.request(peer, request)
             raw = _read_association_answer(
@@ -663,7 +660,6 @@ def _read_association_answer(
     type; read in slices between which ``cancelled()`` is looked at."""
     reader = dul.PDUReader(max_length=1024 * 1024)
     deadline = time.monotonic() + timeouts.connect
-    plain = wanted is _ANSWERS and not isinstance(sock, ssl.SSLSocket)
     while True:
         if cancelled():
             raise _aborted_during_negotiation(
@@ -678,13 +674,13 @@ def _read_association_answer(
         except TimeoutError:
             continue
         except OSError as error:
-            refused = tls.refusal(error, peer, operation)
-            detail = _closed_detail(error, plain)
-            lost = _aborted_during_negotiation(peer, operation, detail)
-            raise refused or lost from error
+            if wanted is _ANSWERS:
+                raise _lost_answer(sock, error, peer, operation) from error
+            raise _aborted_during_negotiation(peer, operation, str(error)) from error
         if not data:
-            detail = _closed_detail(None, plain)
-            raise _aborted_during_negotiation(peer, operation, detail)
+            if wanted is _ANSWERS:
+                raise _lost_answer(sock, None, peer, operation)
+            raise _aborted_during_negotiation(peer, operation, "connection closed")
         if not reader.buffered and data[:2] in _TLS_RECORDS:
             raise _speaks_tls(sock, peer, operation, wanted is _REQUESTS)
         try:
@@ -792,13 +788,28 @@ def _speaks_tls(
     )
 
 
-def _closed_detail(error: OSError | None, plain: bool) -> str:
-    """What to say of a connection reset (error) or closed (None) during
-    negotiation; as a plain requestor, a TLS port does that too."""
+def _lost_answer(
+    sock: socket.socket, error: OSError | None, peer: Peer, operation: str
+) -> DIMSEError:
+    """The error for a connection broken (error) or closed (None) before the
+    answer to our association request.
+
+    A TLS alert refusing us is permanent (TLS 1.3 servers send it after the
+    client's side of the handshake is over); a TLS peer's bare close may be
+    the same refusal with its alert lost (:func:`~dicomtrolley.dimse.tls.
+    closed_after_handshake`); a plain connection reset or closed may be a
+    TLS port.
+    """
+    if error is not None:
+        refused = tls.refusal(error, peer, operation)
+        if refused is not None:
+            return refused
     detail = "connection closed" if error is None else str(error)
-    if plain and (error is None or isinstance(error, ConnectionResetError)):
+    if isinstance(sock, ssl.SSLSocket):
+        return tls.closed_after_handshake(sock, peer, operation, detail)
+    if error is None or isinstance(error, ConnectionResetError):
         detail += "; if the peer expects TLS on this port, use --tls"
-    return detail
+    return _aborted_during_negotiation(peer, operation, detail)
 
 
 def _aborted_during_negotiation(peer: Peer, operation: str, detail: str) -> DIMSEError:

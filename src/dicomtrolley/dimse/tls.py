@@ -443,9 +443,15 @@ def handshake_error(
             operation=operation,
         )
     if isinstance(error, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        if server:
+            why = "did it refuse our certificate or its CA?"
+        else:
+            why = (
+                "the peer does not speak TLS on this port, it seems (a plain DICOM "
+                "port closes so), or it refused us"
+            )
         return AssociationAbortedError(
-            f"{who} closed the connection during the TLS handshake (does it "
-            "speak TLS on this port, and accept our certificate?)",
+            f"{who} closed the connection during the TLS handshake: {why}",
             peer=peer,
             operation=operation,
         )
@@ -466,8 +472,10 @@ def handshake_error(
             )
         if reason in _NOT_TLS:
             return DIMSETLSError(
-                f"TLS handshake failed: {who} does not speak TLS on this port "
-                f"({reason}); is it a plain DICOM port?",
+                f"TLS handshake failed: the peer does not speak TLS on this port: "
+                f"it answered our handshake with something else ({reason}), a "
+                "DICOM PDU most likely. Connect without TLS, or to the PACS's TLS "
+                "port",
                 peer=peer,
                 operation=operation,
             )
@@ -475,6 +483,8 @@ def handshake_error(
             f"TLS handshake failed: {reason}", peer=peer, operation=operation
         )
     text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    if isinstance(error, ConnectionResetError) and not server:
+        text += " (a plain DICOM port does that: does the peer speak TLS on it?)"
     return DIMSEConnectionError(
         f"connection lost during the TLS handshake: {text}",
         peer=peer,
@@ -501,6 +511,40 @@ def refusal(error: BaseException, peer: Peer, operation: str) -> DIMSETLSError |
         return None
     return DIMSETLSError(
         f"TLS: {why} ({reason}, after the handshake)", peer=peer, operation=operation
+    )
+
+
+def closed_after_handshake(
+    sock: ssl.SSLSocket, peer: Peer, operation: str, detail: str
+) -> DIMSEError:
+    """The error for a TLS peer that closed or reset the connection (detail)
+    instead of answering our association request.
+
+    With TLS 1.3, a server refusing the client's certificate sends an alert
+    and closes; when our request reaches it before the close, the close is a
+    reset that may drop the alert (Orthanc's refusals arrive either way). No
+    certificate of ours: that is the likely reason, and permanent. With one,
+    the close stays transient (a retry may read the alert), with the hint.
+    """
+    message = (
+        "the peer closed the connection right after the TLS handshake, "
+        f"before answering the association request ({detail})"
+    )
+    if sock.version() != "TLSv1.3":
+        return AssociationAbortedError(message, peer=peer, operation=operation)
+    if peer.tls is None or peer.tls.cert_file is None:
+        return DIMSETLSError(
+            f"{message}: it most likely requires a client certificate: give ours "
+            "(--tls-cert and --tls-key, tls.cert and tls.key in a profile, "
+            "DIMSETLS(cert_file=..., key_file=...))",
+            peer=peer,
+            operation=operation,
+        )
+    return AssociationAbortedError(
+        f"{message}; if it persists, the peer may refuse our certificate "
+        f"{peer.tls.cert_file} (does it trust its CA?)",
+        peer=peer,
+        operation=operation,
     )
 
 
