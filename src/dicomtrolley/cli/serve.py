@@ -36,9 +36,10 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any, TypeVar
 
 import click
 
@@ -54,6 +55,8 @@ from dicomtrolley.emulator import (
     Emulator,
     default_services,
 )
+
+Command = TypeVar("Command", bound=Callable[..., Any])
 
 
 def _users(
@@ -153,6 +156,17 @@ def _dimse_lines(emulator: Emulator) -> list[str]:
     return lines
 
 
+def _pem_file(name: str, text: str) -> Callable[[Command], Command]:
+    """An option naming a PEM file (certificate, key or CAs)."""
+    return click.option(
+        name,
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        metavar="FILE",
+        help=text,
+    )
+
+
 def _dimse_tls(cert: Path | None, key: Path | None, ca: Path | None) -> DIMSETLS | None:
     """The DIMSE service's TLS from the --dimse-tls-* options, files checked."""
     if cert is None:
@@ -236,27 +250,18 @@ def _dimse_tls(cert: Path | None, key: Path | None, ca: Path | None) -> DIMSETLS
     metavar="AET=HOST:PORT",
     help="A C-MOVE destination the DIMSE service knows; repeatable.",
 )
-@click.option(
+@_pem_file(
     "--dimse-tls-cert",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    metavar="FILE",
-    help="Serve DIMSE over TLS with this certificate (PEM, with its chain).",
+    "Serve DIMSE over TLS with this certificate (PEM, with its chain).",
 )
-@click.option(
+@_pem_file(
     "--dimse-tls-key",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    metavar="FILE",
-    help="The certificate's private key (PEM; default: in the certificate file; "
+    "The certificate's private key (PEM; default: in the certificate file; "
     f"an encrypted key's password in ${KEY_PASSWORD_ENV}).",
 )
-@click.option(
+@_pem_file(
     "--dimse-tls-ca",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    metavar="FILE",
-    help="Require client certificates signed by these CAs (PEM), and verify "
+    "Require client certificates signed by these CAs (PEM), and verify "
     "C-MOVE destinations against them. Without it: no client certificates.",
 )
 @click.option(
