@@ -113,14 +113,11 @@ class CompletedRows:
         studies = self._known.get(query)
         if not studies or catalog is None:
             return None
-        layout = self._layouts[query]
-        for instances in studies.values():
-            if not instances:
-                return None
-            for uid in instances:
-                if catalog.present(uid, layout) is None:
-                    return None
-        return studies
+        if not all(studies.values()):
+            return None
+        uids = [uid for instances in studies.values() for uid in instances]
+        present = catalog.present_of(uids, self._layouts[query])
+        return studies if len(present) == len(set(uids)) else None
 
     def record(self, query: str, studies: Mapping[str, Sequence[str]]) -> None:
         """Note that query's studies (with these instances) are complete.

@@ -72,6 +72,8 @@ NETWORK_FILE_SYSTEMS = frozenset(
 #: Connections kept open at most (3 file descriptors each); the least recently
 #: used folder's is closed beyond that and reopened when used again.
 MAX_OPEN_CATALOGS = 16
+#: UIDs per ``IN (...)`` query (SQLite allows 999 parameters in older builds).
+_UIDS_PER_QUERY = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -291,7 +293,14 @@ class Catalog:
         yet: it counts when ``fits(file)`` says it is where the layout puts
         it (its row then takes the layout).
         """
-        entry = self.entry(instance_uid)
+        return self._present(self.entry(instance_uid), layout, fits)
+
+    def _present(
+        self,
+        entry: CatalogEntry | None,
+        layout: str | None,
+        fits: Callable[[Path], bool] | None,
+    ) -> Path | None:
         if entry is None or entry.state != PRESENT:
             return None
         full = self._check(entry)
@@ -300,7 +309,7 @@ class Catalog:
         if entry.layout is None and fits is not None and fits(full):
             self._execute(
                 "UPDATE instances SET layout = ? WHERE instance_uid = ?",
-                (layout, instance_uid),
+                (layout, entry.instance_uid),
             )
             return full
         return None
@@ -311,12 +320,29 @@ class Catalog:
         layout: str | None = None,
         fits: Callable[[Path], bool] | None = None,
     ) -> dict[str, Path]:
-        """instance UID -> file, for those of instance_uids that are present."""
+        """instance UID -> file, for those of instance_uids that are present
+        (as :meth:`present`, with the rows read in a few queries)."""
+        entries = self.entries_of(instance_uids)
         found: dict[str, Path] = {}
-        for uid in instance_uids:
-            path = self.present(uid, layout, fits)
+        for uid, entry in entries.items():
+            path = self._present(entry, layout, fits)
             if path is not None:
                 found[uid] = path
+        return found
+
+    def entries_of(self, instance_uids: Iterable[str]) -> dict[str, CatalogEntry]:
+        """instance UID -> row as stored, for those of instance_uids in the index
+        (one query per 500 UIDs; the disk is not looked at)."""
+        uids = list(dict.fromkeys(instance_uids))
+        found: dict[str, CatalogEntry] = {}
+        for start in range(0, len(uids), _UIDS_PER_QUERY):
+            chunk = tuple(uids[start : start + _UIDS_PER_QUERY])
+            marks = ", ".join("?" * len(chunk))
+            for entry in self._query(
+                f"SELECT {_COLUMNS} FROM instances WHERE instance_uid IN ({marks})",
+                chunk,
+            ):
+                found[entry.instance_uid] = entry
         return found
 
     def _check(self, entry: CatalogEntry) -> Path | None:

@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 from dicomtrolley.catalog import Catalog, CatalogEntry, utc_now
-from dicomtrolley.download import one_line
 from dicomtrolley.exceptions import DICOMTrolleyError, StorageError
 from dicomtrolley.files import make_temp_file, new_file_mode
 from dicomtrolley.logs import get_module_logger
@@ -281,7 +280,7 @@ class Outcomes:
         self._write(
             status=FAILED,
             uids=uids,
-            error=one_line(what, error, uids),
+            error=_one_line(what, error, uids),
             **_guess_levels(uids),
         )
 
@@ -449,3 +448,9 @@ def summarize(folder: str | Path) -> FolderSummary:
             {"uids": list(uids or (key,)), "error": record.get("error") or ""}
         )
     return summary
+
+
+def _one_line(what: str, error: DICOMTrolleyError, uids: Sequence[str]) -> str:
+    from dicomtrolley.download import one_line  # the download stack: when it fails
+
+    return one_line(what, error, uids)

@@ -11,6 +11,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -699,3 +700,31 @@ def test_a_rerun_with_another_layout_searches_and_saves_its_own_copy(
         assert again.exit_code == 0, again.output
         assert "1 of 1 rows complete from an earlier run" in again.stderr
         assert log.lines == []
+
+
+def test_a_complete_rerun_sends_nothing_and_loads_no_dicom_stack(
+    demo: DemoData, write: Callable[..., Path], tmp_path: Path
+) -> None:
+    """What makes a re-run with nothing to fetch cheap: no request, and none of
+    pydicom, the storage or the adapters imported (the benchmark's target)."""
+    path = write(b"AccessionNumber\nACC0002\nACC0005\n")
+    out = tmp_path / "out"
+    with counting_emulator(demo.root) as (emulator, log):
+        args = ["batch", str(path), "-o", str(out), "--url", emulator.dicomweb_url]
+        args += ["--user", USER, "--quiet"]
+        assert run_cli(cli_command(*args)).returncode == 0
+        log.clear()
+        loaded = ("pydicom", "dicomtrolley.storage", "dicomtrolley.wado_rs")
+        script = (
+            "import sys\nfrom dicomtrolley.cli.main import main\n"
+            f"try:\n    main({args!r})\nexcept SystemExit as end:\n"
+            "    print('exit', end.code)\n"
+            f"print([name for name in {loaded!r} if name in sys.modules])"
+        )
+        again = run_cli([sys.executable, "-c", script])
+        assert again.stdout.split("\n")[:2] == ["exit 0", "[]"], again.stderr
+        assert log.lines == []
+    skipped = [
+        r for r in read_manifest(out / "manifest.jsonl") if r["status"] == "skipped"
+    ]
+    assert len(skipped) == 28 and all(r["checksum"] for r in skipped)

@@ -152,3 +152,26 @@ def test_only_a_few_connections_stay_open(tmp_path: Path) -> None:
     assert first.present(ref(1).instance_uid) == paths[0]
     for folder in folders:
         Catalog.for_folder(folder).close()
+
+
+def test_many_uids_are_looked_up_in_chunks_with_the_checks_of_present(
+    tmp_path: Path,
+) -> None:
+    storage = StorageDir(tmp_path)
+    paths = {
+        ref(n).instance_uid: save(storage, tmp_path, n, 16) for n in range(1, 1203)
+    }
+    catalog = Catalog.for_folder(tmp_path)
+    uids = [*paths, "1.2.3.404"]
+    assert set(catalog.entries_of(uids)) == set(paths)  # more than one query's worth
+    layout = storage.layout_key()
+    assert catalog.present_of(uids, layout) == {
+        uid: path.resolve() for uid, path in paths.items()
+    }
+    gone, cut = ref(7).instance_uid, ref(1100).instance_uid
+    paths[gone].unlink()
+    paths[cut].write_bytes(b"short")
+    present = catalog.present_of(uids, layout)
+    assert gone not in present and cut not in present and len(present) == 1200
+    assert catalog.present_of(uids, "another layout") == {}
+    assert catalog.entry(gone).state == "gone"  # as present() marks it

@@ -67,9 +67,9 @@ from dicomtrolley.cli.transfer import (
     check_output,
     interrupted,
     print_fallbacks,
+    summary,
     transfer_options,
 )
-from dicomtrolley.download import one_line
 from dicomtrolley.exceptions import (
     DICOMTrolleyAuthError,
     DICOMTrolleyError,
@@ -179,6 +179,12 @@ def row_key(row: BatchRow) -> str:
     return CompletedRows.key_of(row.query().filled_fields())
 
 
+def _one_line(error: DICOMTrolleyError) -> str:
+    from dicomtrolley.download import one_line  # the download stack: when it fails
+
+    return one_line("", error)
+
+
 def _login_refused(error: DICOMTrolleyError) -> bool:
     if isinstance(error, DICOMTrolleyAuthError):
         return True
@@ -225,7 +231,7 @@ def search_rows(
         except DICOMTrolleyError as error:
             if _login_refused(error):
                 refused.append(error)
-            result.status, result.error = SEARCH_FAILED, one_line("", error)
+            result.status, result.error = SEARCH_FAILED, _one_line(error)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(one, pending))
@@ -415,7 +421,7 @@ def download_studies(
                 state.failures.append((item, "; ".join(lines[:3]) or str(error)))
         except DICOMTrolleyError as error:
             with state.lock:
-                state.failures.append((item, one_line("", error)))
+                state.failures.append((item, _one_line(error)))
         finally:
             with state.lock:
                 state.done += 1
@@ -698,12 +704,13 @@ def _note_complete_rows(
             row=result.row.number,
             query=f"{result.row.key.value}={result.row.value}",
         )
-        for uids in result.done.values():
-            for uid in uids:
-                entry = catalog.entry(uid)
-                if entry is not None:
-                    outcomes.skipped_entry(entry)
-                    progress.instance_done(skipped=True)
+        uids = [uid for instances in result.done.values() for uid in instances]
+        entries = catalog.entries_of(uids)
+        for uid in uids:
+            entry = entries.get(uid)
+            if entry is not None:
+                outcomes.skipped_entry(entry)
+                progress.instance_done(skipped=True)
 
 
 def _record_completed(
@@ -836,8 +843,6 @@ def conclude(
 ) -> None:
     """The end of a batch that downloaded: the summary after Ctrl-C (exit
     130), else the summary line and the problems (exit 1 if any)."""
-    from dicomtrolley.cli.download import summary
-
     if stopped:
         click.echo(interrupted(counts, output, elapsed, problems), err=True)
         ctx.exit(EXIT_INTERRUPTED)

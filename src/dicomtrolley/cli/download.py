@@ -48,7 +48,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import click
-from rich.filesize import decimal
 
 from dicomtrolley.cli.connection import ConnectionSettings
 from dicomtrolley.cli.main import (
@@ -80,6 +79,7 @@ from dicomtrolley.cli.transfer import (
     interrupted,
     print_fallbacks,
     storage_for,
+    summary,
     transfer_options,
 )
 from dicomtrolley.core import (
@@ -120,16 +120,6 @@ def downloadables(
     if level == QueryLevels.SERIES:
         return list(series)
     return [instance for item in series for instance in item.instances]
-
-
-def summary(saved: int, skipped: int, nbytes: int, elapsed: float, output: Path) -> str:
-    """One line: files saved and skipped, bytes, time, rate and folder."""
-    rate = nbytes / elapsed if elapsed > 0 else 0.0
-    files = f"{saved} file{'s' if saved != 1 else ''}"
-    return (
-        f"Saved {files} ({decimal(nbytes)}) and skipped {skipped} already present "
-        f"in {elapsed:.1f} s ({decimal(int(rate))}/s): {output}"
-    )
 
 
 _NOT_FILTERS = frozenset({"query_level", "include_fields"})

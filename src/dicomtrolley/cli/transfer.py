@@ -38,11 +38,11 @@ from dicomtrolley.cli.main import quiet
 from dicomtrolley.cli.progress import TransferCounts
 from dicomtrolley.config import RAD69_TRANSFER_SYNTAXES
 from dicomtrolley.exceptions import StorageError
-from dicomtrolley.storage import FlatStorageDir, StorageDir, TemplateStorage
 
 if TYPE_CHECKING:  # the adapters are imported for the protocols used
     from dicomtrolley.core import Downloader, Searcher
     from dicomtrolley.deid import Deidentifier
+    from dicomtrolley.storage import TemplateStorage
 
 R = TypeVar("R")
 
@@ -63,6 +63,8 @@ def storage_for(layout: str, output: Path) -> TemplateStorage:
 
     Raises StorageError for a template that is not a safe relative file path.
     """
+    from dicomtrolley.storage import FlatStorageDir, StorageDir, TemplateStorage
+
     if layout == "study":
         return StorageDir(output)
     if layout == "flat":
@@ -293,6 +295,16 @@ _LABELS = {"rad69": "RAD-69"}
 def protocol_label(protocol: str) -> str:
     """``WADO-RS``, ``RAD-69``: a --protocol value as the manifest names it."""
     return _LABELS.get(protocol.lower(), protocol.upper())
+
+
+def summary(saved: int, skipped: int, nbytes: int, elapsed: float, output: Path) -> str:
+    """One line: files saved and skipped, bytes, time, rate and folder."""
+    rate = nbytes / elapsed if elapsed > 0 else 0.0
+    files = f"{saved} file{'s' if saved != 1 else ''}"
+    return (
+        f"Saved {files} ({decimal(nbytes)}) and skipped {skipped} already present "
+        f"in {elapsed:.1f} s ({decimal(int(rate))}/s): {output}"
+    )
 
 
 def print_fallbacks(downloader: Downloader | None) -> None:
