@@ -31,7 +31,10 @@ another checkout's ``src`` (an older commit, for before/after numbers).
 With ``--tls`` (instead of the comparison with DCMTK): dicomtrolley's C-GET of
 the large study and of the demo set from two Orthancs holding the same studies,
 one on plain TCP and one with ``DicomTlsEnabled`` (a throwaway CA made by
-``openssl``, client certificate required), printing the TLS/plain ratio.
+``openssl``, client certificate required), printing the TLS/plain ratio. As
+Orthanc's sending may set the pace, the same section also times our
+``Link.receive`` alone: ``--mb`` of P-DATA PDUs (128 KiB, as we announce) from a
+Python sender process that only writes, over TLS and plain TCP.
 
 Run it in the loopback-only namespace, as Orthanc binds every interface:
 
@@ -54,6 +57,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -374,6 +378,94 @@ def bench_move(
     }
 
 
+LINK_SENDER = r"""
+import socket, ssl, sys
+from dicomtrolley.formats import dul
+cert, key, total, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+context = None
+if cert:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+server = socket.create_server(("127.0.0.1", 0))
+print(server.getsockname()[1], flush=True)
+pdu = b"".join(dul.p_data(1, bytes(131060), command=False, max_length=131072))
+for _ in range(runs):
+    sock, _ = server.accept()
+    if context is not None:
+        sock = context.wrap_socket(sock, server_side=True)
+    for _ in range(total // 131060 + 1):
+        sock.sendall(pdu)
+    sock.recv(1)  # until the reader has it all and closes
+    sock.close()
+"""
+
+LINK_READER = r"""
+import json, socket, ssl, sys, time
+from dicomtrolley.dimse.link import Link
+from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
+from dicomtrolley.formats import dul
+port, ca, total = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+sock = socket.create_connection(("127.0.0.1", port))
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+if ca:
+    context = ssl.create_default_context(cafile=ca)
+    sock = context.wrap_socket(sock, server_hostname="127.0.0.1")
+link = Link(sock, Peer("127.0.0.1", port), DIMSETimeouts(), {}, 0, "C-GET")
+got = 0
+started, cpu = time.perf_counter(), time.process_time()
+while got < total:
+    for event in link.receive():
+        if isinstance(event, dul.Fragment):
+            got += len(event.data)
+seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+print(json.dumps({"seconds": seconds, "cpu": cpu}))
+sock.close()
+"""
+
+
+def link_receive(args: argparse.Namespace, pki: Any) -> dict[str, float]:
+    """Best seconds of Link.receive taking args.mb of P-DATA, plain and TLS
+    (the sender may set the pace: the reader's CPU seconds too)."""
+    total = int(args.mb * 1e6)
+    best = {}
+    environment = dict(os.environ, PYTHONPATH=str(args.trolley_src))
+    for kind, cert, key, ca in (
+        ("plain", "", "", ""),
+        ("tls", str(pki.server.cert), str(pki.server.key), str(pki.ca)),
+    ):
+        sender = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                LINK_SENDER,
+                cert,
+                key,
+                str(total),
+                str(args.repeat),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=environment,
+        )
+        assert sender.stdout is not None
+        port = sender.stdout.readline().strip()
+        times, cpu = [], []
+        for _ in range(args.repeat):
+            result = subprocess.run(
+                [sys.executable, "-c", LINK_READER, port, ca, str(total)],
+                check=True,
+                capture_output=True,
+                text=True,
+                env=environment,
+            )
+            measured = json.loads(result.stdout)
+            times.append(measured["seconds"])
+            cpu.append(measured["cpu"])
+        sender.wait(30)
+        best[kind], best[f"{kind}_cpu"] = min(times), min(cpu)
+    return best
+
+
 def bench_tls(args: argparse.Namespace) -> int:
     """dicomtrolley's C-GET over TLS against the same over plain TCP, each from
     an Orthanc of its own holding the same studies; best of args.repeat."""
@@ -425,6 +517,7 @@ def bench_tls(args: argparse.Namespace) -> int:
                     best[kind] = min(best[kind], result["seconds"])
                     size, files = result["bytes"], result["files"]
             results[name] = {"files": files, "mb": size / 1e6, **best}
+    results["Link"] = {"files": 0, "mb": args.mb, **link_receive(args, pki)}
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     print()
@@ -438,6 +531,11 @@ def bench_tls(args: argparse.Namespace) -> int:
             f"{r['tls']:8.2f} {r['tls'] / r['plain']:6.2f} "
             f"{r['mb'] / r['plain']:11.0f} {r['mb'] / r['tls']:9.0f}"
         )
+    link = results["Link"]
+    print(
+        f"Link.receive's own CPU time: plain {link['plain_cpu']:.3f} s, TLS "
+        f"{link['tls_cpu']:.3f} s (the rest of its time it waits for the sender)"
+    )
     return 0
 
 
