@@ -72,6 +72,14 @@ patient ID -> pseudonym and date offset: one line per pair, appended) and
 ``deid-flags.jsonl``. The index keys each file by its source UIDs, so a re-run
 knows what is already there; it and ``manifest.jsonl`` (with its shards) name
 source UIDs, so they are made mode 0600 as well.
+
+**Several processes** (the workers of ``dicomtrolley batch --dask``) write into
+one folder with the same key and profile: each reads the key from its own
+environment (``key_env``), a recipe's text can be given instead of its path
+(``recipe_text``: a worker need not see the file), ``deid.json`` is created
+once (a link of a complete file: the first process wins, the others compare)
+and each process appends its records to a shard of its own (``records_shard``;
+:mod:`dicomtrolley.deid_records` reads the file and its shards together).
 """
 
 from __future__ import annotations
@@ -100,6 +108,13 @@ from pydicom.sequence import Sequence
 from dicomtrolley.catalog import STATE_FOLDER, Catalog, utc_now
 from dicomtrolley.core import InstanceReference
 from dicomtrolley.credentials import ConfigError
+from dicomtrolley.deid_records import (
+    FLAGS_NAME,
+    MAP_NAME,
+    PRIVATE_MODE,
+    append_private,
+    record_path,
+)
 from dicomtrolley.deid_table import (
     BLANK,
     DUMMY,
@@ -128,9 +143,6 @@ __all__ = [
 
 #: The environment variable that holds the key when none is given.
 KEY_ENV = "DICOMTROLLEY_DEID_KEY"
-MAP_NAME = "deid-map.jsonl"
-FLAGS_NAME = "deid-flags.jsonl"
-PRIVATE_MODE = 0o600
 #: Keys shorter than this are refused: the mapping is only as secret as the key.
 MIN_KEY_LENGTH = 16
 #: Dates move back by this many days at least, and fewer than the maximum.
@@ -206,6 +218,12 @@ class Deidentifier(DatasetHook):
         attributes, curves and overlays are still removed and UIDs mapped).
     retain_dates, retain_device, retain_uids:
         The PS3.15 options (:class:`~dicomtrolley.deid_table.ProfileOptions`).
+    key_env:
+        The environment variable the key is read from when key is None (and
+        that the workers of a distributed run read it from).
+    recipe_text:
+        The recipe's text, read from profile (its path) when None: a process
+        that cannot see the file is given its text.
 
     Raises
     ------
@@ -223,8 +241,12 @@ class Deidentifier(DatasetHook):
         retain_dates: bool = False,
         retain_device: bool = False,
         retain_uids: bool = False,
+        key_env: str = KEY_ENV,
+        recipe_text: str | None = None,
     ) -> None:
-        self._key = _key_bytes(key)
+        self.key_env = key_env
+        self._key = _key_bytes(key, key_env)
+        self.recipe_text = recipe_text
         self.options = ProfileOptions(retain_dates, retain_device, retain_uids)
         self.profile = str(profile)
         self._recipe: Any = None
@@ -233,20 +255,26 @@ class Deidentifier(DatasetHook):
                 self._actions = profile_actions(self.options)
             except ConfigError as error:
                 raise MissingDeidExtraError(str(error)) from error
-            recipe_text = f"PS3.15 {EDITION} Table E.1-1 {self.options.describe()}"
+            rules = f"PS3.15 {EDITION} Table E.1-1 {self.options.describe()}"
         else:
             self._actions = {}
             parser_class, recipe_class = _require_deid()
             self._parser_class = parser_class
-            self._recipe, recipe_text = self._load_recipe(recipe_class)
-        digest = hashlib.sha256(recipe_text.encode()).hexdigest()[:16]
+            self._recipe, rules = self._load_recipe(recipe_class)
+            self.recipe_text = rules
+        digest = hashlib.sha256(rules.encode()).hexdigest()[:16]
         self.description = (
             self.options.describe()
             if self.profile == "basic"
             else f"recipe {Path(self.profile).name} ({digest}) "
             f"{self.options.describe()[len('basic') :].lstrip('+')}".rstrip()
         )
-        self._fingerprint = f"{self.description}|{digest}"
+        #: the profile and the text of its rules (the table's edition, a
+        #: recipe's text): processes that share a folder must agree on it
+        self.fingerprint = f"{self.description}|{digest}"
+        #: when set, this process appends its records to shards of this name
+        #: (``deid-map.d/<records_shard>.jsonl`` ...), not to the folder's files
+        self.records_shard: str | None = None
         self._lock = threading.Lock()
         self._checked: set[Path] = set()
         self._written: dict[Path, set[str]] = {}
@@ -415,10 +443,10 @@ class Deidentifier(DatasetHook):
                 self.flagged.append((note.mapped_uid, note.flag))
         try:
             if lines:
-                _append_private(root / STATE_FOLDER / MAP_NAME, lines)
+                append_private(record_path(root, MAP_NAME, self.records_shard), lines)
             if note.flag:
-                _append_private(
-                    root / STATE_FOLDER / FLAGS_NAME,
+                append_private(
+                    record_path(root, FLAGS_NAME, self.records_shard),
                     [
                         {
                             "time": utc_now(),
@@ -438,7 +466,9 @@ class Deidentifier(DatasetHook):
     def _load_recipe(self, recipe_class: Any) -> tuple[Any, str]:
         path = Path(self.profile)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = self.recipe_text
+            if text is None:
+                text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise DeidentificationError(
                 f"cannot read the recipe {path}: {error}"
@@ -623,13 +653,13 @@ def _clear_deid_cache() -> None:
         clear()
 
 
-def _key_bytes(key: str | bytes | None) -> bytes:
+def _key_bytes(key: str | bytes | None, key_env: str = KEY_ENV) -> bytes:
     if key is None:
-        key = os.environ.get(KEY_ENV, "")
+        key = os.environ.get(key_env, "")
     data = key.encode() if isinstance(key, str) else bytes(key)
     if not data:
         raise DeidentificationError(
-            f"de-identification needs a secret key: set {KEY_ENV} or the "
+            f"de-identification needs a secret key: set {key_env} or the "
             "profile's deid key"
         )
     if len(data) < MIN_KEY_LENGTH:
@@ -829,18 +859,6 @@ def _create_private(path: Path, text: str) -> None:
         pass  # another process was first: its file is compared
     finally:
         temp.unlink(missing_ok=True)
-
-
-def _append_private(path: Path, records: list[dict[str, Any]]) -> None:
-    """Append records as JSON lines in one write to path (mode 0600)."""
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_MODE)
-    try:
-        os.fchmod(fd, PRIVATE_MODE)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
 
 
 def _relative(root: Path, path: Path) -> str:

@@ -559,11 +559,6 @@ def batch(
         raise click.UsageError(f"cannot read {file}: {error.strerror}") from error
     except BatchFileError as error:
         raise click.UsageError(f"{file}: {error}") from error
-    if dask_address and not dry_run and transfer.deid_requested():
-        raise click.UsageError(
-            "--dask cannot de-identify yet: the key would have to travel to every "
-            "worker; run the batch without --dask, or without de-identification"
-        )
     transfer = transfer.checked()
     if not dry_run:
         check_output(transfer.output, warn=warn)

@@ -12,8 +12,10 @@ must see at that same path.
 
 Secrets never go into a task: a worker reads the password or token from its
 own environment (``DICOMTROLLEY_PASSWORD``, ``DICOMTROLLEY_TOKEN``, or the
-profile's ``password_env`` ...). With ``--dask local:N`` the workers are
-started with the secrets this command resolved in their environment.
+profile's ``password_env`` ...), and with ``--deidentify`` (or a profile's
+``[deid]`` table) the de-identification key from ``DICOMTROLLEY_DEID_KEY`` (or
+the profile's ``key_env``). With ``--dask local:N`` the workers are started
+with the secrets this command resolved in their environment.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from dicomtrolley.distributed.cluster import (
     run_batch,
     threads_for,
 )
+from dicomtrolley.distributed.plan import without_deid
 from dicomtrolley.manifest import MANIFEST_NAME, Manifest
 
 if TYPE_CHECKING:
@@ -81,11 +84,16 @@ class CommandConnector:
             password_env = _password_env(connection)
         if connection.token:
             token_env = TOKEN_ENV
+        profile = connection.profile
         return cls(
             # one transfer at a time per task: the semaphore counts transfers
             transfer=dataclasses.replace(transfer, workers=1, show_progress=False),
             connection=dataclasses.replace(
-                connection, password=None, token=None, auth_override=None
+                connection,
+                password=None,
+                token=None,
+                auth_override=None,
+                profile=None if profile is None else without_deid(profile),
             ),
             server=f"{server}:{'+'.join(transfer.protocols)}",
             limit=transfer.workers,
@@ -134,6 +142,32 @@ def worker_secrets(
     if connector.token_env and connection.token:
         found[connector.token_env] = connection.token
     return found
+
+
+def deid_key_env(
+    storage: DICOMDiskStorage, connection: ConnectionSettings
+) -> dict[str, str]:
+    """{variable: key} of the storage's de-identifier ({} without one).
+
+    The variable is the profile's ``[deid] key_env`` when the key came from
+    the profile's table, else ``DICOMTROLLEY_DEID_KEY``; the de-identifier is
+    told, so that the workers read the key from that variable.
+    """
+    hook = storage.transform
+    if hook is None:
+        return {}
+    from dicomtrolley.deid import KEY_ENV, Deidentifier
+
+    if not isinstance(hook, Deidentifier):
+        return {}
+    profile = connection.profile
+    config = profile.deid if profile is not None else None
+    key = config.secret_key() if config is not None else None
+    if key is not None and config is not None:
+        hook.key_env = config.key_env
+    else:
+        hook.key_env, key = KEY_ENV, os.environ.get(KEY_ENV)
+    return {hook.key_env: key} if key else {}
 
 
 def build_plan(
@@ -230,6 +264,7 @@ def download_on_dask(
         run_started=plan.run_started,
         folder=output,
     )
+    deid_env = deid_key_env(storage, connection)  # before the plan's settings
     local = address.startswith(LOCAL_PREFIX)
     count = address[len(LOCAL_PREFIX) :]
     workers = int(count) if local and count.isdigit() else 1
@@ -240,7 +275,7 @@ def download_on_dask(
     with open_client(
         address,
         threads_per_worker=threads_for(connector.limit, workers),
-        env=worker_secrets(connector, connection) if local else None,
+        env={**worker_secrets(connector, connection), **deid_env} if local else None,
     ) as client:
         if not quiet():
             link = dashboard_link(client)

@@ -11,6 +11,7 @@ raise :class:`DaskUnavailableError`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -18,12 +19,14 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from dicomtrolley.distributed.deid import DeidSettings
 from dicomtrolley.distributed.plan import BatchPlan, TaskResult
 from dicomtrolley.distributed.worker import RunSettings, run_task
 from dicomtrolley.exceptions import PermanentError, TransientError
 from dicomtrolley.logs import get_module_logger
 
 if TYPE_CHECKING:
+    from dicomtrolley.storage import DICOMDiskStorage
     from distributed import Client
 
 logger = get_module_logger("distributed")
@@ -175,6 +178,19 @@ def run_batch(
     A task that meets a refused login or a missing secret stops the run: the
     tasks not started are cancelled and ``stopped`` says why. Ctrl-C cancels
     the tasks too, and raises KeyboardInterrupt.
+
+    With a :class:`~dicomtrolley.deid.Deidentifier` as the storage's
+    ``transform``, the folder's ``deid.json`` is checked (or created) here,
+    before any task, and the de-identifier's settings go to the workers
+    without its key: each worker reads the key from its environment (the
+    de-identifier's ``key_env``, default ``DICOMTROLLEY_DEID_KEY``), and one
+    without it, or with another, stops the run (see
+    :mod:`dicomtrolley.distributed.deid`).
+
+    Raises
+    ------
+    DeidFolderError
+        The output folder holds data de-identified otherwise, or identified.
     """
     distributed = require_dask()
     if client is None:
@@ -186,17 +202,19 @@ def run_batch(
             ) from error
     from dicomtrolley.catalog import Catalog
 
+    storage, deid = _shipped_storage(plan)
     # the index exists before any worker opens it: no worker scans the folder
     Catalog.for_folder(plan.output)
     limit = max(1, plan.connector.limit)
     settings = RunSettings(
         plan.connector,
         plan.output,
-        plan.storage,
+        storage,
         plan.run,
         plan.run_started,
         plan.rate,
         limit,
+        deid,
     )
     outcome = BatchOutcome(total=len(plan.tasks))
     started = time.monotonic()
@@ -240,6 +258,25 @@ def run_batch(
         outcome.elapsed = time.monotonic() - started
         _finish(client, plan, plugin.name)
     return outcome
+
+
+def _shipped_storage(
+    plan: BatchPlan,
+) -> tuple[DICOMDiskStorage, DeidSettings | None]:
+    """The storage the workers get and, when it de-identifies, the settings
+    they rebuild its de-identifier from (the key stays here). The folder is
+    checked first: deid.json created, or compared with this key and profile."""
+    hook = plan.storage.transform
+    if hook is None:
+        return plan.storage, None
+    from dicomtrolley.deid import Deidentifier
+
+    if not isinstance(hook, Deidentifier):  # it must pickle
+        return plan.storage, None
+    plan.storage.check_folder(plan.output)
+    shipped = copy.copy(plan.storage)
+    shipped.transform = None
+    return shipped, DeidSettings.of(hook)
 
 
 def _result_of(future: Any, key: str, study_uid: str) -> TaskResult:

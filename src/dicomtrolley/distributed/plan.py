@@ -78,12 +78,21 @@ class ProfileConnector:
 
     ``protocols``: the download protocols in order of preference (default:
     the profile's). ``limit``: at most this many transfers at once from the
-    whole cluster (default: the profile's ``workers``).
+    whole cluster (default: the profile's ``workers``). The profile's
+    ``[deid]`` table (which may hold a key) is left out when the connector
+    travels: de-identification goes to the workers on its own, keyless (see
+    :func:`~dicomtrolley.distributed.run_batch`).
     """
 
     profile: Profile
     protocols: tuple[str, ...] = ()
     limit_override: int | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            ProfileConnector,
+            (without_deid(self.profile), self.protocols, self.limit_override),
+        )
 
     @property
     def chosen(self) -> tuple[str, ...]:
@@ -113,6 +122,13 @@ class ProfileConnector:
         from dicomtrolley.fallback import FallbackDownloader
 
         return searcher, FallbackDownloader(downloaders, searcher=searcher), session
+
+
+def without_deid(profile: Profile) -> Profile:
+    """profile without its ``[deid]`` table (and any key written there)."""
+    if profile.deid is None:
+        return profile
+    return profile.model_copy(update={"deid": None})
 
 
 @dataclass

@@ -7,6 +7,10 @@ manifest lines of its tasks to a shard of its own,
 ``dicomtrolley batch`` on one machine: verified under a temporary name, then
 renamed; the folder's index says what is there already, so a task that runs
 again (its worker died, or the batch is re-run) fetches only what is missing.
+With de-identification, the worker builds its own de-identifier from the run's
+:class:`~dicomtrolley.distributed.deid.DeidSettings` and the key in its
+environment, checks the folder's ``deid.json`` before its first file, and
+appends its mapping records to shards of its own (``deid-map.d/<host>-<pid>``).
 
 Limits: a task holds one lease of the server's cluster-wide semaphore while
 it transfers, and transfers one thing at a time, so the server never sees
@@ -18,6 +22,7 @@ the whole cluster stays under ``rate`` without asking anyone per request.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import socket
 import threading
@@ -31,6 +36,7 @@ import requests
 from requests.adapters import BaseAdapter
 
 from dicomtrolley.credentials import ConfigError
+from dicomtrolley.distributed.deid import DeidSettings, DeidWorkerError
 from dicomtrolley.distributed.plan import Connector, StudyTask, TaskResult
 from dicomtrolley.download import DownloadReport, one_line
 from dicomtrolley.exceptions import (
@@ -63,6 +69,8 @@ class RunSettings:
     run_started: str
     rate: float | None
     limit: int
+    #: de-identify as these settings say, the key from the worker's environment
+    deid: DeidSettings | None = None
 
 
 def is_fatal(error: DICOMTrolleyError) -> bool:
@@ -189,12 +197,13 @@ def _open(settings: RunSettings) -> _Opened:
         from dicomtrolley.manifest import Manifest
         from dicomtrolley.trolley import Trolley
 
+        storage = _storage(settings)
         Catalog.for_folder(settings.output)  # removes temp files of dead processes
         searcher, downloader, session = settings.connector.open(pool_size=4)
         pacer = Pacer(settings.rate, settings.limit)
         pace(session, pacer)
         opened = _Opened(
-            Trolley(downloader, searcher, storage=settings.storage),
+            Trolley(downloader, searcher, storage=storage),
             Manifest.shard(
                 settings.output,
                 shard_name(),
@@ -208,6 +217,21 @@ def _open(settings: RunSettings) -> _Opened:
         while len(_opened) > KEEP_RUNS:
             _opened.pop(next(iter(_opened))).close()
         return opened
+
+
+def _storage(settings: RunSettings) -> DICOMDiskStorage:
+    """The run's storage, with this worker's de-identifier when the run asks
+    for one; its folder checked (DeidWorkerError: not as the client's)."""
+    if settings.deid is None:
+        return settings.storage
+    worker = shard_name()
+    storage = copy.copy(settings.storage)
+    storage.transform = settings.deid.open(worker)
+    try:
+        storage.check_folder(settings.output)
+    except DICOMTrolleyError as error:
+        raise DeidWorkerError(f"worker {worker}: {error.message}") from error
+    return storage
 
 
 def close_run(run: str) -> None:
