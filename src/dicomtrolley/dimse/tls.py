@@ -22,7 +22,12 @@ side, an unknown CA, a host name mismatch, an expired certificate, a peer that
 does not speak TLS) is a :class:`DIMSETLSError` (permanent); a connection
 lost or a timeout during the handshake stays transient
 (:class:`~dicomtrolley.dimse.errors.DIMSEConnectionError`,
-:class:`~dicomtrolley.dimse.errors.DIMSETimeoutError`).
+:class:`~dicomtrolley.dimse.errors.DIMSETimeoutError`). With TLS 1.3 a server
+refuses a client certificate only after the client's handshake is over: the
+alert meets the link's first read or write (:func:`refusal` makes it the same
+permanent error), or is lost to a reset (:func:`closed_after_handshake`). As
+server we close refused connections so that the client reads our alert, and
+answer a client that sent no TLS with one (:data:`PROTOCOL_VERSION_ALERT`).
 """
 
 from __future__ import annotations
@@ -369,8 +374,8 @@ def handshake(
 
 #: A fatal TLS alert, protocol_version (RFC 8446 6, 6.2), as a TLS 1.2 record.
 PROTOCOL_VERSION_ALERT = b"\x15\x03\x03\x00\x02\x02\x46"
-#: Seconds to wait for a plain client to close once it has the alert.
-_DRAIN = 1.0
+#: Seconds to wait for a refused client to close once it has our alert.
+_DRAIN = 0.5
 
 
 def _close_gently(sock: ssl.SSLSocket, plain: bool) -> None:
@@ -381,7 +386,7 @@ def _close_gently(sock: ssl.SSLSocket, plain: bool) -> None:
     follows its side of the handshake at once; a plain client's A-ASSOCIATE-RQ)
     would reset the connection, and a reset may drop our alert before the
     client reads it. So: shut our side, read until the client closes (at most
-    a second), then close. A client that sent no TLS at all (``plain``) gets
+    half a second), then close. A client that sent no TLS at all (``plain``) gets
     a TLS alert first, which OpenSSL does not send: by it our requestor (or a
     person reading a trace) can tell that the port wants TLS. The plain
     socket's methods, not the SSLSocket's: the TLS session is over or never was.
