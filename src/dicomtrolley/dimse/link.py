@@ -10,7 +10,8 @@ times as long as DCMTK's ``getscu``, and a 300 MB study 1.6 to 1.9 times
 (benchmarks/dimse.py).
 
 A :class:`Link` does the same work synchronously, like ``getscu``: the caller's
-thread reads the socket in large blocks, cuts the bytes into PDUs with the
+thread reads the socket in large blocks (over TLS, the records already
+received gathered into one block), cuts the bytes into PDUs with the
 sans-I/O :class:`~dicomtrolley.formats.dul.PDUReader`, and writes answers
 straight back. The A-ASSOCIATE PDUs are encoded and decoded by
 :mod:`~dicomtrolley.formats.association`, the presentation contexts and roles
