@@ -8,14 +8,20 @@ no patient ID, name, accession number or source UID. The state folder
 
 from __future__ import annotations
 
-import json
 import stat
 from pathlib import Path
 
 import pydicom
 
 from dicomtrolley.catalog import STATE_FOLDER
-from dicomtrolley.manifest import MANIFEST_NAME
+from dicomtrolley.deid_records import (
+    FLAGS_NAME,
+    MAP_NAME,
+    read_flags,
+    read_mapping,
+    record_files,
+)
+from dicomtrolley.manifest import MANIFEST_NAME, SHARD_FOLDER
 from dicomtrolley.synthetic import StudySpec, instance_specs
 
 KEY = "a-test-key-of-more-than-16-characters"
@@ -40,13 +46,13 @@ def source_markers(studies: list[StudySpec]) -> list[bytes]:
 
 
 def output_files(out: Path) -> list[Path]:
-    """The DICOM files of out (the state folder and the manifest, which keep
-    source UIDs for resume and reports, left out)."""
+    """The DICOM files of out (the state folder and the manifest with its
+    shards, which keep source UIDs for resume and reports, left out)."""
     return sorted(
         path
         for path in out.rglob("*")
         if path.is_file()
-        and STATE_FOLDER not in path.relative_to(out).parts
+        and not {STATE_FOLDER, SHARD_FOLDER} & set(path.relative_to(out).parts)
         and path.name != MANIFEST_NAME
     )
 
@@ -64,19 +70,20 @@ def assert_no_source_data(out: Path, studies: list[StudySpec]) -> None:
 
 
 def mapping(out: Path) -> list[dict[str, object]]:
-    """The lines of the folder's mapping file (asserting its mode is 0600)."""
-    path = out / STATE_FOLDER / "deid-map.jsonl"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    """The mapping records of the folder, its file and the shards of Dask
+    workers read as one (asserting each file is mode 0600)."""
+    files = record_files(out, MAP_NAME)
+    assert files
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    return read_mapping(out)
 
 
 def flagged(out: Path) -> set[str]:
-    """Mapped SOP Instance UIDs listed in deid-flags.jsonl."""
-    path = out / STATE_FOLDER / "deid-flags.jsonl"
-    if not path.exists():
-        return set()
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    return {json.loads(line)["instance_uid"] for line in path.read_text().splitlines()}
+    """Mapped SOP Instance UIDs listed in deid-flags.jsonl (and its shards)."""
+    for path in record_files(out, FLAGS_NAME):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    return {str(record["instance_uid"]) for record in read_flags(out)}
 
 
 def expected_flags(out: Path) -> set[str]:

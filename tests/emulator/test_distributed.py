@@ -151,10 +151,9 @@ def test_batch_on_dask_makes_the_files_and_manifest_of_a_single_machine_run(
     assert (summary["runs"], summary["saved"], summary["skipped"]) == (2, 24, 24)
 
 
-def test_rate_without_dask_and_c_move_or_deidentify_on_dask_are_refused(
-    cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_rate_without_dask_and_c_move_on_dask_are_refused(
+    cohort: Path, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("DICOMTROLLEY_DEID_KEY", "a-key-of-sixteen-or-more")
     batch_file = tmp_path / "cohort.csv"
     batch_file.write_text("AccessionNumber\nA00001\n")
     out = str(tmp_path / "out")
@@ -164,11 +163,6 @@ def test_rate_without_dask_and_c_move_or_deidentify_on_dask_are_refused(
             emulator, "batch", str(batch_file), "-o", out, "--dask", "local:1",
             "--protocol", "c-move", "--host", "127.0.0.1", "--port", "1",
         )  # fmt: skip
-        deid = cli(
-            emulator, "batch", str(batch_file), "-o", out, "--dask", "local:1",
-            "--deidentify", "basic",
-        )  # fmt: skip
-    assert deid.exit_code == 2 and "--dask cannot de-identify" in deid.output
     assert rate.exit_code == 2 and "--rate paces the workers of --dask" in rate.output
     assert move.exit_code == 2 and "--dask cannot use C-MOVE" in move.output
 
