@@ -25,12 +25,14 @@ from typing import Any
 
 from dicomtrolley.catalog import STATE_FOLDER
 from dicomtrolley.exceptions import StorageError
+from dicomtrolley.files import DEID_STATE_NAME
 
 __all__ = [
     "FLAGS_NAME",
     "MAP_NAME",
     "PRIVATE_MODE",
     "append_private",
+    "deid_summary",
     "read_flags",
     "read_mapping",
     "record_files",
@@ -123,3 +125,24 @@ def read_flags(root: str | Path) -> list[dict[str, Any]]:
     for record in _records(Path(root), FLAGS_NAME):
         latest[str(record.get("instance_uid"))] = record
     return sorted(latest.values(), key=lambda record: str(record.get("time", "")))
+
+
+def deid_summary(root: str | Path) -> dict[str, Any] | None:
+    """What a de-identified folder's records say: its ``profile``, how many
+    ``patients`` and ``uids`` are mapped, how many instances are ``flagged``
+    (their pixels may show patient data). None for a folder that is not
+    de-identified (no ``deid.json``)."""
+    path = Path(root) / STATE_FOLDER / DEID_STATE_NAME
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise StorageError(f"cannot read {path}: {error}") from error
+    kinds = [str(record.get("type")) for record in read_mapping(root)]
+    return {
+        "profile": str(state.get("profile", "")) if isinstance(state, dict) else "",
+        "patients": kinds.count("patient"),
+        "uids": kinds.count("uid"),
+        "flagged": len(read_flags(root)),
+    }

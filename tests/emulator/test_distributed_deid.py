@@ -9,6 +9,7 @@ key, or with another, stops the run with one error and writes nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -121,6 +122,15 @@ def test_dask_deidentifies_as_a_single_machine_does(
     assert read_folder_state(spread) == read_folder_state(single)
     assert flagged(spread) == expected_flags(spread) != set()
     assert set(saved_per_instance(spread).values()) == {1}
+    reports = [
+        json.loads(CliRunner().invoke(main, ["report", str(out), "--json"]).output)
+        for out in (single, spread)
+    ]
+    assert reports[0]["deid"] == reports[1]["deid"]
+    assert reports[1]["deid"]["patients"] == len(STUDIES)
+    assert reports[1]["deid"]["flagged"] == len(expected_flags(spread))
+    text = CliRunner().invoke(main, ["report", str(spread)]).output
+    assert f"de-identified (basic): {len(STUDIES)} patient(s)" in text
 
 
 def _plan(emulator: Emulator, out: Path, deid: Deidentifier) -> BatchPlan:
