@@ -214,3 +214,23 @@ def test_a_worker_without_the_key_or_with_another_stops_the_run(
     refused = [r for r in outcome.results if r.error and error in r.error]
     assert refused and all(r.fatal and r.saved == 0 for r in refused)
     assert _identified(tmp_path) == []
+
+
+def test_the_command_stops_with_one_error_when_the_workers_lack_the_key(
+    phi_data: Path, tmp_path: Path, cluster: Client
+) -> None:
+    batch_file = tmp_path / "studies.csv"
+    batch_file.write_text(f"StudyInstanceUID\n{STUDIES[0].study_uid}\n")
+    address = str(cluster.scheduler_info()["address"])
+    out = tmp_path / "out"
+    cluster.run(_set_key, None)
+    try:
+        with Emulator(phi_data) as emulator:
+            args = ("batch", str(batch_file), "--deidentify", "basic")
+            result = cli(emulator, KEY, *args, "-o", str(out), "--dask", address)
+    finally:
+        cluster.run(_set_key, KEY)
+    assert result.exit_code == 1
+    (line,) = [line for line in result.output.splitlines() if "stopped" in line]
+    assert f"set {KEY_ENV}" in line and "environment of every worker" in line
+    assert output_files(out) == []

@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from dicomtrolley.catalog import STATE_FOLDER
+from dicomtrolley.cli.batch_dask import deid_key_env
+from dicomtrolley.cli.connection import ConnectionSettings
 from dicomtrolley.config_model import DeidConfig, Profile
-from dicomtrolley.deid import Deidentifier
+from dicomtrolley.deid import KEY_ENV, Deidentifier
 from dicomtrolley.deid_records import (
     FLAGS_NAME,
     MAP_NAME,
@@ -33,6 +35,7 @@ from dicomtrolley.deid_records import (
 from dicomtrolley.distributed import ProfileConnector
 from dicomtrolley.distributed.deid import DeidSettings, DeidWorkerError
 from dicomtrolley.distributed.worker import is_fatal
+from dicomtrolley.storage import TemplateStorage
 from tests.deid_checks import KEY, OTHER_KEY
 
 ENV = "TEST_WORKER_DEID_KEY"
@@ -78,7 +81,7 @@ def test_a_key_written_in_the_profile_never_travels_with_the_connector() -> None
     profile = Profile(
         name="p",
         url="http://127.0.0.1:9/dicom-web",
-        deid=DeidConfig(key="written-in-the-config-file"),  # type: ignore[arg-type]
+        deid=DeidConfig(key="written-in-the-config-file"),
     )
     data = pickle.dumps(ProfileConnector(profile, ("wado-rs",), 3))
     assert b"written-in-the-config-file" not in data
@@ -136,3 +139,19 @@ def test_flags_of_the_file_and_the_shards(tmp_path: Path) -> None:
         ("2.25.2", "t0"),
         ("2.25.1", "t2"),
     ]
+
+
+def test_local_workers_get_the_key_the_command_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    monkeypatch.setenv(ENV, OTHER_KEY)
+    plain = TemplateStorage(tmp_path, "{SOPInstanceUID}")
+    assert deid_key_env(plain, ConnectionSettings()) == {}
+    storage = TemplateStorage(tmp_path, "{SOPInstanceUID}", transform=Deidentifier())
+    assert deid_key_env(storage, ConnectionSettings()) == {KEY_ENV: KEY}
+    profile = Profile(url="http://127.0.0.1:9/dicom-web", deid=DeidConfig(key_env=ENV))
+    storage.transform = Deidentifier(OTHER_KEY)
+    connection = ConnectionSettings(profile=profile)
+    assert deid_key_env(storage, connection) == {ENV: OTHER_KEY}
+    assert DeidSettings.of(storage.transform).key_env == ENV
