@@ -31,6 +31,9 @@ server and protocols) and at most ``plan.rate`` HTTP requests a second.
   connectors (how a worker opens its searcher and downloader). No Dask.
 - :mod:`~dicomtrolley.distributed.worker`: what runs on a worker.
 - :mod:`~dicomtrolley.distributed.cluster`: connecting, submitting, following.
+- :mod:`~dicomtrolley.distributed.deid`: de-identification on the workers (a
+  storage whose ``transform`` is a :class:`~dicomtrolley.deid.Deidentifier`),
+  the key read from each worker's environment, never sent.
 """
 
 from __future__ import annotations
