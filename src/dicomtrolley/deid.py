@@ -113,6 +113,7 @@ from dicomtrolley.deid_records import (
     MAP_NAME,
     PRIVATE_MODE,
     append_private,
+    read_state,
     record_path,
 )
 from dicomtrolley.deid_table import (
@@ -126,7 +127,7 @@ from dicomtrolley.deid_table import (
     all_rows,
     profile_actions,
 )
-from dicomtrolley.exceptions import DICOMTrolleyError, PermanentError
+from dicomtrolley.exceptions import DICOMTrolleyError, PermanentError, StorageError
 from dicomtrolley.files import DEID_STATE_NAME
 from dicomtrolley.logs import get_module_logger
 from dicomtrolley.storage import DatasetHook
@@ -798,14 +799,10 @@ def _shift_text(text: str, days: int) -> str:
 
 def read_folder_state(root: Path) -> dict[str, Any] | None:
     """The ``deid.json`` of a folder (None when it has none)."""
-    path = Path(root) / STATE_FOLDER / DEID_STATE_NAME
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:
-        raise DeidFolderError(f"cannot read {path}: {error}") from error
-    return data if isinstance(data, dict) else {}
+        return read_state(root)
+    except StorageError as error:
+        raise DeidFolderError(error.message) from error
 
 
 def _refuse_identified(root: Path) -> None:

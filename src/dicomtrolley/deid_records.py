@@ -35,6 +35,7 @@ __all__ = [
     "deid_summary",
     "read_flags",
     "read_mapping",
+    "read_state",
     "record_files",
     "record_path",
 ]
@@ -127,21 +128,30 @@ def read_flags(root: str | Path) -> list[dict[str, Any]]:
     return sorted(latest.values(), key=lambda record: str(record.get("time", "")))
 
 
+def read_state(root: Path) -> dict[str, Any] | None:
+    """The ``deid.json`` of folder root (None when it has none; StorageError
+    when it cannot be read)."""
+    path = Path(root) / STATE_FOLDER / DEID_STATE_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise StorageError(f"cannot read {path}: {error}") from error
+    return data if isinstance(data, dict) else {}
+
+
 def deid_summary(root: str | Path) -> dict[str, Any] | None:
     """What a de-identified folder's records say: its ``profile``, how many
     ``patients`` and ``uids`` are mapped, how many instances are ``flagged``
     (their pixels may show patient data). None for a folder that is not
     de-identified (no ``deid.json``)."""
-    path = Path(root) / STATE_FOLDER / DEID_STATE_NAME
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    state = read_state(Path(root))
+    if state is None:
         return None
-    except (OSError, ValueError) as error:
-        raise StorageError(f"cannot read {path}: {error}") from error
     kinds = [str(record.get("type")) for record in read_mapping(root)]
     return {
-        "profile": str(state.get("profile", "")) if isinstance(state, dict) else "",
+        "profile": str(state.get("profile", "")),
         "patients": kinds.count("patient"),
         "uids": kinds.count("uid"),
         "flagged": len(read_flags(root)),
