@@ -65,6 +65,7 @@ from dicomtrolley.files import (
 )
 from dicomtrolley.formats.dataset_walker import (
     DatasetWalker,
+    FileHeader,
     character_encoding,
     parse_file_header,
 )
@@ -419,7 +420,13 @@ def _file_header(first: bytes, at_eof: bool) -> _WalkableHeader | None:
         header = parse_file_header(first, at_eof=at_eof)
     except DICOMParseError:
         return None
-    if header is None or header.transfer_syntax is None:
+    return None if header is None else _walkable(header, first)
+
+
+def _walkable(header: FileHeader, first: bytes | bytearray) -> _WalkableHeader | None:
+    """header (of the file whose first bytes are first) when the walker can
+    check the data set after it."""
+    if header.transfer_syntax is None:
         return None
     implicit = _walker_syntax(header.transfer_syntax)
     start = header.dataset_offset
@@ -457,6 +464,98 @@ def _feed_rest(walker: DatasetWalker, fd: int, position: int, size: int) -> None
             return
         walker.feed(block)
         position += len(block)
+
+
+class StreamCheck:
+    """verify_dicom_file's checks and the file's CRC-32, made while its bytes
+    are written, so that nothing is read back.
+
+    :meth:`feed` takes every byte of the file in order. The walker of
+    :func:`_verify_with_walker` follows the data set as it passes (large
+    values are counted, not looked at); :meth:`verified` then gives what
+    :func:`verify_dicom_file` would give for the complete file, or None when
+    the walker could not decide (not little endian, a structure it does not
+    follow, the file meta too long): the caller then verifies the file on
+    disk, where pydicom decides, exactly as before.
+    """
+
+    __slots__ = ("_head", "_header", "_meta", "_undecided", "_walker", "crc", "size")
+
+    def __init__(self) -> None:
+        self.crc = 0
+        self.size = 0
+        self._head: bytearray | None = bytearray()  # until the file meta is read
+        self._meta: FileHeader | None = None
+        self._header: _WalkableHeader | None = None
+        self._walker: DatasetWalker | None = None
+        self._undecided = False
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+        if self._undecided:
+            return
+        try:
+            if self._walker is not None:
+                self._walker.feed(data)
+                return
+            head = self._head
+            assert head is not None
+            head += data
+            self._start(head)
+        except (DICOMParseError, ValueError, struct.error):
+            self._give_up()
+
+    def _start(self, head: bytearray) -> None:
+        """Read the file header once it is all in head; then start the walker."""
+        header = self._meta
+        if header is None:
+            try:
+                header = self._meta = parse_file_header(head, at_eof=False)
+            except DICOMParseError:
+                self._give_up()
+                return
+        if header is None or len(head) < header.dataset_offset + 2:
+            if len(head) > _FIRST_BLOCK:  # as verify_dicom_file: pydicom decides
+                self._give_up()
+            return
+        walkable = _walkable(header, head)
+        if walkable is None:
+            self._give_up()
+            return
+        self._header = walkable
+        self._head = None
+        start = walkable.dataset_offset
+        self._walker = DatasetWalker(implicit_vr=walkable.implicit_vr, offset=start)
+        self._walker.feed(memoryview(head)[start:])
+
+    def _give_up(self) -> None:
+        self._undecided = True
+        self._head = None
+        self._walker = None
+
+    def verified(self, path: Path) -> FileDataset | None:
+        """The checked header of the file at path (which holds every byte fed);
+        None: the walker could not decide, use :func:`verify_dicom_file`.
+
+        Raises
+        ------
+        DICOMParseError
+            When the data set is incomplete or holds no elements.
+        """
+        walker, header = self._walker, self._header
+        if self._undecided or walker is None or header is None:
+            return None
+        return verified_dataset(walker, header.file_meta, path, header.preamble)
+
+
+def _fsync_file(path: Path) -> None:
+    """Flush the file at path to stable storage."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _verify_with_pydicom(path: Path) -> FileDataset:
@@ -585,18 +684,29 @@ class InstanceWriter:
         root: Path,
         expected: InstanceReference | None = None,
         fsync: bool = False,
+        received: Path | None = None,
+        check: StreamCheck | None = None,
     ) -> None:
         self.storage = storage
         self.root = root
         self.expected = expected
         self.fsync = fsync
         self.bytes_written = 0
-        self._crc = 0
+        #: CRC-32 and walk of the bytes as they are written (verify_dicom_file
+        #: on the file at commit only when it cannot decide)
+        self._check = StreamCheck() if check is None else check
         self._checksum: str | None = None  # of a file the transform wrote
         self._file: IO[bytes] | None = None
         #: the received bytes, while a transform waits for them (else None)
         self._chunks: list[bytes] | None = None
         self.memory_limit = 0
+        #: a complete file made by make_temp_file, taken over as it is
+        self._adopted = False
+        if received is not None and storage.transform is None:
+            self.temp_path = received
+            self.bytes_written = self._check.size
+            self._adopted = True
+            return
         try:
             root.mkdir(parents=True, exist_ok=True)
             if storage.transform is not None:
@@ -628,7 +738,7 @@ class InstanceWriter:
         except OSError as error:
             self.abort()
             raise StorageError(f"cannot write {self.temp_path}: {error}") from error
-        self._crc = zlib.crc32(data, self._crc)
+        self._check.feed(data)
         self.bytes_written += len(data)
 
     def _hold(self, data: bytes | bytearray | memoryview) -> None:
@@ -649,6 +759,8 @@ class InstanceWriter:
         self.bytes_written += len(data)
 
     def _close(self) -> None:
+        if self._adopted and self.fsync:
+            _fsync_file(self.temp_path)
         if self._file is not None:
             try:
                 self._file.flush()
@@ -674,8 +786,15 @@ class InstanceWriter:
                 source, dataset, note = self._transform(hook, uids)
             else:
                 self._close()
-                apply_file_mode(self.temp_path)  # also for a file adopted by rename
-                dataset = verify_dicom_file(self.temp_path)
+                if not self._adopted:  # a file put at temp_path by rename too
+                    apply_file_mode(self.temp_path)
+                size = self.temp_path.stat().st_size
+                walked = size == self._check.size == self.bytes_written
+                verified = self._check.verified(self.temp_path) if walked else None
+                if verified is None:
+                    dataset = verify_dicom_file(self.temp_path)
+                else:
+                    dataset = verified
                 _check_instance(dataset, self.expected, uids)
                 source, hook, note = dataset, None, None
             planned = self.storage.planned_path(dataset, self.root)
@@ -691,13 +810,18 @@ class InstanceWriter:
                     size,
                     self._checksum
                     or (
-                        crc32_text(self._crc)
-                        if size == self.bytes_written
+                        crc32_text(self._check.crc)
+                        if size == self._check.size == self.bytes_written
                         else file_checksum(self.temp_path)
                     ),
                     self.storage.layout_key(),
                 )
-            target = self.storage.commit_file(self.temp_path, dataset, self.root)
+            if planned is not None and _renames_to_plan(self.storage):
+                target = planned  # what commit_file does, without a second render
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.temp_path, target)
+            else:
+                target = self.storage.commit_file(self.temp_path, dataset, self.root)
             if self.fsync:
                 fsync_dir(target.parent)
             if planned is None:  # the storage decided where: index what it made
@@ -798,6 +922,18 @@ class InstanceWriter:
     def __exit__(self, *exc: object) -> None:
         if self._file is not None or self._chunks:
             self.abort()
+
+
+def _renames_to_plan(storage: DICOMDiskStorage) -> bool:
+    """Whether storage's commit_file only renames the file to its planned_path
+    (TemplateStorage's own, not a subclass's save or commit_file)."""
+    kind = type(storage)
+    return (
+        isinstance(storage, TemplateStorage)
+        and kind.commit_file is TemplateStorage.commit_file
+        and kind.save is TemplateStorage.save
+        and kind.planned_path is TemplateStorage.planned_path
+    )
 
 
 #: Explicit VR element headers with a 4-byte length (PS3.5 7.1.2).
@@ -1040,13 +1176,34 @@ class DICOMDiskStorage:
         raise NotImplementedError()
 
     def open_writer(
-        self, path: str | Path, expected: InstanceReference | None = None
+        self,
+        path: str | Path,
+        expected: InstanceReference | None = None,
+        *,
+        received: Path | None = None,
+        check: StreamCheck | None = None,
     ) -> InstanceWriter:
-        """A writer for one instance that arrives as a byte stream."""
+        """A writer for one instance that arrives as a byte stream.
+
+        ``received``: a complete file that is the instance, already written
+        under a temporary name (:func:`~dicomtrolley.files.make_temp_file`) on
+        the output folder's file system, and ``check`` what was seen of its
+        bytes while they were written (every one of them fed): the writer takes
+        that file as its own, nothing is written or read again. Ignored with
+        a transform (the writer holds the instance in memory).
+        """
         hook = self.transform
         if hook is not None:
             hook.check_folder(Path(path))
-        return InstanceWriter(self, Path(path), expected=expected, fsync=self.fsync)
+            received = check = None
+        return InstanceWriter(
+            self,
+            Path(path),
+            expected=expected,
+            fsync=self.fsync,
+            received=received,
+            check=check,
+        )
 
     def commit_file(self, temp_path: Path, dataset: Dataset, root: Path) -> Path:
         """Move a verified temporary file into place. Default: go through save()."""

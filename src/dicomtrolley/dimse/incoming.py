@@ -28,7 +28,12 @@ from typing import IO
 
 from dicomtrolley.dimse.errors import DIMSEError
 from dicomtrolley.dimse.link import Link
-from dicomtrolley.dimse.retrieve import STATUS_OUT_OF_RESOURCES, Receiver, Tally
+from dicomtrolley.dimse.retrieve import (
+    STATUS_OUT_OF_RESOURCES,
+    Received,
+    Receiver,
+    Tally,
+)
 from dicomtrolley.exceptions import DICOMTrolleyError, StorageError
 from dicomtrolley.files import make_temp_file
 from dicomtrolley.formats import dimse_commands, dul
@@ -37,14 +42,16 @@ from dicomtrolley.logs import get_module_logger
 from dicomtrolley.storage import (
     MEMORY_LIMIT_ENV,
     InstanceTooLargeError,
+    StreamCheck,
     memory_limit_for,
 )
 
 logger = get_module_logger("dimse")
 
 Command = dict[int, dul.CommandValue]
-#: Bytes gathered before a write: PDUs of 16 KB (Orthanc's) become 1 MiB writes.
-WRITE_BUFFER = 1 << 20
+#: Smaller writes are gathered up to this size; a larger fragment (a PDU of
+#: our maximum length, 128 KiB) is written straight from the link's buffer.
+WRITE_BUFFER = 1 << 16
 Route = Callable[[Command], Tally | None]
 """Which request a C-STORE request belongs to (None: none of ours)."""
 
@@ -69,24 +76,29 @@ class CommandAssembler:
 class _Incoming:
     """One C-STORE data set on its way into a temporary file (or memory)."""
 
-    def __init__(self, command: Command, spool: Path, header: bytes) -> None:
+    def __init__(
+        self, command: Command, spool: Path, header: bytes, limit: int | None
+    ) -> None:
         self.command = command
         self.sop_uid = dul.command_str(command, dul.AFFECTED_SOP_INSTANCE_UID)
         self.path: Path | None = None
         self.error: BaseException | None = None
         self._file: IO[bytes] | None = None
         self._memfd: int | None = None
-        self._limit = memory_limit_for(spool)
+        self._limit = limit
         self._size = 0
+        #: CRC-32 and walk of a file on disk as it is written (the storage
+        #: then need not read it back); None in memory
+        self.check: StreamCheck | None = None
         try:
             if self._limit is None:
                 fd, name = make_temp_file(spool)
                 self.path = Path(name)
+                self.check = StreamCheck()
             else:
                 fd = self._memory_file()
             self._file = os.fdopen(fd, "wb", buffering=WRITE_BUFFER)
-            self._file.write(header)
-            self._size = len(header)
+            self.write(header)
         except (OSError, DICOMTrolleyError) as error:
             self._fail(error)
 
@@ -105,11 +117,13 @@ class _Incoming:
         self.path = Path(f"/proc/self/fd/{self._memfd}")
         return os.dup(self._memfd)
 
-    def write(self, data: memoryview) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self._file is None:
             return
         self._size += len(data)
-        if self._limit is not None and self._size > self._limit:
+        if self.check is not None:
+            self.check.feed(data)
+        elif self._limit is not None and self._size > self._limit:
             self._fail(
                 InstanceTooLargeError(
                     f"instance {self.sop_uid} is larger than {self._limit} bytes, "
@@ -124,7 +138,7 @@ class _Incoming:
         except OSError as error:
             self._fail(error)
 
-    def finish(self) -> Path:
+    def finish(self) -> Received:
         """The complete file (raises StorageError when it could not be written)."""
         if self._file is not None:
             try:
@@ -139,7 +153,7 @@ class _Incoming:
                 f"cannot write received instance {self.sop_uid}: {self.error}",
                 uids=[self.sop_uid],
             )
-        return self.path
+        return Received(self.path, self.check)
 
     def discard(self) -> None:
         if self._file is not None:
@@ -178,6 +192,9 @@ class StoreIntake:
         self.context_id = 0
         self.refusing = False  # reading a data set nobody waits for
         self._refused: Command = {}
+        #: whether (and how much) to receive in memory, asked once per intake
+        #: (the storage's transform is set for the whole download)
+        self._limit = memory_limit_for(spool)
 
     @property
     def busy(self) -> bool:
@@ -204,7 +221,7 @@ class StoreIntake:
             context.transfer_syntax,
             self.link.peer.aec,
         )
-        self.incoming = _Incoming(command, self.spool, header)
+        self.incoming = _Incoming(command, self.spool, header, self._limit)
 
     def data(self, fragment: dul.Fragment) -> None:
         if not self.busy or fragment.context_id != self.context_id:

@@ -84,9 +84,9 @@ logger = get_module_logger("dimse")
 APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
 #: The largest PDU we announce we can receive (DCMTK's own maximum).
 MAXIMUM_PDU_SIZE = 131072
-#: The most bytes taken from the socket at once (over TLS: the records already
-#: received, each of at most 16 KiB, gathered up to this size).
-READ_BLOCK = 262144
+#: The reader's buffer: the most bytes taken from the socket at once (over
+#: TLS: the records already received, each of at most 16 KiB, gathered).
+READ_BLOCK = 4 * dul.RECEIVE_ROOM
 #: Longest single wait on the socket (seconds) between checks of the deadlines.
 SLICE = 0.2
 #: Seconds to wait for the answer to our A-RELEASE-RQ before aborting.
@@ -141,7 +141,6 @@ class Link:
         self.trace = trace.enabled()
         self._incoming = trace.Incoming(peer) if self.trace else None
         self._tls = isinstance(sock, ssl.SSLSocket)
-        self._buffer = memoryview(bytearray(READ_BLOCK if self._tls else 0))
         self._deferred: OSError | None = None
 
     # -- opening ---------------------------------------------------------------
@@ -354,6 +353,9 @@ class Link:
     ) -> list[dul.Event]:
         """The next PDUs and P-DATA fragments from the peer.
 
+        The fragments are views of the link's read buffer, valid until the
+        next call (whoever keeps a piece of one copies it).
+
         ``heard``: when the peer is busy elsewhere on our behalf (a C-MOVE's
         sub-operations arriving at the storage SCP), the time it was last heard
         of there; the idle timeout counts from the later of the two.
@@ -373,7 +375,7 @@ class Link:
                 self.abort()
                 raise self._broken("aborted: cancelled by the caller")
             try:
-                data = self._read()
+                events = self.reader.receive(self._fill, READ_BLOCK)
             except TimeoutError:
                 now = time.monotonic()
                 if heard is not None:
@@ -394,41 +396,40 @@ class Link:
                 if refused is not None:
                     raise refused from error
                 raise self._broken(f"connection lost: {error}") from error
-            if not data:
-                self._lost()
-                raise self._broken("the peer closed the connection")
-            self._check_deadline(deadline)
-            try:
-                events = self.reader.feed(data)
             except dul.DULProtocolError as error:
                 self.abort()
                 raise self._broken(f"protocol error: {error}") from error
+            if events is None:
+                self._lost()
+                raise self._broken("the peer closed the connection")
+            self._check_deadline(deadline)
             if events:
                 if self._incoming is not None:
                     self._incoming.events(events)
                 return events
             last_heard = time.monotonic()
 
-    def _read(self) -> bytes:
-        """What the peer sent, after waiting at most one slice (TimeoutError).
+    def _fill(self, view: memoryview) -> int:
+        """Read what the peer sent into view, after waiting at most one slice
+        (TimeoutError); 0 when it closed the connection.
 
         A TLS socket gives one record (at most 16 KiB) per call: the records
-        already received are gathered without waiting, up to READ_BLOCK, so
-        that each turn of :meth:`receive`'s loop handles as much as it would
+        already received are gathered without waiting, up to the size of view,
+        so that each turn of :meth:`receive`'s loop handles as much as it would
         on plain TCP. An error met while gathering is raised by the next call.
         """
         if self._deferred is not None:
             error, self._deferred = self._deferred, None
             raise error
         if not self._tls:
-            return self.sock.recv(READ_BLOCK)
-        view = self._buffer
+            return self.sock.recv_into(view)
         filled = self.sock.recv_into(view)
         if not filled:
-            return b""
+            return 0
+        size = len(view)
         self.sock.setblocking(False)
         try:
-            while filled < READ_BLOCK:
+            while filled < size:
                 more = self.sock.recv_into(view[filled:])
                 if not more:
                     break
@@ -439,7 +440,7 @@ class Link:
             self._deferred = error
         finally:
             self.sock.settimeout(self._slice)
-        return bytes(view[:filled])
+        return filled
 
     def _check_deadline(self, deadline: float | None) -> None:
         if deadline is not None and time.monotonic() > deadline:

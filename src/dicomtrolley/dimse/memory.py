@@ -13,13 +13,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
 
-from dicomtrolley.dimse.retrieve import Sink, Tally
+from dicomtrolley.dimse.retrieve import Received, Sink, Tally
 from dicomtrolley.download import DownloadReport
 from dicomtrolley.exceptions import StorageError
 
@@ -48,8 +47,8 @@ def stream_datasets(transfer: Transfer, join_timeout: float) -> Iterator[Dataset
                 continue
         return False
 
-    def sink(path: Path, sop_uid: str, tally: Tally) -> int:
-        dataset = pydicom.dcmread(path)
+    def sink(received: Received, sop_uid: str, tally: Tally) -> int:
+        dataset = pydicom.dcmread(received.path)
         if not offer("dataset", dataset):
             raise StorageError("the caller stopped reading datasets", uids=[sop_uid])
         return 0

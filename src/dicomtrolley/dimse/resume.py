@@ -32,11 +32,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from dicomtrolley.core import InstanceReference
 from dicomtrolley.dimse.find import IMAGE, FindRequest, search
-from dicomtrolley.dimse.retrieve import MAX_UIDS_PER_REQUEST, RetrieveUnit, Sink, Tally
+from dicomtrolley.dimse.retrieve import (
+    MAX_UIDS_PER_REQUEST,
+    Received,
+    RetrieveUnit,
+    Sink,
+    Tally,
+)
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
 from dicomtrolley.exceptions import DICOMTrolleyError, TransientError
 from dicomtrolley.logs import get_module_logger
@@ -65,7 +70,7 @@ class Arrivals:
         """sink, but an instance that arrived before is thrown away (the
         Receiver deletes its file and answers success)."""
 
-        def once(path: Path, sop_uid: str, tally: Tally) -> int:
+        def once(received: Received, sop_uid: str, tally: Tally) -> int:
             with self._lock:
                 again = sop_uid in self._uids
                 if sop_uid:
@@ -76,7 +81,7 @@ class Arrivals:
                     "instance %s arrived again; the first one is kept", sop_uid
                 )
                 return 0
-            return sink(path, sop_uid, tally)
+            return sink(received, sop_uid, tally)
 
         return once
 

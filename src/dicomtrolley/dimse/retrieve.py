@@ -53,7 +53,7 @@ from dicomtrolley.exceptions import (
     StorageError,
 )
 from dicomtrolley.logs import get_module_logger
-from dicomtrolley.storage import DICOMDiskStorage, InstanceWriter
+from dicomtrolley.storage import DICOMDiskStorage, InstanceWriter, StreamCheck
 
 logger = get_module_logger("dimse")
 
@@ -217,8 +217,22 @@ class Tally:
     failed: set[str] = field(default_factory=set)
 
 
-Sink = Callable[[Path, str, "Tally"], int]
-"""Takes a received temporary file: (path, SOP Instance UID, tally) -> bytes kept.
+@dataclass(frozen=True)
+class Received:
+    """A complete received instance in a temporary file.
+
+    ``check``: what was seen of its bytes as they were written (CRC-32 and
+    the walk of its data set, :class:`~dicomtrolley.storage.StreamCheck`),
+    so that the storage need not read the file again; None when not known.
+    """
+
+    path: Path
+    check: StreamCheck | None = None
+
+
+Sink = Callable[[Received, str, "Tally"], int]
+"""Takes a received temporary file: (received, SOP Instance UID, tally) -> bytes
+kept.
 
 The sink owns the file afterwards (moves or deletes it). Raises a
 DICOMTrolleyError when it cannot keep it."""
@@ -278,14 +292,19 @@ class Receiver:
                 tally = next(iter(self._routes.values()))
         return tally
 
-    def store(self, sop_uid: str, tally: Tally, received: Callable[[], Path]) -> int:
+    def store(
+        self, sop_uid: str, tally: Tally, received: Callable[[], Received | Path]
+    ) -> int:
         """Save one received instance: ``received()`` gives its complete temporary
         file (or raises why there is none). Returns the C-STORE status: success
         only for an instance the sink kept."""
         path: Path | None = None
         try:
-            path = received()
-            self.sink(path, sop_uid, tally)
+            got = received()
+            if isinstance(got, Path):
+                got = Received(got)
+            path = got.path
+            self.sink(got, sop_uid, tally)
         except DICOMTrolleyError as error:
             error.uids = tuple(uid for uid in error.uids if uid)
             if sop_uid and sop_uid not in error.uids:
@@ -352,13 +371,25 @@ def disk_sink(
 ) -> Sink:
     """A sink that commits each file to storage under output_dir."""
 
-    def sink(path: Path, sop_uid: str, tally: Tally) -> int:
-        writer = storage.open_writer(output_dir, expected=tally.unit.reference(sop_uid))
-        try:
-            nbytes = adopt_file(writer, path)
-        except BaseException:
-            writer.abort()
-            raise
+    root = Path(output_dir)
+    plain = type(storage).open_writer is DICOMDiskStorage.open_writer
+
+    def sink(received: Received, sop_uid: str, tally: Tally) -> int:
+        expected = tally.unit.reference(sop_uid)
+        path = received.path
+        if plain and path.parent == root and storage.transform is None:
+            # written in the output folder by the intake: taken as it is (the
+            # size, CRC-32 and walk seen while it was written), no copy
+            check = received.check
+            nbytes = path.stat().st_size if check is None else check.size
+            writer = storage.open_writer(root, expected, received=path, check=check)
+        else:
+            writer = storage.open_writer(output_dir, expected=expected)
+            try:
+                nbytes = adopt_file(writer, path)
+            except BaseException:
+                writer.abort()
+                raise
         final = writer.commit()
         report.add_saved(final, nbytes)
         progress.advance_bytes(nbytes)

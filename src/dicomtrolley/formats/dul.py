@@ -27,7 +27,7 @@ benchmarks/dimse.py).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from dicomtrolley.exceptions import PermanentError
@@ -147,34 +147,89 @@ class Fragment:
 Event = PDU | Fragment
 
 
-class PDUReader:
-    """Turns a byte stream into PDUs and P-DATA fragments, fed in any pieces.
+#: Free room below which :meth:`PDUReader.receive` moves the start of an
+#: incomplete PDU to the front of its buffer before reading.
+RECEIVE_ROOM = 1 << 20
 
-    The fragments are views of the fed bytes: ``feed`` takes ``bytes`` (never
-    changed afterwards), so a view stays valid as long as the caller holds it.
+
+class PDUReader:
+    """Turns a byte stream into PDUs and P-DATA fragments, in any pieces.
+
+    Two ways to give it bytes:
+
+    * :meth:`feed` takes ``bytes`` (never changed afterwards); its fragments
+      are views of them, valid as long as the caller holds them;
+    * :meth:`receive` has a reader (a socket's ``recv_into``) fill a buffer of
+      its own, so that nothing is copied on the way from the socket to the
+      fragments; they are views of that buffer, valid until the next call
+      (whoever keeps a piece copies it).
     """
 
     def __init__(self, max_length: int = MAX_PDU_LENGTH) -> None:
         self.max_length = max_length
         self._pending = b""
+        self._buffer = bytearray()
+        self._view = memoryview(self._buffer)
+        self._start = 0  # in _buffer: the first byte not parsed yet
+        self._end = 0  # in _buffer: the end of what was received
 
     @property
     def buffered(self) -> int:
         """Bytes held back: the start of a PDU that is not complete yet."""
-        return len(self._pending)
+        return len(self._pending) + self._end - self._start
 
     def feed(self, data: bytes) -> list[Event]:
         if self._pending:
             data = self._pending + data
-        view = memoryview(data)
-        size = len(data)
         events: list[Event] = []
-        pos = 0
+        pos = self._parse(memoryview(data), 0, len(data), events)
+        self._pending = data[pos:] if pos < len(data) else b""
+        return events
+
+    def receive(
+        self, recv_into: Callable[[memoryview], int], size: int = 4 * RECEIVE_ROOM
+    ) -> list[Event] | None:
+        """Read once with ``recv_into`` (into a buffer of ``size`` bytes or more)
+        and parse what came; None when it read nothing (the peer closed).
+
+        The events of the previous call are invalid from here on: their bytes
+        may be overwritten.
+        """
+        start, end = self._start, self._end
+        pending = end - start
+        if not pending:
+            start = end = 0
+        if len(self._buffer) - end < RECEIVE_ROOM or len(self._buffer) < size:
+            # the start of an incomplete PDU goes to the front, or into a
+            # larger buffer
+            wanted = max(size, pending + RECEIVE_ROOM)
+            if len(self._buffer) < wanted:
+                grown = bytearray(max(wanted, 2 * pending))
+                grown[:pending] = self._view[start:end]
+                self._buffer, self._view = grown, memoryview(grown)
+            elif start >= pending:
+                self._buffer[:pending] = self._view[start:end]
+            else:  # overlapping
+                self._buffer[:pending] = bytes(self._view[start:end])
+            start, end = 0, pending
+        self._start, self._end = start, end
+        count = recv_into(self._view[end:])
+        if not count:
+            return None
+        end += count
+        events: list[Event] = []
+        self._start = self._parse(self._view, start, end, events)
+        self._end = end
+        return events
+
+    def _parse(self, view: memoryview, pos: int, size: int, events: list[Event]) -> int:
+        """Append the complete PDUs of view[pos:size] to events; where the
+        first incomplete one starts."""
         while size - pos >= 6:
-            pdu_type, length = _HEADER.unpack_from(data, pos)
+            pdu_type, length = _HEADER.unpack_from(view, pos)
             if pdu_type not in PDU_TYPES:
                 raise DULProtocolError(
-                    f"unknown PDU type 0x{pdu_type:02X} at byte {pos} of the stream"
+                    f"unknown PDU type 0x{pdu_type:02X} in the stream"
                 )
             if length > self.max_length:
                 raise DULProtocolError(
@@ -189,8 +244,7 @@ class PDUReader:
             else:
                 events.append(PDU(pdu_type, bytes(view[pos:end])))
             pos = end
-        self._pending = data[pos:] if pos < size else b""
-        return events
+        return pos
 
 
 def _fragments(view: memoryview, pos: int, end: int, out: list[Event]) -> None:
