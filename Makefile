@@ -18,8 +18,8 @@ system-deps:
 	bash scripts/install-system-deps.sh
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check --no-cache src tests benchmarks examples
+	$(BIN)/ruff format --check --no-cache src tests benchmarks examples
 
 types: venv
 	$(BIN)/mypy src

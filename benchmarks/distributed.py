@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 sys.path.insert(0, str(ROOT / "src"))
 
+from distributed import Client, LocalCluster  # noqa: E402
+
 from dicomtrolley.config_model import BasicAuthConfig, Profile  # noqa: E402
 from dicomtrolley.distributed import (  # noqa: E402
     BatchPlan,
@@ -50,7 +52,6 @@ from dicomtrolley.emulator import Emulator  # noqa: E402
 from dicomtrolley.query import Query  # noqa: E402
 from dicomtrolley.storage import StorageDir  # noqa: E402
 from dicomtrolley.synthetic import cohort_studies, write_studies  # noqa: E402
-from distributed import Client, LocalCluster  # noqa: E402
 
 USER = PASSWORD = "trolley"
 

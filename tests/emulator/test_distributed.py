@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from distributed import Client
 
 from dicomtrolley.cli.main import main
 from dicomtrolley.config_model import BasicAuthConfig, Profile
@@ -32,7 +33,6 @@ from dicomtrolley.distributed import (
 from dicomtrolley.emulator import Emulator
 from dicomtrolley.query import Query
 from dicomtrolley.synthetic import cohort_studies, write_studies
-from distributed import Client
 from tests.dask_cluster import local_cluster, manifest_facts, saved_per_instance
 from tests.emulator.conftest import USER, DemoData
 from tests.emulator.transfer_helpers import (

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from distributed import Client
 
 from dicomtrolley.catalog import STATE_FOLDER
 from dicomtrolley.cli.main import main
@@ -27,7 +28,6 @@ from dicomtrolley.emulator import Emulator
 from dicomtrolley.query import Query
 from dicomtrolley.storage import TemplateStorage
 from dicomtrolley.synthetic import instance_specs, phi_studies, write_studies
-from distributed import Client
 from tests.dask_cluster import local_cluster, saved_per_instance
 from tests.deid_checks import (
     KEY,

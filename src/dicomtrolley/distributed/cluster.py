@@ -26,8 +26,9 @@ from dicomtrolley.exceptions import PermanentError, TransientError
 from dicomtrolley.logs import get_module_logger
 
 if TYPE_CHECKING:
-    from dicomtrolley.storage import DICOMDiskStorage
     from distributed import Client
+
+    from dicomtrolley.storage import DICOMDiskStorage
 
 logger = get_module_logger("distributed")
 
