@@ -426,20 +426,25 @@ class Deidentifier(DatasetHook):
         with self._lock:
             done = self._written.setdefault(root, set())
             for source, mapped in note.uids.items():
-                if source not in done:
-                    done.add(source)
-                    lines.append({"type": "uid", "source": source, "mapped": mapped})
-            if note.patient is not None and f"patient:{note.patient[0]}" not in done:
-                done.add(f"patient:{note.patient[0]}")
+                line: dict[str, Any] = {
+                    "type": "uid",
+                    "source": source,
+                    "mapped": mapped,
+                }
+                if _written_key(line) not in done:
+                    done.add(_written_key(line))
+                    lines.append(line)
+            if note.patient is not None:
                 pid, alias, offset = note.patient
-                lines.append(
-                    {
-                        "type": "patient",
-                        "source": pid,
-                        "pseudonym": alias,
-                        "date_offset_days": offset,
-                    }
-                )
+                line = {
+                    "type": "patient",
+                    "source": pid,
+                    "pseudonym": alias,
+                    "date_offset_days": offset,
+                }
+                if _written_key(line) not in done:
+                    done.add(_written_key(line))
+                    lines.append(line)
             if note.flag:
                 self.flagged.append((note.mapped_uid, note.flag))
         try:
@@ -459,7 +464,7 @@ class Deidentifier(DatasetHook):
                 )
         except OSError as error:
             with self._lock:  # written again by the next instance that has them
-                done.difference_update(line.get("source") for line in lines)
+                done.difference_update(_written_key(line) for line in lines)
             logger.warning("cannot write the de-identification record: %s", error)
 
     # -- the steps ---------------------------------------------------------------
@@ -866,3 +871,11 @@ def _relative(root: Path, path: Path) -> str:
 
 
 logging.getLogger("deid").setLevel(logging.ERROR)
+
+
+def _written_key(line: dict[str, Any]) -> str:
+    """What :meth:`Deidentifier.saved` remembers a mapping line by: the source
+    UID of a UID line, ``patient:<id>`` for a patient (an ID may look like a UID)."""
+    if line["type"] == "patient":
+        return f"patient:{line['source']}"
+    return str(line["source"])

@@ -328,3 +328,28 @@ def test_a_read_dataset_survives_a_round_trip() -> None:
     again = pydicom.dcmread(io.BytesIO(encoded(out)), force=True)
     assert again.SOPInstanceUID == out.SOPInstanceUID
     assert again.pixel_array.shape == (8, 8)
+
+
+def test_a_mapping_line_that_could_not_be_written_is_written_with_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dicomtrolley.deid as deid_module
+    from dicomtrolley.deid import DeidNote
+
+    deidentifier = Deidentifier(KEY, "basic")
+    note = DeidNote(uids={"1.2.3": "2.25.1"}, patient=("PAT1", "ANON1", 3))
+    real = deid_module.append_private
+    calls: list[list[dict[str, object]]] = []
+
+    def failing_once(path: Path, records: list[dict[str, object]]) -> None:
+        calls.append(records)
+        if len(calls) == 1:
+            raise OSError("disk full")
+        real(path, records)
+
+    monkeypatch.setattr(deid_module, "append_private", failing_once)
+    deidentifier.saved(tmp_path, tmp_path / "a.dcm", note)
+    deidentifier.saved(tmp_path, tmp_path / "b.dcm", note)
+    assert [line["type"] for line in calls[1]] == ["uid", "patient"]
+    deidentifier.saved(tmp_path, tmp_path / "c.dcm", note)
+    assert len(calls) == 2  # both known now: nothing more to write
