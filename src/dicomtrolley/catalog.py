@@ -39,6 +39,7 @@ folder; a scan keeps the rows written by others while it ran.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import stat
@@ -211,7 +212,7 @@ class Catalog:
 
         When its index file was deleted since, the folder is scanned again.
         """
-        key = Path(folder).resolve()
+        key = _resolved(str(folder))
         with cls._shared_lock:
             catalog = cls._shared.pop(key, None)
             if catalog is not None and not catalog.path.exists():
@@ -489,6 +490,12 @@ class Catalog:
 
     def __repr__(self) -> str:
         return f"Catalog({str(self.folder)!r})"
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(folder: str) -> Path:
+    """folder resolved once per process (for_folder runs for every file saved)."""
+    return Path(folder).resolve()
 
 
 def journal_mode(folder: Path) -> str:

@@ -308,11 +308,19 @@ def _index_row(
 
 
 def _inside(root: Path, target: Path) -> Path:
-    root_resolved = root.resolve()
+    root_resolved = _resolved_root(str(root))
     resolved = (root_resolved / target).resolve()
     if not resolved.is_relative_to(root_resolved):
         raise UnsafePathError(f"{target} would be written outside {root_resolved}")
     return resolved
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved_root(root: str) -> Path:
+    """An output folder resolved, once per process: every instance's target
+    is checked against it. (Should the folder become a symlink elsewhere
+    meanwhile, its files resolve outside this and are refused.)"""
+    return Path(root).resolve()
 
 
 def verify_dicom_file(path: Path) -> Dataset:
@@ -466,6 +474,21 @@ def _feed_rest(walker: DatasetWalker, fd: int, position: int, size: int) -> None
         position += len(block)
 
 
+_META_LENGTH = struct.Struct("<4s2sHL")  # (0002,0000) UL, explicit VR LE
+
+
+def _meta_end(head: bytearray) -> int:
+    """Where the data set starts by the File Meta Information Group Length
+    at the start of head (a PS3.10 file's first bytes), when it is there and
+    plausible; else 0 (parse_file_header finds the end)."""
+    if len(head) < 144:
+        return 0
+    tag, vr, length, value = _META_LENGTH.unpack_from(head, 132)
+    if tag != b"\x02\x00\x00\x00" or vr != b"UL" or length != 4:
+        return 0
+    return 144 + int(value)
+
+
 class StreamCheck:
     """verify_dicom_file's checks and the file's CRC-32, made while its bytes
     are written, so that nothing is read back.
@@ -510,6 +533,10 @@ class StreamCheck:
         """Read the file header once it is all in head; then start the walker."""
         header = self._meta
         if header is None:
+            if len(head) < _meta_end(head) + 2:  # not all there: no parse yet
+                if len(head) > _FIRST_BLOCK:
+                    self._give_up()
+                return
             try:
                 header = self._meta = parse_file_header(head, at_eof=False)
             except DICOMParseError:
@@ -547,6 +574,20 @@ class StreamCheck:
         if self._undecided or walker is None or header is None:
             return None
         return verified_dataset(walker, header.file_meta, path, header.preamble)
+
+
+def new_temp_file(folder: Path) -> tuple[int, Path]:
+    """A new temporary file in folder, named as by
+    :func:`~dicomtrolley.files.make_temp_file` and with the same mode (0666
+    less the umask), made in one system call: open for writing."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    flags |= getattr(os, "O_CLOEXEC", 0)
+    while True:
+        path = folder / f"{temp_prefix()}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:  # 64 random bits: never, but not impossible
+            continue
 
 
 def _fsync_file(path: Path) -> None:
@@ -700,7 +741,7 @@ class InstanceWriter:
         #: the received bytes, while a transform waits for them (else None)
         self._chunks: list[bytes] | None = None
         self.memory_limit = 0
-        #: a complete file made by make_temp_file, taken over as it is
+        #: a complete file made by new_temp_file, taken over as it is
         self._adopted = False
         if received is not None and storage.transform is None:
             self.temp_path = received
@@ -716,10 +757,9 @@ class InstanceWriter:
                 name = f"{temp_prefix()}{secrets.token_hex(8)}{TEMP_SUFFIX}"
                 self.temp_path = root / name
                 return
-            fd, name = make_temp_file(root)
+            fd, self.temp_path = new_temp_file(root)
         except OSError as error:
             raise StorageError(f"cannot create a file in {root}: {error}") from error
-        self.temp_path = Path(name)
         self._file = os.fdopen(fd, "wb")
 
     @property
@@ -786,9 +826,11 @@ class InstanceWriter:
                 source, dataset, note = self._transform(hook, uids)
             else:
                 self._close()
-                if not self._adopted:  # a file put at temp_path by rename too
-                    apply_file_mode(self.temp_path)
                 size = self.temp_path.stat().st_size
+                if not self._adopted and size != self.bytes_written:
+                    # a file some caller put at temp_path by rename (mkstemp
+                    # makes 0600); our own files have the umask's mode
+                    apply_file_mode(self.temp_path)
                 walked = size == self._check.size == self.bytes_written
                 verified = self._check.verified(self.temp_path) if walked else None
                 if verified is None:
@@ -914,7 +956,9 @@ class InstanceWriter:
 
     def _expected_uids(self) -> tuple[str, ...]:
         ref = self.expected
-        return () if ref is None else ref.uids()
+        if ref is None:
+            return ()
+        return tuple(u for u in (ref.study_uid, ref.series_uid, ref.instance_uid) if u)
 
     def __enter__(self) -> InstanceWriter:
         return self
@@ -1186,7 +1230,7 @@ class DICOMDiskStorage:
         """A writer for one instance that arrives as a byte stream.
 
         ``received``: a complete file that is the instance, already written
-        under a temporary name (:func:`~dicomtrolley.files.make_temp_file`) on
+        under a temporary name (:func:`new_temp_file`) on
         the output folder's file system, and ``check`` what was seen of its
         bytes while they were written (every one of them fed): the writer takes
         that file as its own, nothing is written or read again. Ignored with

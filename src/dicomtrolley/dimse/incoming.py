@@ -35,7 +35,6 @@ from dicomtrolley.dimse.retrieve import (
     Tally,
 )
 from dicomtrolley.exceptions import DICOMTrolleyError, StorageError
-from dicomtrolley.files import make_temp_file
 from dicomtrolley.formats import dimse_commands, dul
 from dicomtrolley.formats.part10 import file_header
 from dicomtrolley.logs import get_module_logger
@@ -44,6 +43,7 @@ from dicomtrolley.storage import (
     InstanceTooLargeError,
     StreamCheck,
     memory_limit_for,
+    new_temp_file,
 )
 
 logger = get_module_logger("dimse")
@@ -77,7 +77,11 @@ class _Incoming:
     """One C-STORE data set on its way into a temporary file (or memory)."""
 
     def __init__(
-        self, command: Command, spool: Path, header: bytes, limit: int | None
+        self,
+        command: Command,
+        new_file: Callable[[], tuple[int, Path]],
+        header: bytes,
+        limit: int | None,
     ) -> None:
         self.command = command
         self.sop_uid = dul.command_str(command, dul.AFFECTED_SOP_INSTANCE_UID)
@@ -92,8 +96,7 @@ class _Incoming:
         self.check: StreamCheck | None = None
         try:
             if self._limit is None:
-                fd, name = make_temp_file(spool)
-                self.path = Path(name)
+                fd, self.path = new_file()
                 self.check = StreamCheck()
             else:
                 fd = self._memory_file()
@@ -195,6 +198,10 @@ class StoreIntake:
         #: whether (and how much) to receive in memory, asked once per intake
         #: (the storage's transform is set for the whole download)
         self._limit = memory_limit_for(spool)
+        #: the temporary file for the next instance, made while the peer
+        #: gets it ready (creating a file costs a tenth of a millisecond or
+        #: more, and the peer waits for nothing else once the data is here)
+        self._spare: tuple[int, Path] | None = None
 
     @property
     def busy(self) -> bool:
@@ -221,7 +228,18 @@ class StoreIntake:
             context.transfer_syntax,
             self.link.peer.aec,
         )
-        self.incoming = _Incoming(command, self.spool, header, self._limit)
+        self.incoming = _Incoming(command, self._new_file, header, self._limit)
+
+    def _new_file(self) -> tuple[int, Path]:
+        spare, self._spare = self._spare, None
+        return new_temp_file(self.spool) if spare is None else spare
+
+    def _prepare(self) -> None:
+        """Make the next instance's temporary file now (on disk only)."""
+        if self._limit is None and self._spare is None:
+            # on failure: tried again when an instance comes, and reported then
+            with contextlib.suppress(OSError):
+                self._spare = new_temp_file(self.spool)
 
     def data(self, fragment: dul.Fragment) -> None:
         if not self.busy or fragment.context_id != self.context_id:
@@ -243,13 +261,22 @@ class StoreIntake:
             incoming.discard()  # the receiver took the file (a memfd: freed here)
         logger.debug("C-STORE of %s: status 0x%04X", incoming.sop_uid, status)
         self._respond(incoming.command, status)
+        self._prepare()
 
     def discard(self) -> None:
-        """Throw away an instance cut off by the end of the association."""
+        """Throw away an instance cut off by the end of the association (and
+        the file made for the next one)."""
         if self.incoming is not None:
             self.incoming.discard()
             self.incoming = None
         self.refusing = False
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            fd, path = spare
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
 
     def _refuse(self, command: Command) -> None:
         logger.warning(
