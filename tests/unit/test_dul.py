@@ -94,6 +94,65 @@ def test_reader_holds_back_an_incomplete_pdu() -> None:
     assert reader.buffered == len(data) - 1
 
 
+class Chunks:
+    """A recv_into over data that hands out the given sizes (then the rest),
+    and 0 once everything is read (the peer closed)."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self.data, self.sizes, self.pos = data, list(sizes), 0
+
+    def __call__(self, view: memoryview) -> int:
+        size = self.sizes.pop(0) if self.sizes else len(self.data)
+        piece = self.data[self.pos : self.pos + min(size, len(view))]
+        view[: len(piece)] = piece
+        self.pos += len(piece)
+        return len(piece)
+
+
+def received(reader: dul.PDUReader, chunks: Chunks) -> list[tuple[object, ...]]:
+    """Every event receive() gives until the end, summarised as it comes (its
+    views are good only until the next call)."""
+    out: list[tuple[object, ...]] = []
+    while (events := reader.receive(chunks)) is not None:
+        out += summary(events)
+    return out
+
+
+def test_receive_gives_the_same_events_for_a_split_at_every_offset() -> None:
+    data = stream()
+    for cut in range(1, len(data) + 1):  # (a read of 0 bytes: the peer closed)
+        reader = dul.PDUReader()
+        assert received(reader, Chunks(data, [cut])) == EXPECTED, cut
+        assert reader.buffered == 0
+
+
+def test_receive_byte_by_byte() -> None:
+    data = stream()
+    assert received(dul.PDUReader(), Chunks(data, [1] * len(data))) == EXPECTED
+
+
+def test_receive_reuses_its_buffer_without_losing_a_byte() -> None:
+    """128 KiB PDUs read in pieces that end inside PDUs: the start of an
+    incomplete one moves to the front of the buffer, over the bytes of
+    fragments already handed out; a PDU larger than the buffer grows it."""
+    payloads = [
+        bytes([n % 251]) * (131072 - 12) + n.to_bytes(4, "big") for n in range(60)
+    ]
+    payloads.insert(30, bytes(range(256)) * (5 * 4096))  # 5 MiB: one PDU
+    data = b"".join(
+        b"".join(dul.p_data(1, p, command=False, max_length=len(p) + 6))
+        for p in payloads
+    )
+    for size in (65536, 300_001, 1 << 20):
+        got = received(dul.PDUReader(), Chunks(data, [size] * (len(data) // size + 1)))
+        assert [event[3] for event in got] == payloads, size
+
+
+def test_receive_refuses_what_is_not_dicom() -> None:
+    with pytest.raises(dul.DULProtocolError, match="unknown PDU type 0x48"):
+        dul.PDUReader().receive(Chunks(b"HTTP/1.1 400 Bad Request\r\n\r\n", []))
+
+
 @pytest.mark.parametrize(
     "data, message",
     [

@@ -1,0 +1,179 @@
+"""StreamCheck: verify_dicom_file's checks and the CRC-32 made while a file is
+written, and InstanceWriter taking over a file written that way (the C-GET and
+C-MOVE intake's)."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from dicomtrolley.catalog import Catalog, file_checksum
+from dicomtrolley.core import InstanceReference
+from dicomtrolley.exceptions import DICOMParseError
+from dicomtrolley.storage import (
+    StorageDir,
+    StreamCheck,
+    TemplateStorage,
+    new_temp_file,
+    verify_dicom_file,
+)
+from tests.conftest import DicomBytes
+from tests.fakes import tree
+
+STUDY, SERIES, SOP = "1.2.840.1", "1.2.840.1.2", "1.2.840.1.2.3"
+REF = InstanceReference(STUDY, SERIES, SOP)
+
+
+def streamed(data: bytes, size: int) -> StreamCheck:
+    check = StreamCheck()
+    view = memoryview(data)
+    for start in range(0, len(data), size):
+        check.feed(view[start : start + size])
+    return check
+
+
+def outcome(run: Callable[[Path], Dataset | None], path: Path) -> object:
+    """The data set's elements as run(path) gives them, or that it refused."""
+    try:
+        dataset = run(path)
+    except DICOMParseError:
+        return "refused"
+    if dataset is None:
+        return None
+    return [(e.tag, e.value) for e in dataset if e.tag != 0x7FE00010]
+
+
+def pydicom_files() -> list[Path]:
+    names = ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtplan.dcm")
+    return [Path(pydicom.data.get_testdata_file(n)) for n in names]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", [1, 7, 131, 4096, 1 << 20])
+def test_streamed_check_is_verify_dicom_file_without_reading(
+    tmp_path: Path, dicom_bytes: DicomBytes, size: int
+) -> None:
+    files = [dicom_bytes(STUDY, SERIES, SOP, pixel_bytes=70_000)]
+    files += [path.read_bytes() for path in pydicom_files()]
+    for data in files:
+        path = tmp_path / "f"
+        path.write_bytes(data)
+        check = streamed(data, size)
+        assert check.crc == zlib.crc32(data) and check.size == len(data)
+        walked = outcome(check.verified, path)
+        assert walked is not None  # little endian with a file meta: decided
+        assert walked == outcome(verify_dicom_file, path)
+
+
+def test_streamed_check_refuses_what_verify_dicom_file_refuses(
+    tmp_path: Path, dicom_bytes: DicomBytes
+) -> None:
+    data = dicom_bytes(STUDY, SERIES, SOP, pixel_bytes=300)
+    path = tmp_path / "cut"
+    refused = 0
+    for size in range(0, len(data), 3):
+        path.write_bytes(data[:size])
+        check = streamed(data[:size], 64)
+        walked = outcome(check.verified, path)
+        expected = outcome(verify_dicom_file, path)
+        if walked is None:  # undecided: the writer asks verify_dicom_file
+            walked = expected
+        assert walked == expected, size
+        refused += walked == "refused"
+    assert refused > len(data) // 6
+
+
+def test_streamed_check_leaves_to_pydicom_what_the_walker_does_not_read(
+    tmp_path: Path,
+) -> None:
+    big_endian = Path(pydicom.data.get_testdata_file("MR_small_bigendian.dcm"))  # type: ignore[arg-type]
+    no_meta = Path(pydicom.data.get_testdata_file("no_meta.dcm"))  # type: ignore[arg-type]
+    for source in (big_endian, no_meta, None):
+        data = source.read_bytes() if source else b"<html>error</html>" * 100
+        path = tmp_path / "f"
+        path.write_bytes(data)
+        assert streamed(data, 1000).verified(path) is None
+
+
+def test_a_file_written_with_its_check_is_taken_over_as_it_is(
+    tmp_path: Path, dicom_bytes: DicomBytes
+) -> None:
+    data = dicom_bytes(STUDY, SERIES, SOP, pixel_bytes=50_000)
+    fd, temp = new_temp_file(tmp_path)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    check = streamed(data, 16384)
+    writer = StorageDir(tmp_path).open_writer(tmp_path, REF, received=temp, check=check)
+    assert writer.temp_path == temp and writer.bytes_written == len(data)
+    assert [p.name for p in tree(tmp_path) if p.is_file()] == [temp.name]
+    final = writer.commit()
+    assert final.read_bytes() == data and not temp.exists()
+    entry = Catalog.for_folder(tmp_path).entry(SOP)
+    assert entry is not None and entry.size == len(data)
+    assert entry.checksum == file_checksum(final)
+    assert oct(final.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
+
+
+def test_a_taken_over_file_that_is_not_the_instance_is_refused(
+    tmp_path: Path, dicom_bytes: DicomBytes
+) -> None:
+    data = dicom_bytes(STUDY, SERIES, SOP, pixel_bytes=500)
+    fd, temp = new_temp_file(tmp_path)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data[:-10])
+    writer = StorageDir(tmp_path).open_writer(
+        tmp_path, REF, received=temp, check=streamed(data[:-10], 100)
+    )
+    with pytest.raises(DICOMParseError, match="truncated"):
+        writer.commit()
+    assert not [p for p in tree(tmp_path) if p.is_file() and p.suffix == ".part"]
+    other = InstanceReference(STUDY, SERIES, SOP + ".9")
+    fd, temp = new_temp_file(tmp_path)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    writer = StorageDir(tmp_path).open_writer(
+        tmp_path, other, received=temp, check=streamed(data, 100)
+    )
+    with pytest.raises(DICOMParseError, match="asked for instance"):
+        writer.commit()
+    assert Catalog.for_folder(tmp_path).entry(SOP) is None
+
+
+def test_a_check_that_does_not_match_the_file_is_not_trusted(
+    tmp_path: Path, dicom_bytes: DicomBytes
+) -> None:
+    """The file on disk decides when the check saw other bytes."""
+    data = dicom_bytes(STUDY, SERIES, SOP, pixel_bytes=500)
+    fd, temp = new_temp_file(tmp_path)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    writer = TemplateStorage(tmp_path, "{SOPInstanceUID}.dcm").open_writer(
+        tmp_path, REF, received=temp, check=streamed(data[:-50], 100)
+    )
+    final = writer.commit()
+    entry = Catalog.for_folder(tmp_path).entry(SOP)
+    assert entry is not None and entry.checksum == file_checksum(final)
+
+
+def test_writer_checksum_is_that_of_the_file(
+    tmp_path: Path, dicom_bytes: DicomBytes
+) -> None:
+    data = dicom_bytes(STUDY, SERIES, SOP, pixel_bytes=100_000)
+    writer = StorageDir(tmp_path, fsync=True).open_writer(tmp_path, expected=REF)
+    for start in range(0, len(data), 9999):
+        writer.write(memoryview(data)[start : start + 9999])
+    final = writer.commit()
+    entry = Catalog.for_folder(tmp_path).entry(SOP)
+    assert entry is not None and entry.checksum == file_checksum(final)
+    assert final.read_bytes() == data
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
