@@ -33,7 +33,6 @@ import secrets
 import string
 import struct
 import threading
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -45,7 +44,13 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from dicomtrolley.catalog import STATE_FOLDER, Catalog, crc32_text, file_checksum
+from dicomtrolley.catalog import (
+    STATE_FOLDER,
+    Catalog,
+    crc32,
+    crc32_text,
+    file_checksum,
+)
 from dicomtrolley.core import InstanceReference
 from dicomtrolley.exceptions import (
     DICOMParseError,
@@ -514,7 +519,7 @@ class StreamCheck:
         self._undecided = False
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self.crc = zlib.crc32(data, self.crc)
+        self.crc = crc32(data, self.crc)
         self.size += len(data)
         if self._undecided:
             return
@@ -920,7 +925,7 @@ class InstanceWriter:
             handle.flush()
             if self.fsync:
                 os.fsync(handle.fileno())
-        self._checksum = crc32_text(zlib.crc32(encoded))
+        self._checksum = crc32_text(crc32(encoded))
         del encoded
         written = verify_dicom_file(self.temp_path)
         expected = self.expected

@@ -13,7 +13,8 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomtrolley.catalog import Catalog, file_checksum
+from dicomtrolley import catalog
+from dicomtrolley.catalog import FAST_CRC32_MIN, Catalog, crc32, file_checksum
 from dicomtrolley.core import InstanceReference
 from dicomtrolley.exceptions import DICOMParseError
 from dicomtrolley.storage import (
@@ -177,3 +178,25 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.parametrize("size", [0, 100, FAST_CRC32_MIN - 1, FAST_CRC32_MIN, 200_000])
+def test_crc32_is_zlibs_for_every_kind_of_buffer(size: int) -> None:
+    data = bytes((n * 7 + 3) % 256 for n in range(size + 5))
+    writable = bytearray(data)
+    for piece in (
+        data[5:],
+        bytearray(data[5:]),
+        memoryview(writable)[5:],  # a view into a larger buffer, as the link's
+        memoryview(data)[5:],  # read-only
+    ):
+        assert crc32(piece) == zlib.crc32(data[5:])
+        assert crc32(piece, 0xDEADBEEF) == zlib.crc32(data[5:], 0xDEADBEEF)
+
+
+def test_crc32_without_libdeflate_is_zlibs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalog, "_LIBDEFLATE", ("libnothing-such.so.9",))
+    monkeypatch.setattr(catalog, "_fast_crc32", [])
+    data = bytearray(range(256)) * 1000
+    assert catalog.crc32(memoryview(data)[1:]) == zlib.crc32(data[1:])
+    assert catalog._fast_crc32 == [None]
