@@ -26,7 +26,10 @@ one study (``--find-instances``; tiny synthetic ones, one series) at IMAGE level
 DCMTK ``findscu`` against dicomtrolley's ``DICOMQR.send_c_find`` (one relational
 query with the study and series UIDs, as findscu's), printing the ratio.
 ``--trolley-src`` runs dicomtrolley (every child: C-GET, C-MOVE, C-FIND) from
-another checkout's ``src`` (an older commit, for before/after numbers).
+another checkout's ``src`` (an older commit, for before/after numbers);
+``--baseline-src`` runs another checkout's C-GET and C-MOVE in every attempt as
+well, interleaved with ours, and prints both (before/after under the same load
+on a shared machine).
 
 With ``--tls`` (instead of the comparison with DCMTK): dicomtrolley's C-GET of
 the large study and of the demo set from two Orthancs holding the same studies,
@@ -267,11 +270,12 @@ def trolley(
     args: argparse.Namespace,
     move_port: int = 0,
     tls: dict[str, str] | None = None,
+    src: Path | None = None,
 ) -> dict[str, float]:
     """dicomtrolley's C-GET (or C-MOVE to move_port) of study_uids, in a child
-    running args.trolley_src with args.workers; over TLS with tls (DIMSETLS
-    arguments)."""
-    environment = dict(os.environ, PYTHONPATH=str(args.trolley_src))
+    running src (default args.trolley_src) with args.workers; over TLS with
+    tls (DIMSETLS arguments)."""
+    environment = dict(os.environ, PYTHONPATH=str(src or args.trolley_src))
     if tls:
         environment["BENCH_DIMSE_TLS"] = json.dumps(tls)
     result = subprocess.run(
@@ -307,7 +311,7 @@ def bench(
     work: Path,
     args: argparse.Namespace,
 ) -> dict[str, float]:
-    best_dcmtk = best_ours = float("inf")
+    best_dcmtk = best_ours = best_before = float("inf")
     startup = 0.0
     size = files = 0
     for attempt in range(args.repeat):
@@ -318,6 +322,11 @@ def bench(
         )
         dcmtk_files, _ = folder_bytes(out)
         shutil.rmtree(out)
+        if args.baseline_src:
+            out = work / f"before-{name}-{attempt}"
+            before = trolley(server, study_uids, out, args, src=args.baseline_src)
+            shutil.rmtree(out)
+            best_before = min(best_before, before["seconds"])
         out = work / f"trolley-{name}-{attempt}"
         result = trolley(server, study_uids, out, args)
         shutil.rmtree(out)
@@ -335,6 +344,8 @@ def bench(
         "trolley_s": best_ours,
         "startup_s": startup,
         "ratio": best_ours / best_dcmtk,
+        "before_s": best_before,
+        "before_ratio": best_before / best_dcmtk,
     }
 
 
@@ -347,7 +358,7 @@ def bench_move(
     get_seconds: float,
 ) -> dict[str, float]:
     """C-MOVE: movescu into storescp, then dicomtrolley's DICOMQRMove."""
-    best_dcmtk = best_ours = float("inf")
+    best_dcmtk = best_ours = best_before = float("inf")
     size = files = 0
     for attempt in range(args.repeat):
         out = work / f"movescu-{name}-{attempt}"
@@ -359,6 +370,12 @@ def bench_move(
             )
         dcmtk_files, _ = folder_bytes(out)
         shutil.rmtree(out)
+        if args.baseline_src:
+            out = work / f"before-move-{name}-{attempt}"
+            port = args.trolley_store_port
+            before = trolley(server, study_uids, out, args, port, src=args.baseline_src)
+            shutil.rmtree(out)
+            best_before = min(best_before, before["seconds"])
         out = work / f"trolley-move-{name}-{attempt}"
         result = trolley(server, study_uids, out, args, args.trolley_store_port)
         shutil.rmtree(out)
@@ -375,6 +392,8 @@ def bench_move(
         "trolley_s": best_ours,
         "ratio": best_ours / best_dcmtk,
         "vs_get": best_ours / get_seconds,
+        "before_s": best_before,
+        "before_ratio": best_before / best_dcmtk,
     }
 
 
@@ -560,6 +579,14 @@ def main() -> int:
         "--tls", action="store_true", help="C-GET over TLS vs plain TCP only"
     )
     parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help=(
+            "another checkout's src: its C-GET and C-MOVE run in every attempt "
+            "too, interleaved with ours (before/after under the same load)"
+        ),
+    )
+    parser.add_argument(
         "--trolley-src",
         type=Path,
         default=ROOT / "src",
@@ -620,6 +647,7 @@ def main() -> int:
             f"{r['trolley_s']:10.2f} {r['ratio']:6.2f} {r['mb'] / r['getscu_s']:12.0f} "
             f"{r['mb'] / r['trolley_s']:13.0f} {r['startup_s']:10.2f}"
         )
+    _print_before("C-GET", "getscu", results, args)
     if moves:
         print()
         print(
@@ -632,7 +660,25 @@ def main() -> int:
                 f"{r['trolley_s']:10.2f} {r['ratio']:6.2f} {r['vs_get']:9.2f} "
                 f"{r['mb'] / r['trolley_s']:13.0f}"
             )
+        _print_before("C-MOVE", "movescu+storescp", moves, args)
     return 0
+
+
+def _print_before(
+    operation: str,
+    dcmtk: str,
+    results: dict[str, dict[str, float]],
+    args: argparse.Namespace,
+) -> None:
+    """With --baseline-src: the baseline's times and ratios next to ours."""
+    if not args.baseline_src:
+        return
+    print(f"  {operation} before ({args.baseline_src}) and after, ratio to {dcmtk}:")
+    for name, r in results.items():
+        print(
+            f"  {name:>6} before {r['before_s']:6.2f} s ({r['before_ratio']:4.2f}x)"
+            f"  after {r['trolley_s']:6.2f} s ({r['ratio']:4.2f}x)"
+        )
 
 
 def _study_uid(path: Path) -> str:
