@@ -8,6 +8,11 @@ before the rename that gives it its final name (with the size and checksum of
 the verified bytes), so a crash between the two leaves a row whose file is not
 there (fetched again), never a file without a row (fetched twice). Files saved
 by a storage whose own ``save`` decides where get their row after the save.
+Rows are not batched: a C-GET or C-MOVE answers each C-STORE only once the
+file has its name (the PACS sends nothing more meanwhile), so its row must be
+committed then; one autocommitted INSERT in WAL mode (``synchronous=NORMAL``:
+no fsync per commit) costs about 40 microseconds, under a tenth of what
+receiving a small instance takes.
 
 An instance is *present* when its row says so and the file is still there with
 the recorded size; a file that is gone or changed size is not present (its row

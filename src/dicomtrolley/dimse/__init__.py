@@ -22,8 +22,9 @@ The public face is :mod:`dicomtrolley.dicom_qr`; this package holds the parts:
 ``echo``            C-ECHO
 ``retrieve``        what C-GET and C-MOVE share: requests, the one Receiver,
                     checking what arrived against what the PACS reported
-``incoming``        C-STORE requests on a link into temporary files, through the
-                    Receiver, answered (C-GET's association, the storage SCP)
+``incoming``        C-STORE requests on a link into temporary files (checked and
+                    checksummed as they are written), through the Receiver,
+                    answered (C-GET's association, the storage SCP)
 ``sessions``        C-GET/C-MOVE requests and their responses over a link kept
                     open between requests, one per worker thread; stopping on
                     Ctrl-C

@@ -4,12 +4,21 @@ Instances reach us as C-STORE requests (PS3.4 B.2, PS3.7 9.1.1) in two places:
 on our own C-GET association, and on the associations a PACS opens to the
 storage SCP for the sub-operations of a C-MOVE. Both go through a
 :class:`StoreIntake`: each data set is written, fragment by fragment as it
-arrives, behind a Part 10 file header into a temporary file in the spool folder
-(the output folder, so that the final rename stays on one file system), handed
-to the one :class:`~dicomtrolley.dimse.retrieve.Receiver` entry point
-(:meth:`~dicomtrolley.dimse.retrieve.Receiver.store`: verified, renamed into
-place) and answered with the status it gives. An instance that no request of
-ours waits for is read to its end, thrown away and refused.
+arrives (straight from the link's read buffer), behind a Part 10 file header
+into a temporary file in the spool folder (the output folder, so that the
+final rename stays on one file system), handed to the one
+:class:`~dicomtrolley.dimse.retrieve.Receiver` entry point
+(:meth:`~dicomtrolley.dimse.retrieve.Receiver.store`: verified, indexed,
+renamed into place) and answered with the status it gives. An instance that
+no request of ours waits for is read to its end, thrown away and refused.
+
+What the storage needs of the file is gathered while it is written, since the
+PACS sends nothing more until it has our response: its CRC-32 and the walk of
+its data set (:class:`~dicomtrolley.storage.StreamCheck`), so that the storage
+takes the file as it is (:meth:`~dicomtrolley.storage.DICOMDiskStorage.
+open_writer` with ``received``) without reading it again; and the next
+instance's temporary file is made right after each response, while the PACS
+gets that instance ready.
 
 When what arrives must not be written as it came (the output folder's storage
 de-identifies: :func:`~dicomtrolley.storage.memory_limit_for`), the data set

@@ -11,9 +11,10 @@ times as long as DCMTK's ``getscu``, and a 300 MB study 1.6 to 1.9 times
 
 A :class:`Link` does the same work synchronously, like ``getscu``: the caller's
 thread reads the socket in large blocks (over TLS, the records already
-received gathered into one block), cuts the bytes into PDUs with the
-sans-I/O :class:`~dicomtrolley.formats.dul.PDUReader`, and writes answers
-straight back. The A-ASSOCIATE PDUs are encoded and decoded by
+received gathered into one block) straight into the buffer of the sans-I/O
+:class:`~dicomtrolley.formats.dul.PDUReader`, which cuts them into PDUs and
+fragments without copying (views of that buffer, valid until the next
+:meth:`Link.receive`), and writes answers straight back. The A-ASSOCIATE PDUs are encoded and decoded by
 :mod:`~dicomtrolley.formats.association`, the presentation contexts and roles
 negotiated by :mod:`~dicomtrolley.formats.negotiation`; what the association
 may use is in :attr:`Link.contexts` (:class:`~dicomtrolley.formats.negotiation.

@@ -6,9 +6,10 @@
   user asked for.
 * :class:`Receiver` takes every received instance, of C-GET and C-MOVE alike:
   :class:`~dicomtrolley.dimse.incoming.StoreIntake` has written the incoming
-  data set to a temporary file; the receiver hands that file to the sink
-  (for disk: the storage writer, verified, renamed into place), so no data set
-  is ever held in memory whole on its way to disk.
+  data set to a temporary file (:class:`Received`: with what was checked of
+  its bytes on the way); the receiver hands that file to the sink (for disk:
+  the storage writer takes it over, verified, indexed, renamed into place), so
+  no data set is ever held in memory whole on its way to disk, nor read back.
 * :func:`check_outcome` compares what arrived with what the PACS reported in
   its final response (completed, failed and warning sub-operations, PS3.4
   C.4.2.1.5 / C.4.3.1.5) and reports every instance that did not arrive.
