@@ -102,7 +102,13 @@ def test_orthanc_refuses_a_certificate_of_another_ca(
     secure_orthanc: tuple[OrthancServer, Pki], tmp_path: Path
 ) -> None:
     """Its alert, when it arrives, is permanent and says why; a C-GET that
-    retries stops at the first one."""
+    retries stops at the first one.
+
+    With TLS 1.3 Orthanc checks our certificate after the handshake and
+    closes; its alert is lost when the close resets the connection over our
+    unread association request (a TCP reset drops what was not yet read). On
+    a loaded machine that can happen on every try: then the error is the
+    transient one whose text points at our certificate. Nothing is saved."""
     server, pki = secure_orthanc
     tls = DIMSETLS(
         ca_file=pki.ca, cert_file=pki.untrusted.cert, key_file=pki.untrusted.key
@@ -119,8 +125,13 @@ def test_orthanc_refuses_a_certificate_of_another_ca(
     storage = TemplateStorage(out, "{StudyInstanceUID}/{SOPInstanceUID}.dcm")
     report = getter.save_all([StudyReference("1.2.3")], storage, out)
     [failure] = report.failures
-    assert isinstance(failure.error, DIMSETLSError), failure
-    assert "does not trust the CA of our certificate" in str(failure.error)
+    assert not tree(out)
+    if isinstance(failure.error, DIMSETLSError):
+        assert "does not trust the CA of our certificate" in str(failure.error)
+    else:
+        assert isinstance(failure.error, TransientError), failure
+        assert "may refuse our certificate" in str(failure.error)
+        assert str(pki.untrusted.cert) in str(failure.error)
 
 
 def test_plain_client_at_orthanc_tls_port_and_tls_client_at_its_plain_port(
