@@ -85,9 +85,10 @@ logger = get_module_logger("dimse")
 APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
 #: The largest PDU we announce we can receive (DCMTK's own maximum).
 MAXIMUM_PDU_SIZE = 131072
-#: The reader's buffer: the most bytes taken from the socket at once (over
-#: TLS: the records already received, each of at most 16 KiB, gathered).
-READ_BLOCK = 4 * dul.RECEIVE_ROOM
+#: The most bytes taken from the socket at once (over TLS: the records already
+#: received, each of at most 16 KiB, gathered): the reader's buffer grows to
+#: this while the peer sends faster than we read.
+READ_BLOCK = dul.RECEIVE_SIZE
 #: Longest single wait on the socket (seconds) between checks of the deadlines.
 SLICE = 0.2
 #: Seconds to wait for the answer to our A-RELEASE-RQ before aborting.

@@ -147,9 +147,11 @@ class Fragment:
 Event = PDU | Fragment
 
 
-#: Free room below which :meth:`PDUReader.receive` moves the start of an
-#: incomplete PDU to the front of its buffer before reading.
-RECEIVE_ROOM = 1 << 20
+#: The buffer of :meth:`PDUReader.receive` at first (enough for C-FIND,
+#: C-ECHO and small instances); four times larger each time a read fills it,
+#: up to its ``size`` (4 MiB for a link).
+FIRST_BLOCK = 1 << 18
+RECEIVE_SIZE = 1 << 22
 
 
 class PDUReader:
@@ -172,6 +174,7 @@ class PDUReader:
         self._view = memoryview(self._buffer)
         self._start = 0  # in _buffer: the first byte not parsed yet
         self._end = 0  # in _buffer: the end of what was received
+        self._filled = False  # the last read filled the buffer
 
     @property
     def buffered(self) -> int:
@@ -187,35 +190,43 @@ class PDUReader:
         return events
 
     def receive(
-        self, recv_into: Callable[[memoryview], int], size: int = 4 * RECEIVE_ROOM
+        self, recv_into: Callable[[memoryview], int], size: int = RECEIVE_SIZE
     ) -> list[Event] | None:
-        """Read once with ``recv_into`` (into a buffer of ``size`` bytes or more)
-        and parse what came; None when it read nothing (the peer closed).
+        """Read once with ``recv_into`` into the reader's buffer (of at most
+        ``size`` bytes, unless a PDU needs more) and parse what came; None when
+        it read nothing (the peer closed).
 
         The events of the previous call are invalid from here on: their bytes
         may be overwritten.
         """
         start, end = self._start, self._end
-        pending = end - start
+        pending = end - start  # the start of an incomplete PDU
         if not pending:
             start = end = 0
-        if len(self._buffer) - end < RECEIVE_ROOM or len(self._buffer) < size:
-            # the start of an incomplete PDU goes to the front, or into a
-            # larger buffer
-            wanted = max(size, pending + RECEIVE_ROOM)
-            if len(self._buffer) < wanted:
-                grown = bytearray(max(wanted, 2 * pending))
-                grown[:pending] = self._view[start:end]
-                self._buffer, self._view = grown, memoryview(grown)
-            elif start >= pending:
+        capacity = len(self._buffer)
+        grow = capacity < FIRST_BLOCK or (self._filled and capacity < size)
+        if grow:  # more was waiting than the buffer took: read more at once
+            capacity = min(size, max(FIRST_BLOCK, 4 * capacity))
+        room = capacity // 4  # free space below which pending moves to the front
+        if pending + room > capacity:  # a PDU larger than the buffer
+            capacity, grow = 2 * (pending + room), True
+        if grow:
+            grown = bytearray(capacity)
+            grown[:pending] = self._view[start:end]
+            self._buffer, self._view = grown, memoryview(grown)
+            start, end = 0, pending
+        elif capacity - end < room:
+            if start >= pending:
                 self._buffer[:pending] = self._view[start:end]
             else:  # overlapping
                 self._buffer[:pending] = bytes(self._view[start:end])
             start, end = 0, pending
         self._start, self._end = start, end
-        count = recv_into(self._view[end:])
+        free = self._view[end:]
+        count = recv_into(free)
         if not count:
             return None
+        self._filled = count == len(free)
         end += count
         events: list[Event] = []
         self._start = self._parse(self._view, start, end, events)
