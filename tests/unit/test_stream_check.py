@@ -200,3 +200,27 @@ def test_crc32_without_libdeflate_is_zlibs(monkeypatch: pytest.MonkeyPatch) -> N
     data = bytearray(range(256)) * 1000
     assert catalog.crc32(memoryview(data)[1:]) == zlib.crc32(data[1:])
     assert catalog._fast_crc32 == [None]
+
+
+def test_a_taken_over_file_is_flushed_to_disk_when_asked(
+    tmp_path: Path, dicom_bytes: DicomBytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync=True: the received file itself (its inode) reaches stable storage
+    before its rename, as a file the writer wrote would."""
+    data = dicom_bytes(STUDY, SERIES, SOP, pixel_bytes=500)
+    fd, temp = new_temp_file(tmp_path)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    inode = temp.stat().st_ino
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor: int) -> None:
+        synced.append(os.fstat(descriptor).st_ino)
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    storage = StorageDir(tmp_path, fsync=True)
+    writer = storage.open_writer(tmp_path, REF, received=temp, check=streamed(data, 99))
+    final = writer.commit()
+    assert inode in synced and final.stat().st_ino == inode
