@@ -39,6 +39,14 @@ def streamed(data: bytes, size: int) -> StreamCheck:
     return check
 
 
+def received_file(folder: Path, data: bytes) -> Path:
+    """data in a temporary file of folder, as the C-STORE intake leaves it."""
+    fd, path = new_temp_file(folder)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return path
+
+
 def outcome(run: Callable[[Path], Dataset | None], path: Path) -> object:
     """The data set's elements as run(path) gives them, or that it refused."""
     try:
@@ -105,9 +113,7 @@ def test_a_file_written_with_its_check_is_taken_over_as_it_is(
     tmp_path: Path, dicom_bytes: DicomBytes
 ) -> None:
     data = dicom_bytes(STUDY, SERIES, SOP, pixel_bytes=50_000)
-    fd, temp = new_temp_file(tmp_path)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+    temp = received_file(tmp_path, data)
     check = streamed(data, 16384)
     writer = StorageDir(tmp_path).open_writer(tmp_path, REF, received=temp, check=check)
     assert writer.temp_path == temp and writer.bytes_written == len(data)
@@ -124,9 +130,7 @@ def test_a_taken_over_file_that_is_not_the_instance_is_refused(
     tmp_path: Path, dicom_bytes: DicomBytes
 ) -> None:
     data = dicom_bytes(STUDY, SERIES, SOP, pixel_bytes=500)
-    fd, temp = new_temp_file(tmp_path)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data[:-10])
+    temp = received_file(tmp_path, data[:-10])
     writer = StorageDir(tmp_path).open_writer(
         tmp_path, REF, received=temp, check=streamed(data[:-10], 100)
     )
@@ -134,9 +138,7 @@ def test_a_taken_over_file_that_is_not_the_instance_is_refused(
         writer.commit()
     assert not [p for p in tree(tmp_path) if p.is_file() and p.suffix == ".part"]
     other = InstanceReference(STUDY, SERIES, SOP + ".9")
-    fd, temp = new_temp_file(tmp_path)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+    temp = received_file(tmp_path, data)
     writer = StorageDir(tmp_path).open_writer(
         tmp_path, other, received=temp, check=streamed(data, 100)
     )
@@ -150,9 +152,7 @@ def test_a_check_that_does_not_match_the_file_is_not_trusted(
 ) -> None:
     """The file on disk decides when the check saw other bytes."""
     data = dicom_bytes(STUDY, SERIES, SOP, pixel_bytes=500)
-    fd, temp = new_temp_file(tmp_path)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+    temp = received_file(tmp_path, data)
     writer = TemplateStorage(tmp_path, "{SOPInstanceUID}.dcm").open_writer(
         tmp_path, REF, received=temp, check=streamed(data[:-50], 100)
     )
@@ -208,9 +208,7 @@ def test_a_taken_over_file_is_flushed_to_disk_when_asked(
     """fsync=True: the received file itself (its inode) reaches stable storage
     before its rename, as a file the writer wrote would."""
     data = dicom_bytes(STUDY, SERIES, SOP, pixel_bytes=500)
-    fd, temp = new_temp_file(tmp_path)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+    temp = received_file(tmp_path, data)
     inode = temp.stat().st_ino
     synced: list[int] = []
     real_fsync = os.fsync
