@@ -969,7 +969,8 @@ class InstanceWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._file is not None or self._chunks:
+        taken = self._adopted and self.temp_path.exists()  # not committed
+        if self._file is not None or self._chunks or taken:
             self.abort()
 
 

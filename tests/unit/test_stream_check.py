@@ -222,3 +222,20 @@ def test_a_taken_over_file_is_flushed_to_disk_when_asked(
     writer = storage.open_writer(tmp_path, REF, received=temp, check=streamed(data, 99))
     final = writer.commit()
     assert inode in synced and final.stat().st_ino == inode
+
+
+def test_a_taken_over_file_not_committed_is_removed(
+    tmp_path: Path, dicom_bytes: DicomBytes
+) -> None:
+    data = dicom_bytes(STUDY, SERIES, SOP, pixel_bytes=500)
+    temp = received_file(tmp_path, data)
+    storage = StorageDir(tmp_path)
+    with storage.open_writer(tmp_path, REF, received=temp, check=streamed(data, 99)):
+        pass  # e.g. the caller failed before commit
+    assert not temp.exists()
+    temp = received_file(tmp_path, data)
+    with storage.open_writer(
+        tmp_path, REF, received=temp, check=streamed(data, 99)
+    ) as writer:
+        final = writer.commit()
+    assert final.exists() and not temp.exists()
