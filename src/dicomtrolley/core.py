@@ -8,7 +8,7 @@ from this module and keep working.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -100,7 +100,8 @@ class DICOMObjectReference(DICOMDownloadable):
 
     def uids(self) -> tuple[str, ...]:
         """The UIDs of this reference, study first (those that are set)."""
-        return tuple(str(value) for value in astuple(self) if value)
+        values = (getattr(self, f.name) for f in fields(self))  # astuple deep-copies
+        return tuple(str(value) for value in values if value)
 
     def contained_references(
         self, max_level: DICOMObjectLevels
