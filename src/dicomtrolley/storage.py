@@ -863,9 +863,14 @@ class InstanceWriter:
                     ),
                     self.storage.layout_key(),
                 )
+            noted = False
             if planned is not None and _renames_to_plan(self.storage):
                 target = planned  # what commit_file does, without a second render
                 target.parent.mkdir(parents=True, exist_ok=True)
+                if hook is not None:  # before the rename, as the index row: a
+                    # kill between the two keeps the record (read once if repeated)
+                    hook.saved(self.root, target, note)
+                    noted = True
                 os.replace(self.temp_path, target)
             else:
                 target = self.storage.commit_file(self.temp_path, dataset, self.root)
@@ -878,7 +883,7 @@ class InstanceWriter:
                     source if hook is not None else None,
                     layout=self.storage.layout_key(),
                 )
-            if hook is not None:
+            if hook is not None and not noted:
                 hook.saved(self.root, target, note)
             return target
         except DICOMTrolleyError as error:

@@ -143,3 +143,39 @@ def test_encode_part10_is_what_pydicom_writes(syntax: str) -> None:
     expected = io.BytesIO()
     changed.save_as(expected, enforce_file_format=False)
     assert encode_part10(changed) == expected.getvalue()
+
+
+def test_the_flag_of_an_instance_is_recorded_before_its_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process killed between the rename and the record would keep the file
+    (skipped by the next run) but lose its burned-in flag: the record comes
+    first, and a repeated one is read once."""
+    import dicomtrolley.storage as storage_module
+    from dicomtrolley.deid_records import read_flags
+
+    dataset = make_dataset(next(instance_specs(STUDIES)))
+    dataset.BurnedInAnnotation = "YES"
+    data = encoded(dataset)
+    storage = TemplateStorage(tmp_path, LAYOUT, transform=Deidentifier(KEY))
+    storage.check_folder(tmp_path)
+    seen_at_rename: list[int] = []
+    replace = os.replace
+
+    def replacing(source: object, target: object) -> None:
+        seen_at_rename.append(len(read_flags(tmp_path)))
+        if len(seen_at_rename) == 1:
+            raise OSError("killed here")
+        replace(source, target)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(storage_module.os, "replace", replacing)
+    writer = storage.open_writer(tmp_path)
+    writer.write(data)
+    with pytest.raises(StorageError):  # dies at its rename
+        writer.commit()
+    writer = storage.open_writer(tmp_path)
+    writer.write(data)
+    path = writer.commit()
+    assert seen_at_rename == [1, 1]
+    [flag] = read_flags(tmp_path)  # recorded twice, read once
+    assert flag["reason"] and flag["path"] == path.relative_to(tmp_path).as_posix()
