@@ -59,3 +59,29 @@ def test_using_a_name_imports_its_module() -> None:
 def test_the_cli_entry_point_loads_no_pydicom_for_help() -> None:
     loaded = _modules_after("import dicomtrolley.cli.main")
     assert "pydicom" not in loaded
+
+
+def test_the_command_summaries_are_the_commands_own() -> None:
+    import click
+
+    from dicomtrolley.cli.main import COMMANDS, SUMMARIES, main
+
+    ctx = click.Context(main)
+    assert set(SUMMARIES) == set(COMMANDS)
+    for name, summary in SUMMARIES.items():
+        command = main.get_command(ctx, name)
+        assert command is not None
+        assert command.get_short_help_str(1000) == summary, name
+
+
+def test_top_level_help_imports_no_command() -> None:
+    script = (
+        "from dicomtrolley.cli.main import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass"
+    )
+    loaded = _modules_after(script)
+    assert not {name for name in loaded if name.startswith("dicomtrolley.cli.")} - {
+        "dicomtrolley.cli.main",
+        "dicomtrolley.cli.connection",
+    }
+    assert "pydicom" not in loaded

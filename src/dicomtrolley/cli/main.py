@@ -70,6 +70,20 @@ COMMANDS: dict[str, str] = {
     "search": "dicomtrolley.cli.search:search",
     "serve": "dicomtrolley.cli.serve:serve",
 }
+#: Command name -> the first line of its help, for ``dicomtrolley --help`` without
+#: importing every command (a test checks them against the commands).
+SUMMARIES: dict[str, str] = {
+    "batch": "Download the studies listed in FILE: one query per row.",
+    "demo": "Find and download studies from the built-in emulator PACS, end to end.",
+    "demo-data": "Write synthetic demo studies to DIR (created if needed).",
+    "download": "Search a DICOMweb server (QIDO-RS) and download every match.",
+    "profiles": "List the server profiles of the config file, or check one.",
+    "report": "Summarise an output folder: studies, instances, bytes, failures.",
+    "search": "Search a DICOMweb server (QIDO-RS) or a PACS (C-FIND) and list what "
+    "it holds.",
+    "serve": "Serve a folder of DICOM files as a PACS: MINT, WADO-URI, DICOMweb "
+    "(and DIMSE with --dimse-port).",
+}
 
 #: What ``search`` and ``batch --dry-run`` write: a table, or JSON or CSV for scripts.
 FORMATS = ("table", "json", "csv")
@@ -615,6 +629,26 @@ class TrolleyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def format_commands(
+        self, ctx: click.Context, formatter: click.HelpFormatter
+    ) -> None:
+        """The command list of ``--help``, from :data:`SUMMARIES` for commands
+        not imported yet (importing them all would take most of a second)."""
+        limit = formatter.width - 6 - max(len(name) for name in self.list_commands(ctx))
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.commands or name not in SUMMARIES:
+                command = self.get_command(ctx, name)
+                if command is None or command.hidden:
+                    continue
+                rows.append((name, command.get_short_help_str(limit)))
+            else:
+                summary = click.Command(name, help=SUMMARIES[name])
+                rows.append((name, summary.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.commands or cmd_name not in self.lazy_commands:
