@@ -567,6 +567,19 @@ class InMemoryUnit:
         return tuple(obj.reference().study_uid for obj in self.objects)
 
 
+def instance_count(
+    data: Any, keyword: str = "NumberOfStudyRelatedInstances"
+) -> int | None:
+    """The instance count a search answered in data (a Dataset), or None when
+    it is missing or not a number (a server's IS value may be anything)."""
+    value = data.get(keyword)
+    value = value.value if hasattr(value, "value") else value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def references_too_shallow(error: DICOMTrolleyError) -> bool:
     """For :meth:`Downloader.stops_save_all`: the Trolley must search deeper."""
     return isinstance(error, NonInstanceParameterError | NonSeriesParameterError)

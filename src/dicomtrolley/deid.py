@@ -386,7 +386,10 @@ class Deidentifier(DatasetHook):
                 _refuse_identified(root)
                 wanted = self._state()
                 state = root / STATE_FOLDER / DEID_STATE_NAME
-                _create_private(state, json.dumps(wanted, indent=1) + "\n")
+                try:
+                    _create_private(state, json.dumps(wanted, indent=1) + "\n")
+                except OSError as error:  # a read-only or full output folder
+                    raise DeidFolderError(f"cannot write {state}: {error}") from error
                 found = read_folder_state(root) or wanted
             self._compare(root, found)
             _make_private(root)

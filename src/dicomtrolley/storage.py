@@ -79,13 +79,11 @@ from dicomtrolley.uids import check_uid
 
 logger = get_module_logger("storage")
 
-#: A temporary file without a process ID in its name is stale after this long.
 UID_FIELDS = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"})
 DEFAULT_TEMPLATE = "{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}"
 _UNSAFE_CHARS = re.compile(r"[^\w.\-^ ]", re.UNICODE)
 #: The path part for a missing value (dicomtrolley 4.1.0's name for it).
 UNKNOWN = "unknown"
-#: In an output folder's state folder: the de-identification it was made with.
 #: Set on a data set the storage's transform has changed (never applied twice).
 _TRANSFORMED = "_dicomtrolley_transformed"
 #: The most bytes of one instance held in memory while a transform waits for

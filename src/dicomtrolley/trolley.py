@@ -29,6 +29,7 @@ from dicomtrolley.core import (
     Searcher,
     SeriesReference,
     Study,
+    instance_count,
 )
 from dicomtrolley.download import (
     DownloadReport,
@@ -573,10 +574,8 @@ def _complete_in_index(
     """
     if len(objs) != 1 or not isinstance(objs[0], Study) or objs[0].series:
         return None
-    count = objs[0].data.get("NumberOfStudyRelatedInstances")
-    try:
-        expected = int(count.value if hasattr(count, "value") else count)
-    except (TypeError, ValueError):
+    expected = instance_count(objs[0].data)
+    if expected is None:
         return None
     entries = [
         entry

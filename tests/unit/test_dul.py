@@ -344,3 +344,12 @@ def test_file_header_without_source_and_with_odd_uids() -> None:
     assert "SourceApplicationEntityTitle" not in meta
     assert meta.MediaStorageSOPInstanceUID == "1.2.345"
     assert len(raw) % 2 == 0
+
+
+def test_a_command_uid_that_is_not_ascii_is_a_protocol_error() -> None:
+    command = dul.encode_command(
+        {dul.COMMAND_FIELD: dul.C_STORE_RQ, dul.AFFECTED_SOP_INSTANCE_UID: "1.2.3"}
+    )
+    bad = command.replace(b"1.2.3", b"1.2\xe9.")
+    with pytest.raises(dul.DULProtocolError, match="not ASCII"):
+        dul.decode_command(bad)

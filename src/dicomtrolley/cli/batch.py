@@ -118,13 +118,10 @@ class RowResult:
         """Instances of the studies found, when the server said."""
         if self.done:
             return sum(len(uids) for uids in self.done.values())
-        total = 0
-        for study in self.studies:
-            value = study.data.get("NumberOfStudyRelatedInstances")
-            if value in (None, ""):
-                return None
-            total += int(value)
-        return total
+        from dicomtrolley.core import instance_count
+
+        counts = [instance_count(study.data) for study in self.studies]
+        return None if None in counts else sum(n for n in counts if n is not None)
 
     def as_dict(self) -> dict[str, Any]:
         row = self.row
@@ -371,10 +368,12 @@ def _instances_known(results: Sequence[RowResult], work: Sequence[_Work]) -> int
     """Instances of the studies to download and of the complete rows, if all known."""
     total = 0
     for item in work:
-        value = item.study.data.get("NumberOfStudyRelatedInstances")
-        if value in (None, ""):
+        from dicomtrolley.core import instance_count  # pydicom: only with work
+
+        count = instance_count(item.study.data)
+        if count is None:
             return None
-        total += int(value)
+        total += count
     for result in results:
         if result.status == COMPLETE:
             total += sum(len(uids) for uids in result.done.values())
@@ -549,7 +548,7 @@ def batch(
         raise click.UsageError("--format lists the rows of --dry-run; add --dry-run")
     if dask_address and not dry_run:
         _check_dask(transfer)
-    elif rate is not None:
+    elif rate is not None and not dask_address:
         raise click.UsageError("--rate paces the workers of --dask; add --dask")
     try:
         data = file.read_bytes()

@@ -22,6 +22,7 @@ between any two PDUs, ``total`` for each C-FIND request.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -83,8 +84,6 @@ NOT_KEYS = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet"})
 #: PS3.4 C.4.1.1.4 / D.3.3.4: byte 0 of the extended negotiation = relational queries.
 RELATIONAL_QUERIES = b"\x01"
 
-PENDING = (0xFF00, 0xFF01)
-CANCEL = 0xFE00
 OPERATION = "C-FIND"
 #: Seconds a caller that stopped early waits, at most, for the peer's answers
 #: to the C-CANCEL and to the A-RELEASE-RQ together (Ctrl-C ends within 1 s).
@@ -148,7 +147,9 @@ class FindAssociation:
         self.syntax = transfer_syntax(link, self.context_id)
         self.relational = relational_accepted(link, self.model_uid)
         self._stop_deadline: float | None = None
-        self._message_ids = iter(range(1, 65536))
+        # 1, 2, ... per association, and round again after 65535 (a deep
+        # hierarchical search may send more C-FINDs than that on one)
+        self._message_ids = itertools.cycle(range(1, 65536))
 
     @classmethod
     def open(
@@ -232,7 +233,7 @@ class FindAssociation:
             while final is None:
                 response, data = reader.next()
                 status = self._status(response, msg_id)
-                if status not in PENDING:
+                if not dimse_commands.is_pending(status):
                     final = response
                 elif data is not None:
                     count += 1
@@ -263,7 +264,7 @@ class FindAssociation:
 
     def _final(self, response: Command, count: int) -> None:
         code = dul.command_int(response, dul.STATUS)
-        if code == CANCEL:
+        if code == dimse_commands.CANCEL:
             logger.warning(
                 "C-FIND with %s stopped after %d matches (%s): the PACS limits the "
                 "number of results; narrow the search to see all",
@@ -295,7 +296,7 @@ class FindAssociation:
         reader.deadline = min(reader.deadline or deadline, deadline)
         try:
             link.send(self.context_id, dimse_commands.c_cancel_rq(msg_id), None)
-            while self._status(reader.next()[0], msg_id) in PENDING:
+            while dimse_commands.is_pending(self._status(reader.next()[0], msg_id)):
                 pass
         except DIMSEError:
             logger.debug("C-FIND cancel with %s: no final answer", link.peer)

@@ -267,7 +267,7 @@ class Link:
             refusal = _vet_titles(request, aet) or vet(request, host)
             if refusal is not None:
                 rejection = AssociateRJ(refusal.result, refusal.source, refusal.reason)
-                sock.sendall(rejection.encode())
+                _send_answer(sock, rejection.encode(), unknown, operation)
                 if trace.enabled():
                     trace.rejected("sent", unknown, rejection)
                 raise AssociationRejectedError(
@@ -284,7 +284,7 @@ class Link:
                 implementation_class_uid=IMPLEMENTATION_CLASS_UID,
                 implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             )
-            sock.sendall(reply.encode())
+            _send_answer(sock, reply.encode(), unknown, operation)
         except BaseException:
             with contextlib.suppress(OSError):
                 sock.close()
@@ -814,6 +814,14 @@ def _lost_answer(
     if error is None or isinstance(error, ConnectionResetError):
         detail += "; if the peer expects TLS on this port, use --tls"
     return _aborted_during_negotiation(peer, operation, detail)
+
+
+def _send_answer(sock: socket.socket, data: bytes, peer: Peer, operation: str) -> None:
+    """Send our A-ASSOCIATE-AC/RJ; a peer gone meanwhile is an abort, not OSError."""
+    try:
+        sock.sendall(data)
+    except OSError as error:  # ssl.SSLError and TimeoutError included
+        raise _aborted_during_negotiation(peer, operation, str(error)) from error
 
 
 def _aborted_during_negotiation(peer: Peer, operation: str, detail: str) -> DIMSEError:

@@ -43,13 +43,12 @@ from dicomtrolley.dimse.retrieve import Receiver, RetrieveUnit, Tally, check_out
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
 from dicomtrolley.download import DownloadReport, Progress
 from dicomtrolley.exceptions import PermanentError, StorageError
-from dicomtrolley.formats import dul
+from dicomtrolley.formats import dimse_commands, dul
 from dicomtrolley.formats.association import RoleSelection
 from dicomtrolley.logs import get_module_logger
 
 logger = get_module_logger("dimse")
 
-PENDING = (0xFF00, 0xFF01)
 
 _message_ids = itertools.cycle(range(1, 65536))
 _message_ids_lock = threading.Lock()
@@ -316,7 +315,7 @@ class _Exchange:
                 f"a {self.session.operation} response to a request we did not send"
             )
         status = dul.command_int(command, dul.STATUS)
-        if status in PENDING:
+        if dimse_commands.is_pending(status):
             # PS3.4 C.4.2.1.5: no identifier in pending responses; skip one if sent
             self.skipping = dul.has_dataset(command)
             if not self.announced:
@@ -464,7 +463,6 @@ def run_stoppable(
 
 
 __all__ = [
-    "PENDING",
     "RetrieveSession",
     "Session",
     "SessionPool",

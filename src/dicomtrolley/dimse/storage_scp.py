@@ -47,7 +47,6 @@ from typing import Any
 from dicomtrolley.dimse.contexts import accept_storage
 from dicomtrolley.dimse.errors import (
     AssociationRejectedError,
-    DIMSEError,
     StoreSCPError,
 )
 from dicomtrolley.dimse.incoming import (
@@ -59,6 +58,7 @@ from dicomtrolley.dimse.link import Link, Rejection
 from dicomtrolley.dimse.retrieve import Receiver, Tally
 from dicomtrolley.dimse.settings import DIMSETimeouts, Peer
 from dicomtrolley.dimse.tls import DIMSETLS, DIMSETLSError, wrap_server
+from dicomtrolley.exceptions import DICOMTrolleyError
 from dicomtrolley.formats import dimse_commands, dul
 from dicomtrolley.formats.association import AssociateRQ
 from dicomtrolley.logs import get_module_logger
@@ -181,6 +181,7 @@ class StoreSCP:
                 peer=self.pacs,
                 operation=OPERATION,
             ) from error
+        listener.setblocking(False)  # accept() after select() must not wait
         self.port = int(listener.getsockname()[1])
         self._listener = listener
         self._wake = socket.socketpair()
@@ -261,34 +262,34 @@ class StoreSCP:
     def _serve(self, sock: socket.socket, address: tuple[Any, ...]) -> None:
         me = threading.current_thread()
         try:
-            if self.tls is not None:
-                sock = self._secure(sock, address, me, self.tls)
-            link = Link.accept(
-                sock,
-                address,
-                aet=self.aet,
-                vet=self._vet,
-                negotiate=accept_storage,
-                operation=OPERATION,
-                timeouts=self.timeouts,
-            )
-        except (AssociationRejectedError, DIMSETLSError) as error:
-            logger.warning("%s: %s", self, error)
-            self._forget(me)
-            return
-        except DIMSEError as error:
-            logger.info("%s: %s", self, error)
-            self._forget(me)
-            return
-        if self._stopping.is_set():
-            link.abort()
-        try:
-            self._associated(link)
-        except DIMSEError as error:
-            if not self._stopping.is_set():
+            try:
+                if self.tls is not None:
+                    sock = self._secure(sock, address, me, self.tls)
+                link = Link.accept(
+                    sock,
+                    address,
+                    aet=self.aet,
+                    vet=self._vet,
+                    negotiate=accept_storage,
+                    operation=OPERATION,
+                    timeouts=self.timeouts,
+                )
+            except (AssociationRejectedError, DIMSETLSError) as error:
                 logger.warning("%s: %s", self, error)
-        finally:
-            link.abort()
+                return
+            except DICOMTrolleyError as error:
+                logger.info("%s: %s", self, error)
+                return
+            if self._stopping.is_set():
+                link.abort()
+            try:
+                self._associated(link)
+            except DICOMTrolleyError as error:
+                if not self._stopping.is_set():
+                    logger.warning("%s: %s", self, error)
+            finally:
+                link.abort()
+        finally:  # whatever happened, this association no longer counts
             self._forget(me)
 
     def _secure(

@@ -24,6 +24,7 @@ from dicomtrolley.formats.association import (
     AssociateRJ,
     AssociateRQ,
 )
+from dicomtrolley.formats.dimse_commands import COMMAND_NAMES
 from dicomtrolley.logs import get_module_logger
 
 if TYPE_CHECKING:
@@ -40,19 +41,6 @@ PDU_NAMES = {
     dul.A_RELEASE_RQ: "A-RELEASE-RQ",
     dul.A_RELEASE_RP: "A-RELEASE-RP",
     dul.A_ABORT: "A-ABORT",
-}
-COMMAND_NAMES = {
-    dul.C_STORE_RQ: "C-STORE-RQ",
-    dul.C_STORE_RSP: "C-STORE-RSP",
-    dul.C_GET_RQ: "C-GET-RQ",
-    dul.C_GET_RSP: "C-GET-RSP",
-    dul.C_FIND_RQ: "C-FIND-RQ",
-    dul.C_FIND_RSP: "C-FIND-RSP",
-    dul.C_MOVE_RQ: "C-MOVE-RQ",
-    dul.C_MOVE_RSP: "C-MOVE-RSP",
-    dul.C_CANCEL_RQ: "C-CANCEL-RQ",
-    dul.C_ECHO_RQ: "C-ECHO-RQ",
-    dul.C_ECHO_RSP: "C-ECHO-RSP",
 }
 _NUMBERS = (
     (dul.MESSAGE_ID, "message"),

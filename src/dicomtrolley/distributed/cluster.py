@@ -96,7 +96,7 @@ def open_client(
             client = distributed.Client(cluster, timeout=CONNECT_TIMEOUT_S)
         else:
             client = distributed.Client(address, timeout=CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError) as error:
+    except (OSError, TimeoutError, ValueError) as error:  # ValueError: a bad address
         if cluster is not None:
             cluster.close()
         raise ClusterError(
@@ -130,7 +130,6 @@ class BatchOutcome:
     elapsed: float = 0.0
     #: the error that stopped the run (a refused login ...), or None
     stopped: str | None = None
-    interrupted: bool = False
 
     @property
     def saved(self) -> int:
@@ -252,7 +251,6 @@ def run_batch(
                 break
     except KeyboardInterrupt:
         client.cancel(futures)
-        outcome.interrupted = True
         raise
     finally:
         outcome.results = [r for r in results if r is not None]

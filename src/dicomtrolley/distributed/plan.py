@@ -165,8 +165,9 @@ class StudyTask:
             if self.target.uid == self.study_uid
             else "NumberOfSeriesRelatedInstances"
         )
-        value = self.target.data.get(name)
-        return None if value in (None, "") else int(value)
+        from dicomtrolley.core import instance_count  # pydicom: on the worker
+
+        return instance_count(self.target.data, name)
 
 
 @dataclass

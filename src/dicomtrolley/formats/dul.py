@@ -394,8 +394,13 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[int, CommandVal
             out[element] = int.from_bytes(value, "little")
         elif element in _UL:
             out[element] = int.from_bytes(value, "little") if length == 4 else 0
-        elif element in _TEXT:
-            out[element] = value.rstrip(b"\0 ").decode("ascii", "replace")
+        elif element in _TEXT:  # UIDs and AE titles: ASCII (PS3.5 6.2)
+            try:
+                out[element] = value.rstrip(b"\0 ").decode("ascii")
+            except UnicodeDecodeError:
+                raise DULProtocolError(
+                    f"command element (0000,{element:04X}) is not ASCII text"
+                ) from None
         else:
             out[element] = value
     if COMMAND_FIELD not in out:
