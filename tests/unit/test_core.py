@@ -400,3 +400,23 @@ def test_abstract_methods_raise() -> None:
         list(Downloader().datasets([]))
     with pytest.raises(NotImplementedError):
         DICOMDownloadable().reference()
+
+
+def test_instance_count_of_a_search_answer() -> None:
+    from pydicom.dataset import Dataset
+
+    from dicomtrolley.core import instance_count
+
+    def answer(**values: object) -> Dataset:
+        data = Dataset()
+        for keyword, value in values.items():
+            setattr(data, keyword, value)
+        return data
+
+    assert instance_count(answer(NumberOfStudyRelatedInstances="12")) == 12
+    assert instance_count(answer()) is None
+    assert instance_count(answer(NumberOfStudyRelatedInstances="")) is None
+    series = answer(NumberOfSeriesRelatedInstances=3)
+    assert instance_count(series, "NumberOfSeriesRelatedInstances") == 3
+    # what a lenient parse of a bad IS value leaves (pydicom keeps the text)
+    assert instance_count({"NumberOfStudyRelatedInstances": "abc"}) is None

@@ -285,3 +285,14 @@ def test_without_dask_the_error_says_what_to_install(
     assert result.exit_code == 1
     assert "pip install 'dicomtrolley[dask]'" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:notaport", "nonsense://x"])
+def test_an_address_dask_cannot_parse_is_a_cluster_error(address: str) -> None:
+    from dicomtrolley.distributed.cluster import ClusterError, open_client
+
+    with (
+        pytest.raises(ClusterError, match="cannot reach the Dask scheduler"),
+        open_client(address),
+    ):
+        pass
